@@ -1,0 +1,206 @@
+"""One fetch attempt through the gateway: stream the body in chunks under a size cap, translate errors once.
+
+One `aiohttp.ClientSession` per worker process. Bodies arrive raw (`auto_decompress=False`) and are decompressed
+in the parse pool with an output cap, which keeps decompression off the event loop and makes a compression bomb
+cost at most the cap. Non-HTML bodies are counted, not kept: the record says status, type and size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from crawler.errors import (
+    BodyTooLarge,
+    ConnectError,
+    FetchError,
+    FetchTimeout,
+    InvalidResponse,
+    ProxyAuthError,
+    ProxyError,
+    TooManyRedirects,
+)
+from crawler.proxies import ProxyChoice
+from crawler.settings import Settings
+
+CHUNK = 64 * 1024
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+@dataclass(slots=True)
+class FetchResult:
+    url: str
+    final_url: str
+    status: int
+    content_type: str  # media type only, lower-cased ("" when absent)
+    charset: str | None
+    content_encoding: str
+    body: bytes | None  # raw (maybe compressed) bytes, HTML only
+    bytes: int  # bytes received (raw); for HTML the parse pool reports the decompressed size
+    elapsed_ms: int
+    retry_after: str | None
+    redirects: int
+
+    @property
+    def is_html(self) -> bool:
+        return self.content_type in HTML_TYPES or (self.content_type == "" and self.body is not None)
+
+
+def make_session(settings: Settings, connector_limit: int | None = None) -> aiohttp.ClientSession:
+    """The process's one session: pooled keep-alive connections sized from the settings, a DNS cache."""
+    connector = aiohttp.TCPConnector(
+        limit=connector_limit or settings.concurrency,
+        limit_per_host=0,  # politeness is the frontier's job, crawl-wide; the gateway is one "host" here
+        ttl_dns_cache=300,
+        use_dns_cache=True,
+        enable_cleanup_closed=False,
+        keepalive_timeout=30,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=settings.timeout_s, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        headers={
+            "User-Agent": settings.user_agent,
+            "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            "Accept-Encoding": "gzip, deflate, br",
+        },
+        cookie_jar=aiohttp.DummyCookieJar(),  # a crawler has no cookie state; a jar per site grows without bound
+        trust_env=False,
+        max_line_size=16 * 1024,
+        max_field_size=16 * 1024,
+    )
+
+
+@contextlib.contextmanager
+def translate_errors(via_proxy: bool) -> Iterator[None]:
+    """The one place aiohttp's exceptions become ours."""
+    try:
+        yield
+    except FetchError:
+        raise
+    except aiohttp.TooManyRedirects:
+        raise TooManyRedirects("too many redirects") from None
+    except aiohttp.ClientHttpProxyError as exc:
+        if exc.status == 407:
+            raise ProxyAuthError("gateway refused the credentials (407)") from None
+        raise ProxyError(f"gateway answered {exc.status} to CONNECT") from None
+    except aiohttp.ClientProxyConnectionError:
+        raise ProxyError("cannot connect to the gateway") from None
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise FetchTimeout("deadline passed") from None
+    except aiohttp.ClientResponseError as exc:  # bad status line, headers too large, ...
+        raise InvalidResponse(f"invalid response: {exc.message[:100]}") from None
+    except aiohttp.InvalidURL:
+        raise InvalidResponse("redirect to an invalid URL") from None
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+            aiohttp.ClientConnectionError, ConnectionError) as exc:
+        kind = "proxy" if via_proxy and isinstance(exc, aiohttp.ClientProxyConnectionError) else "connect"
+        raise (ProxyError if kind == "proxy" else ConnectError)(f"{exc.__class__.__name__}") from None
+    except aiohttp.ClientError as exc:
+        raise ConnectError(exc.__class__.__name__) from None
+
+
+class Fetcher:
+    """Fetches one URL per call. Holds no per-URL state, so memory does not grow with the crawl."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"Fetcher(max_body_bytes={self.settings.max_body_bytes}, timeout_s={self.settings.timeout_s})"
+
+    async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
+        s = self.settings
+        started = time.monotonic()
+        with translate_errors(proxy is not None):
+            # a hard outer deadline too: sock_read resets on every byte, so only a total deadline stops a drip
+            async with asyncio.timeout(s.timeout_s + 1.0):
+                async with self.session.get(
+                    URL(url, encoded=True),
+                    proxy=proxy.url if proxy else None,
+                    allow_redirects=s.max_redirects > 0,
+                    max_redirects=max(1, s.max_redirects),
+                ) as resp:
+                    ctype = (resp.content_type or "").lower() if "Content-Type" in resp.headers else ""
+                    if proxy is not None and resp.status == 407:
+                        raise ProxyAuthError("gateway refused the credentials (407)")
+                    declared = resp.content_length
+                    body: bytes | None = None
+                    if resp.status in (204, 304) or resp.method == "HEAD":
+                        got = 0
+                    elif ctype in HTML_TYPES or ctype == "":
+                        if declared is not None and declared > s.max_body_bytes:
+                            raise BodyTooLarge(f"Content-Length {declared} > {s.max_body_bytes}")
+                        body = await self._read_capped(resp.content)
+                        got = len(body)
+                    elif declared is not None:
+                        got = declared  # not kept: do not pay the gateway for bytes nobody reads
+                    else:
+                        got = await self._count_capped(resp.content)
+                    return FetchResult(
+                        url=url,
+                        final_url=str(resp.url),
+                        status=resp.status,
+                        content_type=ctype,
+                        charset=resp.charset,
+                        content_encoding=resp.headers.get("Content-Encoding", ""),
+                        body=body,
+                        bytes=got,
+                        elapsed_ms=int((time.monotonic() - started) * 1000),
+                        retry_after=resp.headers.get("Retry-After"),
+                        redirects=len(resp.history),
+                    )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]:
+        """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable. Never raises."""
+        from crawler.parse import decompress
+
+        try:
+            with translate_errors(proxy is not None):
+                async with asyncio.timeout(self.settings.timeout_s + 1.0):
+                    async with self.session.get(URL(url, encoded=True), proxy=proxy.url if proxy else None,
+                                                max_redirects=5) as resp:
+                        buf = bytearray()
+                        async for chunk in resp.content.iter_chunked(CHUNK):
+                            buf += chunk
+                            if len(buf) >= cap:
+                                break
+                        if proxy is not None and resp.status == 407:
+                            return 0, b""
+                        try:
+                            body = decompress(bytes(buf), resp.headers.get("Content-Encoding", ""), cap)
+                        except Exception:
+                            body = b""
+                        return resp.status, body
+        except FetchError:
+            return 0, b""
+
+    async def _read_capped(self, content: aiohttp.StreamReader) -> bytes:
+        cap = self.settings.max_body_bytes
+        buf = bytearray()
+        async for chunk in content.iter_chunked(CHUNK):
+            buf += chunk
+            if len(buf) > cap:
+                raise BodyTooLarge(f"body passed {cap} bytes")
+        return bytes(buf)
+
+    async def _count_capped(self, content: aiohttp.StreamReader) -> int:
+        cap = self.settings.max_body_bytes
+        n = 0
+        async for chunk in content.iter_chunked(CHUNK):
+            n += len(chunk)
+            if n > cap:
+                raise BodyTooLarge(f"body passed {cap} bytes")
+        return n

@@ -1,0 +1,326 @@
+"""The crawl frontier in Redis: add, lease, ack, release, defer, dead-letter, reclaim, renew.
+
+Each operation is one Lua script call per batch (scripts in `crawler/lua/`, one file per operation, registered
+once), so Redis round trips per page stay far below one. A lease is owned by one consumer (its token is part of
+the lease member) until it is acked, released, deferred, dead-lettered, or expires and is reclaimed.
+
+Counters always add up: enqueued = done + dead + queued + deferred + inflight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from crawler.keys import CrawlKeys
+from crawler.urls import NormalizedURL
+
+_SCRIPTS = ("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead")
+
+
+def _load_lua(name: str) -> str:
+    lua = resources.files("crawler") / "lua"
+    return (lua / "_common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def entry(url: str, depth: int, attempts: int = 0) -> str:
+    return f"{depth} {attempts} {url}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead."""
+
+    member: str
+    url: str
+    depth: int
+    attempts: int  # fetch attempts already made before this lease
+
+    @classmethod
+    def from_member(cls, member: str) -> Lease:
+        _token, depth, attempts, url = member.split(" ", 3)
+        return cls(member, url, int(depth), int(attempts))
+
+
+@dataclass(frozen=True, slots=True)
+class NewLink:
+    """A URL found on a page, ready for the frontier (normalised and fingerprinted in the parse pool)."""
+
+    fingerprint: bytes
+    host: str
+    url: str
+    depth: int
+
+    @classmethod
+    def of(cls, n: NormalizedURL, depth: int) -> NewLink:
+        return cls(n.fingerprint, n.host, n.url, depth)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    enqueued: int
+    queued: int
+    deferred: int
+    inflight: int
+    done: int
+    dead: int
+    retried: int
+
+    @property
+    def consistent(self) -> bool:
+        return self.enqueued == self.done + self.dead + self.queued + self.deferred + self.inflight
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, deferred or leased anywhere in the crawl."""
+        return self.queued == 0 and self.deferred == 0 and self.inflight == 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEntry:
+    url: str
+    depth: int
+    attempts: int
+    at_ms: int
+    error: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Politeness:
+    per_host_concurrency: int = 0  # 0: unlimited
+    per_host_delay_ms: int = 0
+
+
+class Frontier:
+    """Client of one crawl's frontier. Safe to share between tasks of one process; stateless across calls."""
+
+    def __init__(self, redis: aioredis.Redis, crawl_name: str, politeness: Politeness | None = None) -> None:
+        self.redis = redis
+        self.keys = CrawlKeys(crawl_name)
+        self.politeness = politeness or Politeness()
+        # Script objects: EVALSHA, loading the script on NOSCRIPT (a restarted Redis forgets them).
+        self._scripts: dict[str, AsyncScript] = {n: redis.register_script(_load_lua(n)) for n in _SCRIPTS}
+
+    def __repr__(self) -> str:
+        return f"Frontier(crawl={self.keys.name!r}, politeness={self.politeness})"
+
+    @property
+    def _phc(self) -> int:
+        return self.politeness.per_host_concurrency
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
+        return await self._scripts[name](keys=list(keys), args=[self.keys.prefix, *args], client=client)
+
+    # -- adding ---------------------------------------------------------------------------------------------
+    async def add(self, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> int:
+        """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently."""
+        args: list[Any] = []
+        for n in urls:
+            args += [n.fingerprint, n.host, entry(n.url, depth)]
+        if not args:
+            return 0
+        k = self.keys
+        return int(await self._run("add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), *args]))
+
+    async def add_in(self, pipe: Any, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> bool:
+        """Queue an add on a pipeline (enqueue streams big files this way); False when there was nothing to add."""
+        args: list[Any] = []
+        for n in urls:
+            args += [n.fingerprint, n.host, entry(n.url, depth)]
+        if not args:
+            return False
+        k = self.keys
+        await self._scripts["add"](keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), *args], client=pipe)
+        return True
+
+    # -- leasing --------------------------------------------------------------------------------------------
+    async def lease(self, n: int, token: str, ttl_s: float) -> tuple[list[Lease], int]:
+        """Lease up to `n` URLs for consumer `token` for `ttl_s` seconds.
+
+        Returns (leases, next_due_ms). An empty list means nothing is leasable right now: next_due_ms says when
+        something may be (a host's delay ends, a retry falls due), or -1 when nothing is queued or deferred.
+        """
+        if " " in token:
+            raise ValueError("a consumer token cannot contain spaces")
+        k = self.keys
+        now = now_ms()
+        members, next_due = await self._run(
+            "lease",
+            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats],
+            [now, n, token, now + int(ttl_s * 1000), self._phc, self.politeness.per_host_delay_ms],
+        )
+        return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in members], int(next_due)
+
+    async def renew(self, leases: Iterable[Lease], ttl_s: float) -> list[Lease]:
+        """Extend the leases still owned; returns those that were lost (reclaimed by someone else)."""
+        members = [ls.member for ls in leases]
+        if not members:
+            return []
+        lost = await self._run("renew", [self.keys.leases], [now_ms() + int(ttl_s * 1000), *members])
+        return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in lost]
+
+    # -- settling -------------------------------------------------------------------------------------------
+    def _ack_call(self, done: Sequence[Lease], links: Sequence[NewLink]) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done)]
+        for ln in links:
+            args += [ln.fingerprint, ln.host, entry(ln.url, ln.depth)]
+        return [k.leases, k.host_inflight, k.hosts, k.seen, k.stats], args
+
+    async def ack(self, done: Sequence[Lease], links: Sequence[NewLink] = ()) -> tuple[int, int]:
+        """Mark leases done and add the batch's new links. Returns (acked, links added).
+
+        Call only after the results are durably written: an acked URL is never fetched again. A lease that was
+        lost (expired and reclaimed) is not counted twice; its URL may then appear twice in the output, which
+        is the one duplicate at-least-once delivery allows.
+        """
+        if not done and not links:
+            return 0, 0
+        keys, args = self._ack_call(done, links)
+        acked, added = await self._run("ack", keys, args)
+        return int(acked), int(added)
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give leases back to the front of their queues without counting an attempt."""
+        if not leases:
+            return 0
+        k = self.keys
+        return int(
+            await self._run(
+                "release", [k.leases, k.host_inflight, k.hosts, k.stats], [now_ms(), self._phc, *(x.member for x in leases)]
+            )
+        )
+
+    async def defer(self, items: Sequence[tuple[Lease, float, int]]) -> int:
+        """Retry later: (lease, due_epoch_s, attempts made so far). Counted in `retried`."""
+        if not items:
+            return 0
+        k = self.keys
+        args: list[Any] = [now_ms(), self._phc]
+        for ls, due_s, attempts in items:
+            args += [ls.member, int(due_s * 1000), attempts]
+        return int(await self._run("defer", [k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args))
+
+    async def dead(self, items: Sequence[tuple[Lease, int, dict[str, Any]]]) -> int:
+        """Dead-letter (lease, attempts, error) items; error is a small JSON-able dict (kind, message, status)."""
+        if not items:
+            return 0
+        k = self.keys
+        args: list[Any] = [now_ms(), self._phc]
+        for ls, attempts, err in items:
+            args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
+        return int(await self._run("dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args))
+
+    async def settle(
+        self,
+        done: Sequence[Lease],
+        links: Sequence[NewLink],
+        deferred: Sequence[tuple[Lease, float, int]],
+        dead: Sequence[tuple[Lease, int, dict[str, Any]]],
+        released: Sequence[Lease] = (),
+    ) -> int:
+        """ack + defer + dead + release of one commit in a single round trip (a pipeline of script calls).
+
+        Returns how many leases were acked (owned at the time).
+        """
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            acked_index = -1
+            calls = 0
+            if done or links:
+                keys, args = self._ack_call(done, links)
+                await self._scripts["ack"](keys=keys, args=[k.prefix, *args], client=pipe)
+                acked_index = calls
+                calls += 1
+            if deferred:
+                args = [k.prefix, now_ms(), self._phc]
+                for ls, due_s, attempts in deferred:
+                    args += [ls.member, int(due_s * 1000), attempts]
+                await self._scripts["defer"](keys=[k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args=args, client=pipe)
+                calls += 1
+            if dead:
+                args = [k.prefix, now_ms(), self._phc]
+                for ls, attempts, err in dead:
+                    args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
+                await self._scripts["dead"](keys=[k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args=args, client=pipe)
+                calls += 1
+            if released:
+                args = [k.prefix, now_ms(), self._phc, *(x.member for x in released)]
+                await self._scripts["release"](keys=[k.leases, k.host_inflight, k.hosts, k.stats], args=args, client=pipe)
+                calls += 1
+            if not calls:
+                return 0
+            results = await pipe.execute()
+        return int(results[acked_index][0]) if acked_index >= 0 else 0
+
+    async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
+        """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead)."""
+        k = self.keys
+        requeued, dead = await self._run(
+            "reclaim", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], [now_ms(), self._phc, max_attempts, limit]
+        )
+        return int(requeued), int(dead)
+
+    # -- reading --------------------------------------------------------------------------------------------
+    async def counters(self) -> Counters:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.stats)
+            pipe.zcard(k.deferred)
+            pipe.zcard(k.leases)
+            stats, deferred, inflight = await pipe.execute()
+        s = {(a.decode() if isinstance(a, bytes) else a): int(b) for a, b in stats.items()}
+        return Counters(
+            enqueued=s.get("enqueued", 0),
+            queued=s.get("queued", 0),
+            deferred=int(deferred),
+            inflight=int(inflight),
+            done=s.get("done", 0),
+            dead=s.get("dead", 0),
+            retried=s.get("retried", 0),
+        )
+
+    async def pages_per_s(self, window_s: int = 60) -> float:
+        """Crawl-wide pages/s over the last `window_s` complete seconds, from the per-second buckets."""
+        now_s = int(time.time())
+        vals = await self.redis.mget([self.keys.rate(now_s - i) for i in range(1, window_s + 1)])
+        return sum(int(v) for v in vals if v) / window_s
+
+    async def dead_entries(self, limit: int = 1000) -> list[DeadEntry]:
+        out: list[DeadEntry] = []
+        async for url, val in self.redis.hscan_iter(self.keys.dead, count=500):
+            u = url.decode() if isinstance(url, bytes) else url
+            v = val.decode() if isinstance(val, bytes) else val
+            depth, attempts, at, err = v.split(" ", 3)
+            out.append(DeadEntry(u, int(depth), int(attempts), int(at), json.loads(err)))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def requeue_dead(self, limit: int = 1_000_000) -> int:
+        k = self.keys
+        return int(await self._run("requeue_dead", [k.dead, k.hosts, k.stats], [now_ms(), limit]))
+
+    async def purge(self) -> int:
+        """Delete every key of this crawl; returns how many were removed."""
+        n = 0
+        batch: list[Any] = []
+        async for key in self.redis.scan_iter(match=self.keys.pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                n += int(await self.redis.unlink(*batch))
+                batch = []
+        if batch:
+            n += int(await self.redis.unlink(*batch))
+        return n

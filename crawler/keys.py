@@ -1,0 +1,103 @@
+"""Every Redis key of a crawl, in one screen.
+
+All keys of crawl NAME live under `crawl:{NAME}:`; the braces are a Redis Cluster hash tag, so one crawl's keys
+share a slot and one Lua script may touch several of them. Per-host queue keys are built inside the Lua scripts
+from `prefix` (`prefix .. "q:" .. host`), which is why the prefix is passed to every script: that is the one key
+name not declared in KEYS, and it shares the hash tag. To shard a crawl later, hash the host to `{NAME#k}`.
+
+| key                 | type   | holds                                                                 |
+|---------------------|--------|-----------------------------------------------------------------------|
+| seen                | set    | 8-byte URL fingerprints: crawl-wide dedup                             |
+| q:<host>            | list   | queued entries "<depth> <attempts> <url>" of one host, FIFO           |
+| hosts               | zset   | hosts with queued work, scored by the next time they may be leased    |
+| host_inflight       | hash   | host -> leases outstanding (per-host concurrency, crawl-wide)          |
+| host_next           | hash   | host -> earliest next lease in ms (per-host delay, crawl-wide)         |
+| leases              | zset   | "<token> <entry>" scored by lease deadline in ms                       |
+| deferred            | zset   | entries waiting for a retry, scored by due time in ms                  |
+| dead                | hash   | url -> JSON {error, attempts, depth, at}                               |
+| stats               | hash   | counters: enqueued, queued, done, dead, retried                        |
+| rate:<epoch second> | string | pages done in that second (expires): pages/s without a key per URL     |
+| workers             | zset   | worker id -> last heartbeat (ms); details in worker:<id> (expiring)    |
+| worker:<id>         | hash   | one worker's heartbeat record (TTL)                                    |
+| proxy_slots         | zset   | fleet-wide proxy connection slots, scored by expiry                    |
+| robots:<host>       | string | cached robots.txt verdict source for a host (TTL)                      |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlKeys:
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 64:
+            raise ValueError(f"crawl name {self.name!r}: use 1-64 of letters, digits, '-', '_', '.'")
+
+    @property
+    def prefix(self) -> str:
+        return f"crawl:{{{self.name}}}:"
+
+    def _k(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    @property
+    def seen(self) -> str:
+        return self._k("seen")
+
+    def queue(self, host: str) -> str:
+        return self._k("q:" + host)
+
+    @property
+    def hosts(self) -> str:
+        return self._k("hosts")
+
+    @property
+    def host_inflight(self) -> str:
+        return self._k("host_inflight")
+
+    @property
+    def host_next(self) -> str:
+        return self._k("host_next")
+
+    @property
+    def leases(self) -> str:
+        return self._k("leases")
+
+    @property
+    def deferred(self) -> str:
+        return self._k("deferred")
+
+    @property
+    def dead(self) -> str:
+        return self._k("dead")
+
+    @property
+    def stats(self) -> str:
+        return self._k("stats")
+
+    def rate(self, epoch_s: int) -> str:
+        return self._k(f"rate:{epoch_s}")
+
+    @property
+    def workers(self) -> str:
+        return self._k("workers")
+
+    def worker(self, worker_id: str) -> str:
+        return self._k("worker:" + worker_id)
+
+    @property
+    def proxy_slots(self) -> str:
+        return self._k("proxy_slots")
+
+    def robots(self, host: str) -> str:
+        return self._k("robots:" + host)
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of this crawl (for purge)."""
+        return self.prefix.replace("[", "\\[").replace("]", "\\]") + "*"

@@ -1,0 +1,144 @@
+"""Crawl-wide views read from Redis: `crawl stats`, `crawl workers`, `crawl top`.
+
+Everything here is derived from bounded keys (counters, per-second buckets that expire, heartbeats with a TTL):
+no key per URL, so watching a crawl costs the same at a thousand pages as at a billion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from crawler.frontier import Frontier
+from crawler.keys import CrawlKeys
+from crawler.settings import Settings
+
+
+async def crawl_snapshot(redis: aioredis.Redis, crawl_name: str) -> dict[str, Any]:
+    frontier = Frontier(redis, crawl_name)
+    c = await frontier.counters()
+    rate10 = await frontier.pages_per_s(10)
+    rate60 = await frontier.pages_per_s(60)
+    remaining = c.queued + c.deferred + c.inflight
+    eta_s = round(remaining / rate60, 1) if rate60 > 0 and remaining else None
+    workers = await live_workers(redis, crawl_name)
+    return {
+        "crawl": crawl_name,
+        "enqueued": c.enqueued,
+        "queued": c.queued,
+        "deferred": c.deferred,
+        "inflight": c.inflight,
+        "done": c.done,
+        "dead": c.dead,
+        "retried": c.retried,
+        "pages_per_s": round(rate60, 2),
+        "pages_per_s_10s": round(rate10, 2),
+        "eta_s": eta_s,
+        "consistent": c.consistent,
+        "workers": len(workers),
+    }
+
+
+def format_snapshot(s: dict[str, Any]) -> str:
+    eta = f"{s['eta_s']:.0f}s" if s.get("eta_s") is not None else "-"
+    return (
+        f"crawl {s['crawl']}: enqueued={s['enqueued']} done={s['done']} dead={s['dead']} queued={s['queued']} "
+        f"deferred={s['deferred']} inflight={s['inflight']} retried={s['retried']}\n"
+        f"pages/s: {s['pages_per_s_10s']:.1f} (10s) {s['pages_per_s']:.1f} (60s)  eta={eta}  workers={s['workers']}"
+    )
+
+
+async def publish_heartbeat(redis: aioredis.Redis, crawl_name: str, info: dict[str, Any], ttl_s: float) -> None:
+    keys = CrawlKeys(crawl_name)
+    now = time.time()
+    wid = str(info["id"])
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.worker(wid), json.dumps(info, separators=(",", ":")), px=int(ttl_s * 1000))
+        pipe.zadd(keys.workers, {wid: now})
+        pipe.zremrangebyscore(keys.workers, "-inf", now - ttl_s)  # bounded: forget the dead
+        await pipe.execute()
+
+
+async def remove_heartbeat(redis: aioredis.Redis, crawl_name: str, worker_id: str) -> None:
+    keys = CrawlKeys(crawl_name)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.worker(worker_id))
+        pipe.zrem(keys.workers, worker_id)
+        await pipe.execute()
+
+
+async def live_workers(redis: aioredis.Redis, crawl_name: str) -> list[dict[str, Any]]:
+    """Workers whose heartbeat has not expired; a SIGKILLed worker disappears within the heartbeat TTL."""
+    keys = CrawlKeys(crawl_name)
+    ids = await redis.zrange(keys.workers, 0, -1)
+    if not ids:
+        return []
+    vals = await redis.mget([keys.worker(i.decode() if isinstance(i, bytes) else i) for i in ids])
+    return sorted((json.loads(v) for v in vals if v), key=lambda w: str(w.get("id")))
+
+
+async def run_top(settings: Settings, interval: float) -> int:
+    """A live terminal view; quits on q or Ctrl-C (raw terminal restored on the way out)."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.table import Table
+
+    from crawler.connection import open_redis
+
+    def render(snap: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
+        head = Table(title=f"crawl {snap['crawl']}", expand=True)
+        for col in ("pages/s 10s", "pages/s 60s", "done", "dead", "queued", "deferred", "inflight", "retried", "eta"):
+            head.add_column(col, justify="right")
+        head.add_row(
+            f"{snap['pages_per_s_10s']:.1f}", f"{snap['pages_per_s']:.1f}", str(snap["done"]), str(snap["dead"]),
+            str(snap["queued"]), str(snap["deferred"]), str(snap["inflight"]), str(snap["retried"]),
+            f"{snap['eta_s']:.0f}s" if snap.get("eta_s") is not None else "-",
+        )
+        wt = Table(title="workers", expand=True)
+        for col in ("id", "pages/s", "inflight", "parse backlog", "rss MB", "proxy ok", "errors"):
+            wt.add_column(col)
+        for w in workers:
+            wt.add_row(
+                str(w.get("id")), str(w.get("pages_per_s")), str(w.get("inflight")), str(w.get("parse_backlog")),
+                str(w.get("rss_mb")), str(w.get("proxy_success_rate")), json.dumps(w.get("errors", {})),
+            )
+        pt = Table(title="proxies", expand=True)
+        for col in ("worker", "proxy", "health", "requests", "failures", "rotations"):
+            pt.add_column(col)
+        for w in workers:
+            for p in w.get("proxies", []):
+                pt.add_row(str(w.get("id")), p["proxy"], f"{p['health']:.2f}", str(p["requests"]),
+                           str(p["failures"]), str(p["rotations"]))
+        return Group(head, wt, pt)
+
+    fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+    old = termios.tcgetattr(fd) if fd is not None else None
+    try:
+        if fd is not None:
+            tty.setcbreak(fd)
+        async with open_redis(settings.redis_url, settings.home) as redis:
+            snap = await crawl_snapshot(redis, settings.crawl_name)
+            with Live(render(snap, []), refresh_per_second=4, screen=False) as live:
+                while True:
+                    snap = await crawl_snapshot(redis, settings.crawl_name)
+                    live.update(render(snap, await live_workers(redis, settings.crawl_name)))
+                    if fd is not None:
+                        ready, _, _ = await asyncio.to_thread(select.select, [fd], [], [], interval)
+                        if ready and os.read(fd, 1) in (b"q", b"Q"):
+                            return 0
+                    else:
+                        await asyncio.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if fd is not None and old is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, old)

@@ -1,0 +1,41 @@
+"""The one output record schema (one JSON object per line).
+
+Fields from DESIGN.md, never renamed: url, final_url, status, depth, fetched_at, elapsed_ms, bytes, content_type,
+title, links, error, attempts, proxy (redacted). Added: worker, links_total (distinct links before the cap),
+canonical, noindex, nofollow, text_length, charset, redirects, data (extraction rules), truncated_links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Record:
+    url: str
+    final_url: str | None
+    status: int | None
+    depth: int
+    fetched_at: float
+    elapsed_ms: int | None
+    bytes: int | None
+    content_type: str | None
+    title: str | None
+    links: list[str]
+    error: str | None
+    attempts: int
+    proxy: str | None  # always redacted
+    worker: str = ""
+    links_total: int = 0
+    truncated_links: bool = False
+    canonical: str | None = None
+    noindex: bool = False
+    nofollow: bool = False
+    text_length: int | None = None
+    charset: str | None = None
+    redirects: int = 0
+    data: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

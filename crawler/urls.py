@@ -1,0 +1,187 @@
+"""The one URL normaliser and fingerprint of the crawl.
+
+Every URL that reaches the frontier, from a seed file or from a page's links, goes through `normalize()`, so
+dedup is crawl-wide whichever way a URL arrives. This module imports no asyncio: it runs in the parse pool.
+
+Normal form: scheme and host lower-cased, IDN host to punycode, default port dropped, user-info refused, path
+dot-segments resolved, percent-encoding normalised (unreserved characters decoded, hex upper-cased, unsafe bytes
+encoded as UTF-8), empty path -> "/", fragment dropped, empty query dropped, query parameters stably sorted by key
+(the relative order of repeated keys is kept, so `a=1&a=2` stays distinct from `a=2&a=1`), tracking parameters
+(`utm_*`, `fbclid`, `gclid`, ...) dropped unless asked to keep them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+MAX_URL_BYTES = 8192
+DEFAULT_PORTS = {"http": 80, "https": 443}
+TRACKING_PARAMS = frozenset({"fbclid", "gclid", "dclid", "msclkid", "yclid", "mc_cid", "mc_eid", "_hsenc", "_hsmi"})
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Characters left as they are in a path or query (RFC 3986 pchar + "/" + "?"); everything else is %-encoded.
+_PATH_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
+_QUERY_SAFE = _PATH_SAFE | frozenset(b"?")
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$")
+_HOST_OK = re.compile(r"^[a-z0-9._\-]+$")
+
+
+class InvalidURL(ValueError):
+    """A URL that cannot be crawled; the message says why in a few words."""
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedURL:
+    url: str
+    host: str  # "host" or "host:port" when the port is not the default: the unit of politeness
+    fingerprint: bytes  # 8 bytes: dedup key in Redis
+
+
+def fingerprint(url: str) -> bytes:
+    """64-bit fingerprint (8 bytes in Redis): the chance of any collision in a 10-million-URL crawl is ~3e-6."""
+    return hashlib.blake2b(url.encode(), digest_size=8).digest()
+
+
+def _requote(part: str, safe: frozenset[int]) -> str:
+    """Decode %-escapes of unreserved characters, upper-case the others, encode unsafe bytes as UTF-8 escapes."""
+    if "%" not in part and _PLAIN_PATH.match(part) and (safe is _QUERY_SAFE or "?" not in part):
+        return part
+    out: list[str] = []
+    raw = part.encode("utf-8", "surrogatepass")
+    i, n = 0, len(raw)
+    while i < n:
+        b = raw[i]
+        if b == 0x25 and i + 2 < n and _is_hex(raw[i + 1 : i + 3]):
+            v = int(raw[i + 1 : i + 3], 16)
+            if v in _UNRESERVED:
+                out.append(chr(v))
+            else:
+                out.append("%" + raw[i + 1 : i + 3].decode().upper())
+            i += 3
+            continue
+        if b in safe:
+            out.append(chr(b))
+        else:
+            out.append(f"%{b:02X}")
+        i += 1
+    return "".join(out)
+
+
+def _is_hex(two: bytes) -> bool:
+    return len(two) == 2 and all(c in b"0123456789abcdefABCDEF" for c in two)
+
+
+def _remove_dot_segments(path: str) -> str:
+    if "." not in path:
+        return path
+    segments = path.split("/")
+    out: list[str] = []
+    for seg in segments[1:]:
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    # a trailing "." or ".." means a directory: keep the trailing slash
+    if segments[-1] in (".", ".."):
+        out.append("")
+    return "/" + "/".join(out)
+
+
+def _normalize_host(host: str) -> str:
+    if not host:
+        raise InvalidURL("no host")
+    if host.startswith("["):
+        try:
+            ip6 = ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else host[1:])
+        except ValueError:
+            raise InvalidURL("bad IPv6 literal") from None
+        return f"[{ip6.compressed}]"
+    host = host.rstrip(".").lower()
+    if not host:
+        raise InvalidURL("no host")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidURL("bad international host name") from None
+    if "%" in host:
+        raise InvalidURL("escaped characters in host")
+    if not _HOST_OK.match(host) or ".." in host or len(host) > 253:
+        raise InvalidURL("bad host name")
+    return host
+
+
+def _normalize_query(query: str, keep_tracking: bool) -> str:
+    if not query:
+        return ""
+    pairs = [p for p in query.split("&") if p]
+    if not keep_tracking:
+        pairs = [p for p in pairs if not _is_tracking(p.split("=", 1)[0])]
+    if len(pairs) > 1:
+        pairs.sort(key=lambda p: p.split("=", 1)[0])  # stable: repeated keys keep their order
+    return _requote("&".join(pairs), _QUERY_SAFE)
+
+
+def _is_tracking(key: str) -> bool:
+    k = key.lower()
+    return k.startswith("utm_") or k in TRACKING_PARAMS
+
+
+def normalize(url: str, base: str | None = None, *, keep_tracking: bool = False) -> NormalizedURL:
+    """Return the normal form of `url` (resolved against `base`), or raise InvalidURL saying why."""
+    url = url.strip(" \t\r\n\f\v")
+    if base is not None:
+        if url.startswith(("javascript:", "mailto:", "data:", "tel:", "#")):
+            raise InvalidURL("not an http(s) link")
+        url = urljoin(base, url)
+    if len(url) > MAX_URL_BYTES:
+        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
+    if any(c in url for c in "\x00\t\r\n"):
+        raise InvalidURL("control characters in URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        msg = str(exc)
+        raise InvalidURL("port out of range" if "port" in msg.lower() else f"unparsable ({msg})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise InvalidURL(f"scheme {scheme + ':' if scheme else '(none)'} is not http or https")
+    netloc = parts.netloc
+    if "@" in netloc:
+        raise InvalidURL("credentials in URL are refused (they would be stored and logged)")
+    hostname = netloc
+    if hostname.startswith("["):
+        hostname = hostname[: hostname.find("]") + 1] if "]" in hostname else hostname
+    elif ":" in hostname:
+        hostname = hostname.rsplit(":", 1)[0]
+    host = _normalize_host(hostname)
+    if port == 0:
+        raise InvalidURL("port out of range")
+    hostport = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    path = _requote(_remove_dot_segments(parts.path or "/"), _PATH_SAFE)
+    if not path.startswith("/"):
+        path = "/" + path
+    query = _normalize_query(parts.query, keep_tracking)
+    out = f"{scheme}://{hostport}{path}?{query}" if query else f"{scheme}://{hostport}{path}"
+    if len(out) > MAX_URL_BYTES:
+        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
+    return NormalizedURL(out, hostport, fingerprint(out))
+
+
+def host_of(normalized_url: str) -> str:
+    """The politeness unit ("host[:port]") of an already normalised URL, as the Lua scripts compute it."""
+    rest = normalized_url.split("://", 1)[1]
+    return rest.split("/", 1)[0]
+
+
+def in_domain(host: str, domains: tuple[str, ...]) -> bool:
+    """True when `host` (without port) is one of `domains` or a subdomain of one."""
+    bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return any(bare == d or bare.endswith("." + d) for d in domains)

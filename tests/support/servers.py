@@ -1,0 +1,226 @@
+"""Run the test servers as real subprocesses from tests and scripts.
+
+Why subprocesses: the crawler is tested as a separate process talking over real sockets, and the
+servers must not share its event loop or GIL (a busy server would otherwise distort timings).
+
+Usage::
+
+    with start_server("tests.support.site_server", "--port", 0, "--pages", 60, "--seed", 1) as site:
+        ...  # site.url, site.stats()
+
+Every started server is also stopped at interpreter exit, so a crashing test does not leak processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STDOUT_TAIL_LINES = 200
+
+T = TypeVar("T")
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not print ``READY <url>`` in time; the message includes its stderr."""
+
+
+class RunningServer:
+    """A started server subprocess: ``url``, ``proc``, ``stats()``, ``stop()``; also a context manager."""
+
+    def __init__(
+        self,
+        url: str,
+        proc: subprocess.Popen[bytes],
+        stderr_path: Path,
+        stdout_lines: list[str],
+        reader: threading.Thread,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.url = url
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.stdout_lines = stdout_lines  # the tail of stdout after READY, kept by the reader thread
+        self._reader = reader
+        self._ssl_context = ssl_context
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.stderr_path.read_text(errors="replace")
+        return ""
+
+    def stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """GET ``<url>/__stats`` directly (bypassing any proxy environment variables)."""
+        return fetch_json(f"{self.url}/__stats", timeout_s=timeout_s, ssl_context=self._ssl_context)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM the server's pid, wait up to ``timeout_s``, then SIGKILL that pid; return the exit code."""
+        _RUNNING.discard(self)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._reader.join(timeout=1.0)
+        with contextlib.suppress(OSError):
+            self.stderr_path.unlink()
+        return self.proc.returncode
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RunningServer(url={self.url!r}, pid={self.proc.pid})"
+
+
+_RUNNING: set[RunningServer] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            server.stop(timeout_s=3.0)
+
+
+def start_server(
+    module: str,
+    *args: object,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 20.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> RunningServer:
+    """Launch ``python -m <module> <args>`` from the repo root and wait for its ``READY <url>`` line.
+
+    ``ssl_context`` is used by :meth:`RunningServer.stats` for https servers (default: unverified, the
+    servers are local test fixtures).
+    """
+    cmd = [sys.executable, "-m", module, *(str(a) for a in args)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    fd, stderr_name = tempfile.mkstemp(prefix=f"{module.rsplit('.', 1)[-1]}-", suffix=".stderr")
+    stderr_path = Path(stderr_name)
+    with os.fdopen(fd, "wb") as stderr_file:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            stdin=subprocess.DEVNULL,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: list[str] = []
+    ready = threading.Event()
+
+    def read_stdout() -> None:
+        """Forward lines until READY, then keep draining so a chatty server never blocks on a full pipe."""
+        assert proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if ready.is_set():
+                    tail.append(line)
+                    del tail[:-STDOUT_TAIL_LINES]
+                else:
+                    lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read_stdout, name=f"{module}-stdout", daemon=True)
+    reader.start()
+
+    def fail(reason: str) -> ServerStartError:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        stderr = stderr_path.read_text(errors="replace")
+        with contextlib.suppress(OSError):
+            stderr_path.unlink()
+        return ServerStartError(
+            f"{' '.join(cmd)}: {reason} (exit code {proc.returncode})\n--- stderr ---\n{stderr}"
+        )
+
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise fail(f"no READY line within {timeout_s}s; stdout so far: {seen!r}")
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if line is None:
+            raise fail(f"exited before READY; stdout: {seen!r}")
+        if line.startswith("READY "):
+            ready.set()
+            server = RunningServer(
+                line.split(" ", 1)[1].strip(), proc, stderr_path, tail, reader, ssl_context
+            )
+            _RUNNING.add(server)
+            return server
+        seen.append(line)
+
+
+def fetch_json(
+    url: str, *, timeout_s: float = 5.0, ssl_context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
+    """GET a JSON document with urllib, ignoring ``*_PROXY`` environment variables."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if url.startswith("https:"):
+        handlers.append(urllib.request.HTTPSHandler(context=ssl_context or ssl._create_unverified_context()))
+    opener = urllib.request.build_opener(*handlers)
+    with opener.open(url, timeout=timeout_s) as response:
+        data: dict[str, Any] = json.loads(response.read())
+    return data
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (racy by nature; prefer ``--port 0`` where possible)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned) or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout_s}s (last value {value!r})")
+        time.sleep(interval_s)

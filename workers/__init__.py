@@ -1,0 +1,1 @@
+"""The worker process: event loop, pipeline, parse pool, signals."""

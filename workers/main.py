@@ -1,0 +1,97 @@
+"""The worker process: uvloop, resources, the pipeline, and a clean exit code.
+
+Exit codes: 0 stopped cleanly (signal, --until-idle, --max-pages), 2 configuration or Redis unreachable at start,
+3 the gateway refused our credentials repeatedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import sys
+from typing import Any
+
+from crawler.connection import open_redis
+from crawler.errors import CrawlError
+from crawler.fetch import Fetcher, make_session
+from crawler.frontier import Frontier, Politeness
+from crawler.metrics import WorkerMetrics
+from crawler.proxies import ProxyPool
+from crawler.redact import scrub
+from crawler.settings import Settings
+from crawler.sinks import JsonlSink
+from workers import signals
+from workers.parse_pool import ParsePool
+from workers.pipeline import Pipeline
+
+PARSE_BACKLOG_BYTES = 32 * 1024 * 1024
+FDS_PER_FETCH = 2  # the connection, plus headroom for DNS, Redis, the parse pool's pipes
+
+
+def raise_nofile_limit(concurrency: int) -> int:
+    """Raise the soft open-file limit toward the hard one; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = concurrency * FDS_PER_FETCH + 256
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    return soft
+
+
+def run_worker(settings: Settings, out: Any = None) -> int:
+    """Run one worker until it stops; returns the process exit code."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
+        runner = asyncio.run
+    try:
+        return int(runner(_main(settings, out)))
+    except CrawlError as exc:
+        print(f"crawl: error: {scrub(str(exc), settings.secrets())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _main(settings: Settings, out: Any) -> int:
+    limit = raise_nofile_limit(settings.concurrency)
+    if limit < settings.concurrency + 64:
+        print(f"crawl: warning: open-file limit {limit} is below --concurrency {settings.concurrency}; "
+              "raise it with `ulimit -n`", file=sys.stderr)
+    parse_pool = ParsePool(settings.parse_workers, PARSE_BACKLOG_BYTES)
+    try:
+        async with open_redis(settings.redis_url, settings.home) as redis:
+            frontier = Frontier(
+                redis, settings.crawl_name,
+                Politeness(settings.per_host_concurrency, int(settings.per_host_delay_s * 1000)),
+            )
+            metrics = WorkerMetrics(settings.worker_id)
+            if settings.metrics_port is not None:
+                from crawler.prometheus import PromMetrics
+
+                metrics.prom = PromMetrics(settings.metrics_port)
+            await parse_pool.warm_up()
+            async with make_session(settings) as session:
+                pipeline = Pipeline(
+                    settings, frontier, Fetcher(session, settings), parse_pool,
+                    ProxyPool(settings.proxies, settings.session_requests, None),
+                    JsonlSink(settings.output_dir, settings.worker_id, settings.output_rotate_bytes),
+                    metrics, out,
+                )
+                signals.install(asyncio.get_running_loop(), pipeline.stop)
+                if metrics.prom is not None:
+                    metrics.prom.bind(pipeline)
+                pipeline.say(
+                    f"worker {settings.worker_id} started: crawl={settings.crawl_name} concurrency={settings.concurrency} "
+                    f"parse_workers={settings.parse_workers} proxies={len(settings.proxies)} output={settings.output_dir}"
+                )
+                return await pipeline.run()
+    finally:
+        parse_pool.close()
