@@ -8,6 +8,20 @@ Run as ``python -m tests.support.hostile_server --port 0``; prints ``READY http:
 State for the ``/flaky/...`` endpoints is per process and keyed by the full path plus query, so tests
 isolate themselves by using a unique token.
 
+Endpoints (``<n>``, ``<mb>``, ``<kb>``, ``<ms>``, ``<seconds>`` are integers):
+
+* ``/flaky/503/<n>/<token>`` 503 (no Retry-After) n times, then 200 ``<title>ok</title>``;
+  ``/flaky/429/<seconds>/<token>`` 429 + ``Retry-After`` once, then 200;
+  ``/flaky/reset/<token>`` once: headers with Content-Length 1000, a few bytes, then a TCP RST; then 200.
+* ``/big/<mb>`` (Content-Length) and ``/big-chunked/<mb>`` (chunked): <mb> MiB of HTML, streamed.
+* ``/bomb/{gzip,deflate,br}/<mb>``: a small compressed body inflating to <mb> MiB of ``<p>``.
+* ``/drip/<seconds>`` 1 byte/s; ``/infinite`` endless chunked body; ``/hang`` never answers.
+* ``/headers/huge`` 200 headers of 1 KiB; ``/headers/huge-one`` one 100 KiB header.
+* ``/redirect/loop``; ``/redirect/chain/<n>`` -> ... -> ``/redirect/chain/0`` (200).
+* ``/links/<n>`` n links ``/x/<k>``; ``/x/<k>`` a leaf page; ``/big-page/<kb>`` exact-size HTML.
+* ``/charset/latin1``, ``/charset/lying`` (says utf-8, is latin-1), ``/charset/meta`` (cp1251 via
+  ``<meta>``), ``/broken-html``, ``/image.png``, ``/doc.pdf``, ``/slow/<ms>``.
+
 ``GET /__stats`` returns ``{"requests": total, "by_first_segment": {"flaky": n, ...},
 "in_flight": n, "peak_in_flight": n}`` (``/__stats`` itself is not counted). ``peak_in_flight`` is the
 most requests ever being handled at once, which lets tests bound a crawler's concurrency.

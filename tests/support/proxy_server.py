@@ -310,6 +310,8 @@ class _ClientConnection:
         self.reader = reader
         self.writer = writer
         self.upstream: _Upstream | None = None
+        # The current request carries ``Expect: 100-continue`` and a body the client has not sent yet.
+        self.expect_continue = False
 
 
 class ProxyServer:
@@ -350,15 +352,21 @@ class ProxyServer:
         return self.url
 
     async def close(self) -> None:
-        """Stop listening and tear down every open connection (clients, upstreams, tunnels)."""
+        """Stop listening and tear down every open connection (clients, upstreams, tunnels).
+
+        Aborting the transports makes every handler see EOF and finish on its own; only stragglers are
+        cancelled (and they swallow the cancellation, see ``_handle_client``).
+        """
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -421,6 +429,10 @@ class ProxyServer:
                 pass
         except (RelayError, ClientGone, OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels handlers. Ending normally matters on Python 3.11, whose
+            # asyncio.start_server callback calls task.exception() on a cancelled task and logs a bogus error.
+            pass
         finally:
             self._drop_upstream(conn)
             self._untrack(writer)
@@ -444,6 +456,7 @@ class ProxyServer:
             conn.writer.write(simple_response(400, "Bad Request", keep_alive=False))
             return False
         keep_alive = wants_keep_alive(msg, version)
+        conn.expect_continue = "100-continue" in msg.tokens("expect") and framing[0] != "none"
         if target.startswith("/"):
             return await self._serve_local(conn, target, framing, keep_alive)
         if method == "CONNECT":
@@ -451,13 +464,33 @@ class ProxyServer:
         return await self._serve_forward(conn, msg, framing, keep_alive)
 
     async def _serve_local(self, conn: _ClientConnection, target: str, framing: Framing, keep: bool) -> bool:
-        await discard_body(conn.reader, framing)
         if target.split("?", 1)[0] == "/__stats":
             body = json.dumps(self.stats()).encode()
             extra = "Content-Type: application/json\r\n"
-            await _write(conn.writer, simple_response(200, "OK", keep_alive=keep, extra=extra, body=body))
+            return await self._answer(conn, framing, keep, 200, "OK", extra=extra, body=body)
+        return await self._answer(conn, framing, keep, 404, "Not Found")
+
+    async def _answer(
+        self,
+        conn: _ClientConnection,
+        framing: Framing,
+        keep: bool,
+        status: int,
+        reason: str,
+        *,
+        extra: str = "",
+        body: bytes = b"",
+    ) -> bool:
+        """Answer a request ourselves, consuming the body we will not forward; return keep-alive.
+
+        A client waiting for ``100 Continue`` may never send its body once it has a final answer, so
+        that connection is closed instead of waiting for a body to skip.
+        """
+        if conn.expect_continue:
+            keep = False
         else:
-            await _write(conn.writer, simple_response(404, "Not Found", keep_alive=keep))
+            await discard_body(conn.reader, framing)
+        await _write(conn.writer, simple_response(status, reason, keep_alive=keep, extra=extra, body=body))
         return keep
 
     def _authorized(self, msg: Message) -> bool:
@@ -493,13 +526,8 @@ class ProxyServer:
         """
         if not self._authorized(msg):
             self._stats.auth_failures += 1
-            await discard_body(conn.reader, framing)
             extra = 'Proxy-Authenticate: Basic realm="test"\r\n'
-            await _write(
-                conn.writer,
-                simple_response(407, "Proxy Authentication Required", keep_alive=keep, extra=extra),
-            )
-            return keep
+            return await self._answer(conn, framing, keep, 407, "Proxy Authentication Required", extra=extra)
         roll = self._rng.random()
         if roll < self.drop_rate:
             self._stats.dropped += 1
@@ -507,9 +535,7 @@ class ProxyServer:
             return False
         if roll < self.drop_rate + self.fail_rate:
             self._stats.failed += 1
-            await discard_body(conn.reader, framing)
-            await _write(conn.writer, simple_response(502, "Bad Gateway", keep_alive=keep))
-            return keep
+            return await self._answer(conn, framing, keep, 502, "Bad Gateway")
         return None
 
     async def _serve_connect(
@@ -569,9 +595,7 @@ class ProxyServer:
                 raise BadMessage(f"unsupported target {target!r}")
             key = (parts.hostname, parts.port or 80)
         except (ValueError, BadMessage):
-            await discard_body(conn.reader, framing)
-            await _write(conn.writer, simple_response(400, "Bad Request", keep_alive=keep))
-            return keep
+            return await self._answer(conn, framing, keep, 400, "Bad Request")
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         head = _upstream_request_head(method, path, msg, parts.netloc.rpartition("@")[2])
 
@@ -583,14 +607,15 @@ class ProxyServer:
                     reader, writer = await self._open_upstream(*key)
                 except (OSError, TimeoutError):
                     self._stats.upstream_errors += 1
-                    await discard_body(conn.reader, framing)
-                    await _write(conn.writer, simple_response(502, "Bad Gateway", keep_alive=keep))
-                    return keep
+                    return await self._answer(conn, framing, keep, 502, "Bad Gateway")
                 conn.upstream = _Upstream(key, reader, writer)
             upstream = conn.upstream
             assert upstream is not None
             try:
                 await _write(upstream.writer, head, drain=framing[0] == "none")
+                if conn.expect_continue:  # we answer Expect ourselves; the origin never sees it
+                    conn.expect_continue = False
+                    await _write(conn.writer, b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
                     await relay_body(conn.reader, upstream.writer, framing)
                 except RelayError as exc:
@@ -673,7 +698,7 @@ def _split_authority(authority: str, default_port: int) -> tuple[str, int]:
 
 
 def _upstream_request_head(method: str, path: str, msg: Message, netloc: str) -> bytes:
-    drop = HOP_BY_HOP | msg.tokens("connection", "proxy-connection")
+    drop = HOP_BY_HOP | {"expect"} | msg.tokens("connection", "proxy-connection")
     lines = [f"{method} {path} HTTP/1.1"]
     has_host = False
     for name, value in msg.headers:
