@@ -153,15 +153,20 @@ def ensure_embedded_server(home: Path, timeout_s: float = 20.0) -> EmbeddedPaths
 
 def _client(url: str, name: str) -> aioredis.Redis:
     tcp: dict[str, object] = {} if url.startswith("unix:") else {"socket_keepalive": True}
-    return aioredis.Redis.from_url(
+    # A blocking pool: when every connection is busy, callers wait for one instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         client_name=name,
         socket_connect_timeout=5,
         health_check_interval=15,
+        max_connections=32,
+        timeout=30,
         **tcp,
+    )
+    return aioredis.Redis(
+        connection_pool=pool,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        max_connections=64,
     )
 
 

@@ -82,6 +82,7 @@ async def enqueue_stream(
     report = EnqueueReport()
     batch: list[NormalizedURL] = []
     pending = 0
+    kinds: list[bool] = []  # per queued command: is its result an add count?
     pipe = frontier.redis.pipeline(transaction=False)
     last_progress = time.monotonic()
 
@@ -89,7 +90,9 @@ async def enqueue_stream(
         nonlocal pending, pipe
         if pending:
             results = await pipe.execute()
-            report.added += sum(int(r) for r in results)
+            # add script calls return how many were new; the SADDs of seed hosts in between are not counted
+            report.added += sum(int(r) for r, is_add in zip(results, kinds, strict=True) if is_add)
+            kinds.clear()
             pending = 0
             pipe = frontier.redis.pipeline(transaction=False)
 
@@ -106,19 +109,21 @@ async def enqueue_stream(
             continue
         batch.append(n)
         if len(batch) >= BATCH:
-            if await frontier.add_in(pipe, batch, depth, front):
-                pending += 1
+            queued = await frontier.add_in(pipe, batch, depth, front, seed=True)
+            kinds += queued
+            pending += len(queued)
             report.duplicates += len(batch)
             batch = []
-            if pending >= PIPELINE_DEPTH:
+            if pending >= 2 * PIPELINE_DEPTH:
                 await flush_pipe()
             if on_progress and time.monotonic() - last_progress > 0.5:
                 last_progress = time.monotonic()
                 on_progress(report)
     if batch:
-        await frontier.add_in(pipe, batch, depth, front)
+        queued = await frontier.add_in(pipe, batch, depth, front, seed=True)
+        kinds += queued
+        pending += len(queued)
         report.duplicates += len(batch)
-        pending += 1
     await flush_pipe()
     await pipe.reset()
     report.duplicates -= report.added  # every valid URL was either added or a duplicate

@@ -17,6 +17,7 @@ import aiohttp
 from yarl import URL
 
 from crawler.errors import (
+    BlockedAddress,
     BodyTooLarge,
     ConnectError,
     FetchError,
@@ -26,8 +27,10 @@ from crawler.errors import (
     ProxyError,
     TooManyRedirects,
 )
+from crawler.fleet import FleetSlots
 from crawler.proxies import ProxyChoice
 from crawler.settings import Settings
+from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache, redirect_guard
 
 CHUNK = 64 * 1024
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -52,15 +55,20 @@ class FetchResult:
         return self.content_type in HTML_TYPES or (self.content_type == "" and self.body is not None)
 
 
-def make_session(settings: Settings, connector_limit: int | None = None) -> aiohttp.ClientSession:
-    """The process's one session: pooled keep-alive connections sized from the settings, a DNS cache."""
+def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp.ClientSession:
+    """The process's one session: pooled keep-alive connections sized from the settings, a DNS cache.
+
+    With `trust` (the SSRF guard on), names are resolved through `GuardedResolver` and redirects to literal
+    private addresses are refused. With a fleet-wide connection cap, connections are not kept alive.
+    """
     connector = aiohttp.TCPConnector(
-        limit=connector_limit or settings.concurrency,
+        limit=settings.concurrency,
         limit_per_host=0,  # politeness is the frontier's job, crawl-wide; the gateway is one "host" here
         ttl_dns_cache=300,
         use_dns_cache=True,
-        enable_cleanup_closed=False,
         keepalive_timeout=30,
+        force_close=settings.proxy_max_connections is not None and bool(settings.proxies),
+        resolver=GuardedResolver(trust) if trust is not None and not settings.proxies else None,
     )
     timeout = aiohttp.ClientTimeout(
         total=settings.timeout_s, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
@@ -76,6 +84,7 @@ def make_session(settings: Settings, connector_limit: int | None = None) -> aioh
         },
         cookie_jar=aiohttp.DummyCookieJar(),  # a crawler has no cookie state; a jar per site grows without bound
         trust_env=False,
+        trace_configs=[redirect_guard(trust)] if trust is not None else None,
         max_line_size=16 * 1024,
         max_field_size=16 * 1024,
     )
@@ -96,6 +105,10 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         raise ProxyError(f"gateway answered {exc.status} to CONNECT") from None
     except aiohttp.ClientProxyConnectionError:
         raise ProxyError("cannot connect to the gateway") from None
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, BlockedAddressOSError):
+            raise BlockedAddress(str(exc.os_error)) from None
+        raise ConnectError(exc.__class__.__name__) from None
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
         raise FetchTimeout("deadline passed") from None
     except aiohttp.ClientResponseError as exc:  # bad status line, headers too large, ...
@@ -113,9 +126,15 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
 class Fetcher:
     """Fetches one URL per call. Holds no per-URL state, so memory does not grow with the crawl."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings, slots: FleetSlots | None = None) -> None:
         self.session = session
         self.settings = settings
+        self.slots = slots  # the fleet-wide gateway connection cap, when set
+
+    def _slot(self, proxy: ProxyChoice | None) -> contextlib.AbstractAsyncContextManager[None]:
+        if proxy is not None and self.slots is not None:
+            return self.slots.slot()
+        return contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"Fetcher(max_body_bytes={self.settings.max_body_bytes}, timeout_s={self.settings.timeout_s})"
@@ -123,7 +142,8 @@ class Fetcher:
     async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
         s = self.settings
         started = time.monotonic()
-        with translate_errors(proxy is not None):
+        async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
+            stack.enter_context(translate_errors(proxy is not None))
             # a hard outer deadline too: sock_read resets on every byte, so only a total deadline stops a drip
             async with asyncio.timeout(s.timeout_s + 1.0):
                 async with self.session.get(
@@ -168,7 +188,8 @@ class Fetcher:
         from crawler.parse import decompress
 
         try:
-            with translate_errors(proxy is not None):
+            async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
+                stack.enter_context(translate_errors(proxy is not None))
                 async with asyncio.timeout(self.settings.timeout_s + 1.0):
                     async with self.session.get(URL(url, encoded=True), proxy=proxy.url if proxy else None,
                                                 max_redirects=5) as resp:

@@ -133,16 +133,30 @@ class Frontier:
         k = self.keys
         return int(await self._run("add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), *args]))
 
-    async def add_in(self, pipe: Any, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> bool:
-        """Queue an add on a pipeline (enqueue streams big files this way); False when there was nothing to add."""
+    async def add_in(
+        self, pipe: Any, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False, seed: bool = False
+    ) -> list[bool]:
+        """Queue an add on a pipeline (enqueue streams big files this way).
+
+        Returns, per command queued, whether its result is an add count (True) or not (the seed-host SADD).
+        With `seed`, the URLs' hosts are also recorded as trusted by the SSRF guard (the user asked for them).
+        """
         args: list[Any] = []
+        hosts: set[str] = set()
         for n in urls:
             args += [n.fingerprint, n.host, entry(n.url, depth)]
+            hosts.add(n.host)
         if not args:
-            return False
+            return []
         k = self.keys
+        kinds = []
+        if seed:
+            from crawler.ssrf import bare_host
+
+            pipe.sadd(k.seed_hosts, *{bare_host(h) for h in hosts})
+            kinds.append(False)
         await self._scripts["add"](keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), *args], client=pipe)
-        return True
+        return [*kinds, True]
 
     # -- leasing --------------------------------------------------------------------------------------------
     async def lease(self, n: int, token: str, ttl_s: float) -> tuple[list[Lease], int]:
@@ -271,6 +285,9 @@ class Frontier:
             "reclaim", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], [now_ms(), self._phc, max_attempts, limit]
         )
         return int(requeued), int(dead)
+
+    async def is_seed_host(self, host: str) -> bool:
+        return bool(await self.redis.sismember(self.keys.seed_hosts, host))
 
     # -- reading --------------------------------------------------------------------------------------------
     async def counters(self) -> Counters:

@@ -20,7 +20,7 @@ name not declared in KEYS, and it shares the hash tag. To shard a crawl later, h
 | workers             | zset   | worker id -> last heartbeat (ms); details in worker:<id> (expiring)    |
 | worker:<id>         | hash   | one worker's heartbeat record (TTL)                                    |
 | proxy_slots         | zset   | fleet-wide proxy connection slots, scored by expiry                    |
-| robots:<host>       | string | cached robots.txt verdict source for a host (TTL)                      |
+| seed_hosts          | set    | hosts of enqueued seeds: trusted by the SSRF guard                    |
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ class CrawlKeys:
     def proxy_slots(self) -> str:
         return self._k("proxy_slots")
 
-    def robots(self, host: str) -> str:
-        return self._k("robots:" + host)
+    @property
+    def seed_hosts(self) -> str:
+        return self._k("seed_hosts")
 
     @property
     def pattern(self) -> str:

@@ -233,7 +233,9 @@ def test_sigterm_finishes_in_flight_work_and_hands_back_the_rest(
                             "--no-robots", "--per-host-concurrency", "0"), timeout_s=50)
     assert run.returncode == 0
     got = Counter(r["url"] for r in first + read_records(tmp_path / "out2"))
-    assert set(got) == set(urls) and max(got.values()) == 1
+    final = stats(redis_server.url, crawl_name)
+    assert set(urls) - set(got) == set() and set(got) - set(urls) == set(), (final, crawl(["dead", "--json", "--redis", redis_server.url, "--crawl", crawl_name]).stdout)
+    assert [u for u, n in got.items() if n > 1] == []
 
 
 def test_event_loop_stays_responsive_while_parsing_1mb_pages(

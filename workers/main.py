@@ -16,6 +16,8 @@ from typing import Any
 from crawler.connection import open_redis
 from crawler.errors import CrawlError
 from crawler.fetch import Fetcher, make_session
+from crawler.fleet import FleetSlots
+from crawler.ssrf import TrustCache
 from crawler.frontier import Frontier, Politeness
 from crawler.metrics import WorkerMetrics
 from crawler.proxies import ProxyPool
@@ -78,12 +80,17 @@ async def _main(settings: Settings, out: Any) -> int:
 
                 metrics.prom = PromMetrics(settings.metrics_port)
             await parse_pool.warm_up()
-            async with make_session(settings) as session:
+            trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
+            slots = (
+                FleetSlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)
+                if settings.proxy_max_connections is not None else None
+            )
+            async with make_session(settings, trust) as session:
                 pipeline = Pipeline(
-                    settings, frontier, Fetcher(session, settings), parse_pool,
+                    settings, frontier, Fetcher(session, settings, slots), parse_pool,
                     ProxyPool(settings.proxies, settings.session_requests, None),
                     JsonlSink(settings.output_dir, settings.worker_id, settings.output_rotate_bytes),
-                    metrics, out,
+                    metrics, out, trust,
                 )
                 signals.install(asyncio.get_running_loop(), pipeline.stop)
                 if metrics.prom is not None:

@@ -38,7 +38,8 @@ from crawler.retry import Action, Decision, decide
 from crawler.robots import RobotsCache
 from crawler.settings import Settings
 from crawler.sinks import JsonlSink
-from crawler.urls import InvalidURL, normalize
+from crawler.ssrf import TrustCache, bare_host, is_private_address, literal_ip
+from crawler.urls import InvalidURL, host_of, normalize
 from workers.parse_pool import ParsePool
 
 log = logging.getLogger("crawl.worker")
@@ -95,6 +96,7 @@ class Pipeline:
         sink: JsonlSink,
         metrics: WorkerMetrics,
         out: Any = None,
+        trust: TrustCache | None = None,
     ) -> None:
         self.s = settings
         self.frontier = frontier
@@ -125,6 +127,7 @@ class Pipeline:
         self._rng = random.Random()
         self._secrets = settings.secrets()
         self.robots = RobotsCache(self._fetch_robots, settings.user_agent) if settings.robots else None
+        self.trust = trust  # SSRF guard: None when --allow-private-networks
 
     def __repr__(self) -> str:
         return (
@@ -262,6 +265,9 @@ class Pipeline:
                 outcome = await self._process(lease)
             except asyncio.CancelledError:
                 raise  # the lease stays in `held` and is released by the final commit
+            except (RedisError, OSError) as exc:  # Redis away mid-fetch (robots, SSRF trust): not the URL's fault
+                self.say(f"Redis error while processing a URL ({exc.__class__.__name__}); handing it back", "warning")
+                outcome = Outcome(lease, Action.RELEASE, lease.attempts)
             except Exception as exc:  # a bug must not lose the URL: dead-letter it with the error
                 log.exception("unexpected error processing %s", lease.url)
                 outcome = Outcome(lease, Action.DEAD, lease.attempts + 1,
@@ -278,6 +284,11 @@ class Pipeline:
                 self._commit_wake.set()
 
     async def _process(self, lease: Lease) -> Outcome:
+        if self.trust is not None:
+            host = bare_host(host_of(lease.url))
+            if literal_ip(host) and is_private_address(host) and not await self.trust.trusted(host):
+                return Outcome(lease, Action.DONE, lease.attempts,
+                               record=self._record(lease, lease.attempts, error="blocked_address"))
         if self.robots is not None:
             allowed = await self.robots.allowed(lease.url)
             if allowed is None:  # RFC 9309: unreachable robots.txt means "not now"; try the URL again later

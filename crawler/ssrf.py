@@ -1,0 +1,119 @@
+"""Server-side request forgery guard: never fetch private, loopback, link-local or unique-local addresses that
+the user did not ask for.
+
+Hosts of the seeds the user enqueued are trusted (recorded in Redis at enqueue time); `--allow-private-networks`
+turns the guard off. Without a proxy the check is on the resolved address (a DNS name that resolves to 10.x is
+refused too), through `GuardedResolver`; redirects to literal private addresses are refused by a trace hook.
+With a proxy, the gateway resolves names, so only literal addresses can be checked here: that is the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from crawler.errors import BlockedAddress
+
+TrustFn = Callable[[str], Awaitable[bool]]
+
+
+def is_private_address(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
+        or ip.is_unspecified
+    )
+
+
+def bare_host(hostport: str) -> str:
+    """'host:port' or '[v6]:port' -> 'host' / 'v6' (no brackets)."""
+    if hostport.startswith("["):
+        return hostport[1 : hostport.index("]")]
+    return hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
+
+
+def literal_ip(host: str) -> str | None:
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return None
+
+
+class BlockedAddressOSError(OSError):
+    """Raised inside aiohttp's connector (which wraps OSErrors); translated to BlockedAddress at the boundary."""
+
+
+class TrustCache:
+    """host -> trusted? (seed host), asked of Redis once per host, bounded LRU."""
+
+    def __init__(self, lookup: TrustFn, size: int = 10_000) -> None:
+        self._lookup = lookup
+        self._size = size
+        self._cache: OrderedDict[str, bool] = OrderedDict()
+        # host -> lookup in progress: a thousand fetch tasks asking about one new host cost one Redis call
+        self._pending: dict[str, asyncio.Task[bool]] = {}
+
+    async def trusted(self, host: str) -> bool:
+        hit = self._cache.get(host)
+        if hit is not None:
+            self._cache.move_to_end(host)
+            return hit
+        task = self._pending.get(host)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(host))
+            self._pending[host] = task
+            task.add_done_callback(lambda _t: self._pending.pop(host, None))
+        value = await asyncio.shield(task)
+        self._cache[host] = value
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return value
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves as aiohttp would, then refuses private addresses for hosts that are not trusted."""
+
+    def __init__(self, trust: TrustCache) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._trust = trust
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if any(is_private_address(r["host"]) for r in results) and not await self._trust.trusted(host.lower()):
+            raise BlockedAddressOSError(f"{host} resolves to a private address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def redirect_guard(trust: TrustCache) -> aiohttp.TraceConfig:
+    """Refuse a redirect to a literal private address (aiohttp does not resolve literals, so the resolver
+    never sees them)."""
+    from yarl import URL
+
+    async def on_redirect(session: Any, ctx: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
+        location = params.response.headers.get("Location")
+        if not location:
+            return
+        target = params.url.join(URL(location))
+        host = (target.host or "").lower()
+        if literal_ip(host) and is_private_address(host) and not await trust.trusted(host):
+            raise BlockedAddress(f"redirect to private address {host}")
+
+    tc = aiohttp.TraceConfig()
+    tc.on_request_redirect.append(on_redirect)
+    return tc
