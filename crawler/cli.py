@@ -11,14 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from crawler.errors import ConfigError, CrawlError
-from crawler.settings import Settings, default_parse_workers, load_extract_rules
+from crawler.settings import DEFAULT_USER_AGENT, Settings, default_parse_workers, load_extract_rules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,7 +50,12 @@ def common_options(f: F) -> F:
         help="Directory of the embedded Redis (used when no --redis is given).",
     )(f)
     f = click.option(
-        "--crawl", "crawl_name", envvar="CRAWL_NAME", default="default", show_default=True, help="Crawl namespace."
+        "--crawl",
+        "crawl_name",
+        envvar="CRAWL_NAME",
+        default="default",
+        show_default=True,
+        help="Crawl namespace.",
     )(f)
     f = click.option(
         "--redis",
@@ -88,7 +92,12 @@ def main() -> None:
     show_default=True,
     help="high: put these URLs at the front of their host's queue.",
 )
-@click.option("--keep-tracking-params", is_flag=True, envvar="CRAWL_KEEP_TRACKING_PARAMS", help="Keep utm_*, fbclid, ...")
+@click.option(
+    "--keep-tracking-params",
+    is_flag=True,
+    envvar="CRAWL_KEEP_TRACKING_PARAMS",
+    help="Keep utm_*, fbclid, ...",
+)
 @common_options
 def enqueue(source: str, depth: int, priority: str, keep_tracking_params: bool, **common: Any) -> None:
     """Add the URLs of SOURCE (a file, or - for stdin), one per line, to the crawl."""
@@ -105,7 +114,7 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
         stream = sys.stdin.buffer
     else:
         try:
-            stream = open(source, "rb")  # noqa: SIM115 - closed below
+            stream = open(source, "rb")  # noqa: SIM115, ASYNC230 - opening is instant; closed below
         except OSError as exc:
             raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
     printer = InvalidLinePrinter(source if source != "-" else "<stdin>")
@@ -178,7 +187,15 @@ async def _dead(settings: Settings, as_json: bool, requeue: bool, limit: int) ->
     for e in entries:
         if as_json:
             click.echo(
-                json.dumps({"url": e.url, "depth": e.depth, "attempts": e.attempts, "at": e.at_ms / 1000, "error": e.error})
+                json.dumps(
+                    {
+                        "url": e.url,
+                        "depth": e.depth,
+                        "attempts": e.attempts,
+                        "at": e.at_ms / 1000,
+                        "error": e.error,
+                    }
+                )
             )
         else:
             err = e.error.get("kind", "?") + (f": {e.error['message']}" if e.error.get("message") else "")
@@ -211,64 +228,220 @@ async def _purge(settings: Settings) -> int:
 # ----------------------------------------------------------------------------------------------------- worker
 def worker_options(f: F) -> F:
     opts = [
-        click.option("--concurrency", envvar="CRAWL_CONCURRENCY", default=64, show_default=True, type=int,
-                     help="Fetches in flight in this process."),
-        click.option("--proxy", "proxies", envvar="CRAWL_PROXY_URL", multiple=True,
-                     help="Gateway URL http://user:pass@host:port (repeatable); {session} in the user is a sticky session."),
-        click.option("--proxy-file", envvar="CRAWL_PROXY_FILE", default=None, help="File of gateway URLs, one per line."),
-        click.option("--session-requests", envvar="CRAWL_SESSION_REQUESTS", default=0, show_default=True, type=int,
-                     help="Rotate the sticky session after N requests (0: only on ban signals)."),
-        click.option("--ban-marker", "ban_markers", envvar="CRAWL_BAN_MARKERS", multiple=True,
-                     help="Body text that means 'blocked': rotate the session and retry (repeatable)."),
-        click.option("--proxy-max-connections", envvar="CRAWL_PROXY_MAX_CONNECTIONS", default=None, type=int,
-                     help="Connections through the gateway for the whole crawl (all workers), via Redis."),
-        click.option("--parse-workers", envvar="CRAWL_PARSE_WORKERS", default=default_parse_workers(),
-                     show_default="cores - 1", type=int, help="Parse processes."),
-        click.option("--output", "output_dir", envvar="CRAWL_OUTPUT", default="crawl-output", show_default=True,
-                     type=click.Path(file_okay=False, path_type=Path), help="Directory of <worker-id>.jsonl files."),
-        click.option("--rotate-mb", envvar="CRAWL_ROTATE_MB", default=256, show_default=True, type=int,
-                     help="Start a new output file past this size."),
+        click.option(
+            "--concurrency",
+            envvar="CRAWL_CONCURRENCY",
+            default=64,
+            show_default=True,
+            type=int,
+            help="Fetches in flight in this process.",
+        ),
+        click.option(
+            "--proxy",
+            "proxies",
+            envvar="CRAWL_PROXY_URL",
+            multiple=True,
+            help="Gateway URL http://user:pass@host:port (repeatable); {session} in the user is a sticky session.",
+        ),
+        click.option(
+            "--proxy-file",
+            envvar="CRAWL_PROXY_FILE",
+            default=None,
+            help="File of gateway URLs, one per line.",
+        ),
+        click.option(
+            "--session-requests",
+            envvar="CRAWL_SESSION_REQUESTS",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Rotate the sticky session after N requests (0: only on ban signals).",
+        ),
+        click.option(
+            "--ban-marker",
+            "ban_markers",
+            envvar="CRAWL_BAN_MARKERS",
+            multiple=True,
+            help="Body text that means 'blocked': rotate the session and retry (repeatable).",
+        ),
+        click.option(
+            "--proxy-max-connections",
+            envvar="CRAWL_PROXY_MAX_CONNECTIONS",
+            default=None,
+            type=int,
+            help="Connections through the gateway for the whole crawl (all workers), via Redis.",
+        ),
+        click.option(
+            "--parse-workers",
+            envvar="CRAWL_PARSE_WORKERS",
+            default=default_parse_workers(),
+            show_default="cores - 1",
+            type=int,
+            help="Parse processes.",
+        ),
+        click.option(
+            "--output",
+            "output_dir",
+            envvar="CRAWL_OUTPUT",
+            default="crawl-output",
+            show_default=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Directory of <worker-id>.jsonl files.",
+        ),
+        click.option(
+            "--rotate-mb",
+            envvar="CRAWL_ROTATE_MB",
+            default=256,
+            show_default=True,
+            type=int,
+            help="Start a new output file past this size.",
+        ),
         click.option("--worker-id", envvar="CRAWL_WORKER_ID", default=None, help="Default: <hostname>-<pid>."),
-        click.option("--until-idle", envvar="CRAWL_UNTIL_IDLE", is_flag=True,
-                     help="Exit 0 when nothing is queued, deferred or in flight crawl-wide."),
+        click.option(
+            "--until-idle",
+            envvar="CRAWL_UNTIL_IDLE",
+            is_flag=True,
+            help="Exit 0 when nothing is queued, deferred or in flight crawl-wide.",
+        ),
         click.option("--max-pages", envvar="CRAWL_MAX_PAGES", default=None, type=int, help="Stop after N pages."),
-        click.option("--follow/--no-follow", envvar="CRAWL_FOLLOW", default=True, show_default=True,
-                     help="Add in-scope links to the frontier."),
-        click.option("--max-depth", envvar="CRAWL_MAX_DEPTH", default=None, type=int, help="Deepest link depth followed."),
-        click.option("--allow-domain", "allow_domains", envvar="CRAWL_ALLOW_DOMAINS", multiple=True,
-                     help="Also follow links to this domain and its subdomains (repeatable)."),
-        click.option("--per-host-concurrency", envvar="CRAWL_PER_HOST_CONCURRENCY", default=8, show_default=True,
-                     type=int, help="Leases of one host at once, crawl-wide (0: unlimited)."),
-        click.option("--per-host-delay", "per_host_delay_s", envvar="CRAWL_PER_HOST_DELAY", default=0.0,
-                     show_default=True, type=float, help="Seconds between two leases of one host, crawl-wide."),
-        click.option("--robots/--no-robots", envvar="CRAWL_ROBOTS", default=True, show_default=True,
-                     help="Honour robots.txt."),
-        click.option("--user-agent", envvar="CRAWL_USER_AGENT", default=Settings.user_agent, show_default=True),
-        click.option("--keep-tracking-params", envvar="CRAWL_KEEP_TRACKING_PARAMS", is_flag=True,
-                     help="Keep utm_*, fbclid, gclid in followed links."),
-        click.option("--allow-private-networks", envvar="CRAWL_ALLOW_PRIVATE_NETWORKS", is_flag=True,
-                     help="Follow links to private, loopback and link-local addresses."),
-        click.option("--max-body-bytes", envvar="CRAWL_MAX_BODY_BYTES", default=10 * 1024 * 1024, show_default=True,
-                     type=int, help="Body cap (decompressed)."),
-        click.option("--timeout", "timeout_s", envvar="CRAWL_TIMEOUT", default=30.0, show_default=True, type=float,
-                     help="Total seconds per attempt."),
+        click.option(
+            "--follow/--no-follow",
+            envvar="CRAWL_FOLLOW",
+            default=True,
+            show_default=True,
+            help="Add in-scope links to the frontier.",
+        ),
+        click.option(
+            "--max-depth",
+            envvar="CRAWL_MAX_DEPTH",
+            default=None,
+            type=int,
+            help="Deepest link depth followed.",
+        ),
+        click.option(
+            "--allow-domain",
+            "allow_domains",
+            envvar="CRAWL_ALLOW_DOMAINS",
+            multiple=True,
+            help="Also follow links to this domain and its subdomains (repeatable).",
+        ),
+        click.option(
+            "--per-host-concurrency",
+            envvar="CRAWL_PER_HOST_CONCURRENCY",
+            default=8,
+            show_default=True,
+            type=int,
+            help="Leases of one host at once, crawl-wide (0: unlimited).",
+        ),
+        click.option(
+            "--per-host-delay",
+            "per_host_delay_s",
+            envvar="CRAWL_PER_HOST_DELAY",
+            default=0.0,
+            show_default=True,
+            type=float,
+            help="Seconds between two leases of one host, crawl-wide.",
+        ),
+        click.option(
+            "--robots/--no-robots",
+            envvar="CRAWL_ROBOTS",
+            default=True,
+            show_default=True,
+            help="Honour robots.txt.",
+        ),
+        click.option("--user-agent", envvar="CRAWL_USER_AGENT", default=DEFAULT_USER_AGENT, show_default=True),
+        click.option(
+            "--keep-tracking-params",
+            envvar="CRAWL_KEEP_TRACKING_PARAMS",
+            is_flag=True,
+            help="Keep utm_*, fbclid, gclid in followed links.",
+        ),
+        click.option(
+            "--allow-private-networks",
+            envvar="CRAWL_ALLOW_PRIVATE_NETWORKS",
+            is_flag=True,
+            help="Follow links to private, loopback and link-local addresses.",
+        ),
+        click.option(
+            "--max-body-bytes",
+            envvar="CRAWL_MAX_BODY_BYTES",
+            default=10 * 1024 * 1024,
+            show_default=True,
+            type=int,
+            help="Body cap (decompressed).",
+        ),
+        click.option(
+            "--timeout",
+            "timeout_s",
+            envvar="CRAWL_TIMEOUT",
+            default=30.0,
+            show_default=True,
+            type=float,
+            help="Total seconds per attempt.",
+        ),
         click.option("--max-redirects", envvar="CRAWL_MAX_REDIRECTS", default=10, show_default=True, type=int),
-        click.option("--max-links", "max_links_per_page", envvar="CRAWL_MAX_LINKS", default=1000,
-                     show_default=True, type=int, help="Links kept per page."),
-        click.option("--retries", envvar="CRAWL_RETRIES", default=3, show_default=True, type=int,
-                     help="Retries after the first attempt."),
-        click.option("--extract", envvar="CRAWL_EXTRACT", default=None,
-                     help="JSON file of field -> CSS selector; results go to the record's data."),
-        click.option("--grace-s", envvar="CRAWL_GRACE_S", default=20.0, show_default=True, type=float,
-                     help="Seconds to finish in-flight work on SIGTERM."),
-        click.option("--lease-ttl-s", envvar="CRAWL_LEASE_TTL_S", default=30.0, show_default=True, type=float,
-                     help="Lease time-out (renewed while a fetch runs)."),
-        click.option("--log-interval", "log_interval_s", envvar="CRAWL_LOG_INTERVAL", default=10.0,
-                     show_default=True, type=float, help="Seconds between throughput lines."),
-        click.option("--log-format", envvar="CRAWL_LOG_FORMAT", default="text", show_default=True,
-                     type=click.Choice(["text", "json"])),
-        click.option("--metrics-port", envvar="CRAWL_METRICS_PORT", default=None, type=int,
-                     help="Serve Prometheus /metrics on this port."),
+        click.option(
+            "--max-links",
+            "max_links_per_page",
+            envvar="CRAWL_MAX_LINKS",
+            default=1000,
+            show_default=True,
+            type=int,
+            help="Links kept per page.",
+        ),
+        click.option(
+            "--retries",
+            envvar="CRAWL_RETRIES",
+            default=3,
+            show_default=True,
+            type=int,
+            help="Retries after the first attempt.",
+        ),
+        click.option(
+            "--extract",
+            envvar="CRAWL_EXTRACT",
+            default=None,
+            help="JSON file of field -> CSS selector; results go to the record's data.",
+        ),
+        click.option(
+            "--grace-s",
+            envvar="CRAWL_GRACE_S",
+            default=20.0,
+            show_default=True,
+            type=float,
+            help="Seconds to finish in-flight work on SIGTERM.",
+        ),
+        click.option(
+            "--lease-ttl-s",
+            envvar="CRAWL_LEASE_TTL_S",
+            default=30.0,
+            show_default=True,
+            type=float,
+            help="Lease time-out (renewed while a fetch runs).",
+        ),
+        click.option(
+            "--log-interval",
+            "log_interval_s",
+            envvar="CRAWL_LOG_INTERVAL",
+            default=10.0,
+            show_default=True,
+            type=float,
+            help="Seconds between throughput lines.",
+        ),
+        click.option(
+            "--log-format",
+            envvar="CRAWL_LOG_FORMAT",
+            default="text",
+            show_default=True,
+            type=click.Choice(["text", "json"]),
+        ),
+        click.option(
+            "--metrics-port",
+            envvar="CRAWL_METRICS_PORT",
+            default=None,
+            type=int,
+            help="Serve Prometheus /metrics on this port.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)

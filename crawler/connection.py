@@ -137,15 +137,17 @@ def ensure_embedded_server(home: Path, timeout_s: float = 20.0) -> EmbeddedPaths
         ]
     )
     paths.conf.write_text(conf)
-    proc = subprocess.run(
-        [redis_server_binary(), str(paths.conf)], capture_output=True, text=True, timeout=timeout_s
-    )
+    proc = subprocess.run([redis_server_binary(), str(paths.conf)], capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RedisUnavailable(f"embedded Redis failed to start: {(proc.stderr or proc.stdout).strip()[:300]}")
     deadline = time.monotonic() + timeout_s
     while not _ping_socket(paths.socket):  # AOF replay of a big frontier takes a while
         if time.monotonic() > deadline:
-            log = (paths.home / "redis.log").read_text(errors="replace")[-500:] if (paths.home / "redis.log").exists() else ""
+            log = (
+                (paths.home / "redis.log").read_text(errors="replace")[-500:]
+                if (paths.home / "redis.log").exists()
+                else ""
+            )
             raise RedisUnavailable(f"embedded Redis at {paths.socket} did not answer within {timeout_s:.0f}s: {log}")
         time.sleep(0.02)
     return paths
@@ -170,6 +172,11 @@ def _client(url: str, name: str) -> aioredis.Redis:
     )
 
 
+def _embedded_paths(home: Path) -> EmbeddedPaths:
+    home.mkdir(parents=True, exist_ok=True)
+    return EmbeddedPaths(home.resolve())
+
+
 async def _connected(url: str, name: str) -> aioredis.Redis:
     client = _client(url, name)
     try:
@@ -186,8 +193,7 @@ async def open_redis(redis_url: str | None, home: Path) -> AsyncIterator[aioredi
     name = f"crawl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     embedded: EmbeddedPaths | None = None
     if redis_url is None:
-        home.mkdir(parents=True, exist_ok=True)
-        paths = EmbeddedPaths(home.resolve())
+        paths = await asyncio.to_thread(_embedded_paths, home)
         lock = paths.lock
 
         fd = await asyncio.to_thread(_lock_fd, lock)

@@ -125,7 +125,7 @@ async def enqueue_stream(
         pending += len(queued)
         report.duplicates += len(batch)
     await flush_pipe()
-    await pipe.reset()
+    await pipe.reset()  # type: ignore[no-untyped-call]
     report.duplicates -= report.added  # every valid URL was either added or a duplicate
     return report
 

@@ -109,14 +109,19 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         if isinstance(exc.os_error, BlockedAddressOSError):
             raise BlockedAddress(str(exc.os_error)) from None
         raise ConnectError(exc.__class__.__name__) from None
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise FetchTimeout("deadline passed") from None
     except aiohttp.ClientResponseError as exc:  # bad status line, headers too large, ...
         raise InvalidResponse(f"invalid response: {exc.message[:100]}") from None
     except aiohttp.InvalidURL:
         raise InvalidResponse("redirect to an invalid URL") from None
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientConnectionError, ConnectionError) as exc:
+    except (
+        aiohttp.ClientPayloadError,
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientOSError,
+        aiohttp.ClientConnectionError,
+        ConnectionError,
+    ) as exc:
         kind = "proxy" if via_proxy and isinstance(exc, aiohttp.ClientProxyConnectionError) else "connect"
         raise (ProxyError if kind == "proxy" else ConnectError)(f"{exc.__class__.__name__}") from None
     except aiohttp.ClientError as exc:
@@ -191,8 +196,9 @@ class Fetcher:
             async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
                 stack.enter_context(translate_errors(proxy is not None))
                 async with asyncio.timeout(self.settings.timeout_s + 1.0):
-                    async with self.session.get(URL(url, encoded=True), proxy=proxy.url if proxy else None,
-                                                max_redirects=5) as resp:
+                    async with self.session.get(
+                        URL(url, encoded=True), proxy=proxy.url if proxy else None, max_redirects=5
+                    ) as resp:
                         buf = bytearray()
                         async for chunk in resp.content.iter_chunked(CHUNK):
                             buf += chunk

@@ -15,6 +15,7 @@ import itertools
 import secrets
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -48,7 +49,7 @@ class FleetSlots:
         delay = 0.005
         while True:
             try:
-                args = [self.keys.prefix, now_ms(), now_ms() + int(self.hold_s * 1000), token, self.limit]
+                args: list[Any] = [self.keys.prefix, now_ms(), now_ms() + int(self.hold_s * 1000), token, self.limit]
                 if await self._take(keys=[self.keys.proxy_slots], args=args):
                     break
             except (RedisError, OSError):

@@ -134,7 +134,12 @@ class Frontier:
         return int(await self._run("add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), *args]))
 
     async def add_in(
-        self, pipe: Any, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False, seed: bool = False
+        self,
+        pipe: Any,
+        urls: Iterable[NormalizedURL],
+        depth: int = 0,
+        front: bool = False,
+        seed: bool = False,
     ) -> list[bool]:
         """Queue an add on a pipeline (enqueue streams big files this way).
 
@@ -155,7 +160,9 @@ class Frontier:
 
             pipe.sadd(k.seed_hosts, *{bare_host(h) for h in hosts})
             kinds.append(False)
-        await self._scripts["add"](keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), *args], client=pipe)
+        await self._scripts["add"](
+            keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), *args], client=pipe
+        )
         return [*kinds, True]
 
     # -- leasing --------------------------------------------------------------------------------------------
@@ -212,7 +219,9 @@ class Frontier:
         k = self.keys
         return int(
             await self._run(
-                "release", [k.leases, k.host_inflight, k.hosts, k.stats], [now_ms(), self._phc, *(x.member for x in leases)]
+                "release",
+                [k.leases, k.host_inflight, k.hosts, k.stats],
+                [now_ms(), self._phc, *(x.member for x in leases)],
             )
         )
 
@@ -261,17 +270,23 @@ class Frontier:
                 args = [k.prefix, now_ms(), self._phc]
                 for ls, due_s, attempts in deferred:
                     args += [ls.member, int(due_s * 1000), attempts]
-                await self._scripts["defer"](keys=[k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args=args, client=pipe)
+                await self._scripts["defer"](
+                    keys=[k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args=args, client=pipe
+                )
                 calls += 1
             if dead:
                 args = [k.prefix, now_ms(), self._phc]
                 for ls, attempts, err in dead:
                     args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
-                await self._scripts["dead"](keys=[k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args=args, client=pipe)
+                await self._scripts["dead"](
+                    keys=[k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args=args, client=pipe
+                )
                 calls += 1
             if released:
                 args = [k.prefix, now_ms(), self._phc, *(x.member for x in released)]
-                await self._scripts["release"](keys=[k.leases, k.host_inflight, k.hosts, k.stats], args=args, client=pipe)
+                await self._scripts["release"](
+                    keys=[k.leases, k.host_inflight, k.hosts, k.stats], args=args, client=pipe
+                )
                 calls += 1
             if not calls:
                 return 0
@@ -282,7 +297,9 @@ class Frontier:
         """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead)."""
         k = self.keys
         requeued, dead = await self._run(
-            "reclaim", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], [now_ms(), self._phc, max_attempts, limit]
+            "reclaim",
+            [k.leases, k.host_inflight, k.hosts, k.dead, k.stats],
+            [now_ms(), self._phc, max_attempts, limit],
         )
         return int(requeued), int(dead)
 

@@ -23,7 +23,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    idx = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    idx = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
     return s[idx]
 
 

@@ -82,7 +82,7 @@ async def live_workers(redis: aioredis.Redis, crawl_name: str) -> list[dict[str,
     ids = await redis.zrange(keys.workers, 0, -1)
     if not ids:
         return []
-    vals = await redis.mget([keys.worker(i.decode() if isinstance(i, bytes) else i) for i in ids])
+    vals = await redis.mget([keys.worker(i.decode() if isinstance(i, bytes) else str(i)) for i in ids])
     return sorted((json.loads(v) for v in vals if v), key=lambda w: str(w.get("id")))
 
 
@@ -96,11 +96,27 @@ async def run_top(settings: Settings, interval: float) -> int:
 
     def render(snap: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
         head = Table(title=f"crawl {snap['crawl']}", expand=True)
-        for col in ("pages/s 10s", "pages/s 60s", "done", "dead", "queued", "deferred", "inflight", "retried", "eta"):
+        for col in (
+            "pages/s 10s",
+            "pages/s 60s",
+            "done",
+            "dead",
+            "queued",
+            "deferred",
+            "inflight",
+            "retried",
+            "eta",
+        ):
             head.add_column(col, justify="right")
         head.add_row(
-            f"{snap['pages_per_s_10s']:.1f}", f"{snap['pages_per_s']:.1f}", str(snap["done"]), str(snap["dead"]),
-            str(snap["queued"]), str(snap["deferred"]), str(snap["inflight"]), str(snap["retried"]),
+            f"{snap['pages_per_s_10s']:.1f}",
+            f"{snap['pages_per_s']:.1f}",
+            str(snap["done"]),
+            str(snap["dead"]),
+            str(snap["queued"]),
+            str(snap["deferred"]),
+            str(snap["inflight"]),
+            str(snap["retried"]),
             f"{snap['eta_s']:.0f}s" if snap.get("eta_s") is not None else "-",
         )
         wt = Table(title="workers", expand=True)
@@ -108,16 +124,27 @@ async def run_top(settings: Settings, interval: float) -> int:
             wt.add_column(col)
         for w in workers:
             wt.add_row(
-                str(w.get("id")), str(w.get("pages_per_s")), str(w.get("inflight")), str(w.get("parse_backlog")),
-                str(w.get("rss_mb")), str(w.get("proxy_success_rate")), json.dumps(w.get("errors", {})),
+                str(w.get("id")),
+                str(w.get("pages_per_s")),
+                str(w.get("inflight")),
+                str(w.get("parse_backlog")),
+                str(w.get("rss_mb")),
+                str(w.get("proxy_success_rate")),
+                json.dumps(w.get("errors", {})),
             )
         pt = Table(title="proxies", expand=True)
         for col in ("worker", "proxy", "health", "requests", "failures", "rotations"):
             pt.add_column(col)
         for w in workers:
             for p in w.get("proxies", []):
-                pt.add_row(str(w.get("id")), p["proxy"], f"{p['health']:.2f}", str(p["requests"]),
-                           str(p["failures"]), str(p["rotations"]))
+                pt.add_row(
+                    str(w.get("id")),
+                    p["proxy"],
+                    f"{p['health']:.2f}",
+                    str(p["requests"]),
+                    str(p["failures"]),
+                    str(p["rotations"]),
+                )
         return Group(head, wt, pt)
 
     fd = sys.stdin.fileno() if sys.stdin.isatty() else None

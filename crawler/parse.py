@@ -9,6 +9,7 @@ with replacement characters.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ class ParseTask:
 
 @dataclass(slots=True)
 class ParsedPage:
-    bytes: int = 0  # decompressed size
+    size: int = 0  # decompressed bytes
     title: str | None = None
     noindex: bool = False
     nofollow: bool = False
@@ -107,12 +108,12 @@ def parse_page(task: ParseTask) -> ParsedPage:
         raw = decompress(task.body, task.content_encoding, task.max_bytes)
     except _TooLarge:
         page.error = "body_too_large"
-        page.bytes = task.max_bytes
+        page.size = task.max_bytes
         return page
     except Exception:
         page.error = "decode_error"
         return page
-    page.bytes = len(raw)
+    page.size = len(raw)
     page.charset = _charset(raw, task.header_charset)
     text = raw.decode(page.charset, errors="replace")
     if task.ban_markers and any(m in text for m in task.ban_markers):
@@ -132,16 +133,12 @@ def parse_page(task: ParseTask) -> ParsedPage:
     if base_node is not None:
         href = base_node.attributes.get("href")
         if href:
-            try:
+            with contextlib.suppress(InvalidURL):
                 base = normalize(href, task.final_url).url
-            except InvalidURL:
-                pass
     canon = tree.css_first('link[rel="canonical"]')
     if canon is not None and canon.attributes.get("href"):
-        try:
+        with contextlib.suppress(InvalidURL):
             page.canonical = normalize(canon.attributes["href"] or "", base).url
-        except InvalidURL:
-            pass
 
     _links(tree, base, task, page)
     body = tree.body
@@ -168,9 +165,9 @@ def _links(tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage)
         seen.add(n.url)
         if len(page.links) < task.max_links:
             page.links.append(n.url)
-            if follow_ok and (n.host in own_hosts or (task.allow_domains and in_domain(n.host, task.allow_domains))):
-                if "nofollow" not in (a.attributes.get("rel") or ""):
-                    page.follow.append((n.fingerprint, n.host, n.url))
+            in_scope = n.host in own_hosts or (task.allow_domains and in_domain(n.host, task.allow_domains))
+            if follow_ok and in_scope and "nofollow" not in (a.attributes.get("rel") or ""):
+                page.follow.append((n.fingerprint, n.host, n.url))
     page.links_total = len(seen)
 
 
@@ -182,8 +179,6 @@ def extract(tree: LexborHTMLParser, rules: tuple[ExtractRule, ...]) -> dict[str,
     out: dict[str, Any] = {}
     for r in rules:
         nodes = tree.css(r.css) if r.all else [n for n in [tree.css_first(r.css)] if n is not None]
-        values = [
-            (n.attributes.get(r.attr) if r.attr else " ".join(n.text().split())) for n in nodes
-        ]
+        values = [(n.attributes.get(r.attr) if r.attr else " ".join(n.text().split())) for n in nodes]
         out[r.name] = values if r.all else (values[0] if values else None)
     return out

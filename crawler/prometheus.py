@@ -19,8 +19,10 @@ class PromMetrics:
         self.errors = Counter("crawl_errors_total", "Errors by kind (final and retried)", ["kind"], registry=r)
         self.outcomes = Counter("crawl_outcomes_total", "Non-done attempt outcomes", ["action"], registry=r)
         self.latency = Histogram(
-            "crawl_fetch_seconds", "Fetch latency",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+            "crawl_fetch_seconds",
+            "Fetch latency",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
         )
         self.inflight = Gauge("crawl_inflight", "Fetches in flight", registry=r)
         self.parse_backlog = Gauge("crawl_parse_backlog_bytes", "Bytes waiting for the parse pool", registry=r)

@@ -14,7 +14,7 @@ def redact_url(url: str) -> str:
     if not m or m.group("pw") is None:
         # redis://:pw@host has an empty user and a password; redis://pw@host (user only) is left as is
         return url
-    return f"{m.group('scheme')}{m.group('user')}:***@{url[m.end():]}"
+    return f"{m.group('scheme')}{m.group('user')}:***@{url[m.end() :]}"
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

@@ -4,7 +4,8 @@
 |-------------------------------------------|----------------------------------------------------------|
 | 2xx/3xx/other 4xx/5xx answers             | DONE: a result record with that status                   |
 | connection error, gateway 502/504, 503    | RETRY_NOW with a fresh proxy session (tenacity, in process) |
-| 429; 503 with Retry-After                 | RETRY_LATER through the frontier's deferred set, honouring Retry-After, else exponential backoff with jitter |
+| 429; 503 with Retry-After                 | RETRY_LATER through the frontier's deferred set, honouring |
+|                                           | Retry-After, else exponential backoff with jitter        |
 | 403 or a ban marker, through a proxy      | RETRY_NOW with a fresh session (a block, not the page)   |
 | 407 from the gateway                      | RELEASE: a configuration error, never a result           |
 | body too large, redirect loop, blocked    | DONE with `error` set (permanent: retrying cannot help)  |
@@ -68,7 +69,7 @@ def parse_retry_after(value: str | None, now_epoch_s: float) -> float | None:
 
 def backoff_s(attempts: int, rng: random.Random) -> float:
     """Exponential backoff with jitter: base * 2^(attempts-1), capped, scaled by a random factor in [0.5, 1]."""
-    raw = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+    raw = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** max(0, attempts - 1))
     return raw * (0.5 + rng.random() / 2)
 
 
@@ -100,8 +101,12 @@ def decide(
         if last:
             return Decision(Action.DEAD, f"http_{status}")
         wait = parse_retry_after(retry_after, now_epoch_s)
-        return Decision(Action.RETRY_LATER, f"http_{status}", wait if wait is not None else backoff_s(attempts, rng),
-                        ban=status == 429)
+        return Decision(
+            Action.RETRY_LATER,
+            f"http_{status}",
+            wait if wait is not None else backoff_s(attempts, rng),
+            ban=status == 429,
+        )
     if status in (502, 503, 504):
         if last:
             return Decision(Action.DEAD, f"http_{status}")

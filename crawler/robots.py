@@ -102,7 +102,9 @@ def parse_robots(text: str, user_agent: str) -> RobotsRules:
 class RobotsCache:
     """Per-host rules, fetched once (concurrent askers share one fetch), bounded LRU."""
 
-    def __init__(self, fetch: Callable[[str], Awaitable[tuple[int, bytes]]], user_agent: str, size: int = 10_000) -> None:
+    def __init__(
+        self, fetch: Callable[[str], Awaitable[tuple[int, bytes]]], user_agent: str, size: int = 10_000
+    ) -> None:
         self._fetch = fetch  # robots URL -> (status, body); status 0: unreachable (must not raise)
         self._ua = user_agent
         self._size = size

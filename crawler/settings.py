@@ -18,6 +18,7 @@ from crawler.errors import ConfigError
 from crawler.redact import redact_url, url_password
 
 MIB = 1024 * 1024
+DEFAULT_USER_AGENT = "crawl/0.1 (+https://github.com/crawl/crawl)"
 
 
 def default_parse_workers() -> int:
@@ -97,7 +98,7 @@ class Settings:
     per_host_concurrency: int = 8  # 0: unlimited
     per_host_delay_s: float = 0.0
     robots: bool = True
-    user_agent: str = "crawl/0.1 (+https://github.com/crawl/crawl)"
+    user_agent: str = DEFAULT_USER_AGENT
     keep_tracking_params: bool = False
     allow_private_networks: bool = False
     # fetching

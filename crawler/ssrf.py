@@ -32,8 +32,7 @@ def is_private_address(addr: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return bool(
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
-        or ip.is_unspecified
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
     )
 
 
@@ -90,7 +89,9 @@ class GuardedResolver(AbstractResolver):
         self._inner = aiohttp.ThreadedResolver()
         self._trust = trust
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         if any(is_private_address(r["host"]) for r in results) and not await self._trust.trusted(host.lower()):
             raise BlockedAddressOSError(f"{host} resolves to a private address")

@@ -17,13 +17,13 @@ from crawler.connection import open_redis
 from crawler.errors import CrawlError
 from crawler.fetch import Fetcher, make_session
 from crawler.fleet import FleetSlots
-from crawler.ssrf import TrustCache
 from crawler.frontier import Frontier, Politeness
 from crawler.metrics import WorkerMetrics
 from crawler.proxies import ProxyPool
 from crawler.redact import scrub
 from crawler.settings import Settings
 from crawler.sinks import JsonlSink
+from crawler.ssrf import TrustCache
 from workers import signals
 from workers.parse_pool import ParsePool
 from workers.pipeline import Pipeline
@@ -65,13 +65,17 @@ def run_worker(settings: Settings, out: Any = None) -> int:
 async def _main(settings: Settings, out: Any) -> int:
     limit = raise_nofile_limit(settings.concurrency)
     if limit < settings.concurrency + 64:
-        print(f"crawl: warning: open-file limit {limit} is below --concurrency {settings.concurrency}; "
-              "raise it with `ulimit -n`", file=sys.stderr)
+        print(
+            f"crawl: warning: open-file limit {limit} is below --concurrency {settings.concurrency}; "
+            "raise it with `ulimit -n`",
+            file=sys.stderr,
+        )
     parse_pool = ParsePool(settings.parse_workers, PARSE_BACKLOG_BYTES)
     try:
         async with open_redis(settings.redis_url, settings.home) as redis:
             frontier = Frontier(
-                redis, settings.crawl_name,
+                redis,
+                settings.crawl_name,
                 Politeness(settings.per_host_concurrency, int(settings.per_host_delay_s * 1000)),
             )
             metrics = WorkerMetrics(settings.worker_id)
@@ -83,21 +87,28 @@ async def _main(settings: Settings, out: Any) -> int:
             trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
             slots = (
                 FleetSlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)
-                if settings.proxy_max_connections is not None else None
+                if settings.proxy_max_connections is not None
+                else None
             )
             async with make_session(settings, trust) as session:
                 pipeline = Pipeline(
-                    settings, frontier, Fetcher(session, settings, slots), parse_pool,
+                    settings,
+                    frontier,
+                    Fetcher(session, settings, slots),
+                    parse_pool,
                     ProxyPool(settings.proxies, settings.session_requests, None),
                     JsonlSink(settings.output_dir, settings.worker_id, settings.output_rotate_bytes),
-                    metrics, out, trust,
+                    metrics,
+                    out,
+                    trust,
                 )
                 signals.install(asyncio.get_running_loop(), pipeline.stop)
                 if metrics.prom is not None:
                     metrics.prom.bind(pipeline)
                 pipeline.say(
-                    f"worker {settings.worker_id} started: crawl={settings.crawl_name} concurrency={settings.concurrency} "
-                    f"parse_workers={settings.parse_workers} proxies={len(settings.proxies)} output={settings.output_dir}"
+                    f"worker {settings.worker_id} started: crawl={settings.crawl_name} "
+                    f"concurrency={settings.concurrency} parse_workers={settings.parse_workers} "
+                    f"proxies={len(settings.proxies)} output={settings.output_dir}"
                 )
                 return await pipeline.run()
     finally:

@@ -53,7 +53,7 @@ class ParsePool:
                 result = await loop.run_in_executor(self._pool, parse_page, task)
             except BrokenProcessPool:
                 self._replace()
-                return ParsedPage(bytes=size, error="parser_crashed")
+                return ParsedPage(size=size, error="parser_crashed")
             self.parsed += 1
             return result
         finally:

@@ -107,7 +107,9 @@ class Pipeline:
         self.metrics = metrics
         self.out = out or sys.stderr
         # a fresh token per process: a restarted worker with the same id never owns its predecessor's leases
-        self.token = "".join(c if c.isalnum() or c in "-_." else "_" for c in settings.worker_id) + "." + secrets.token_hex(3)
+        self.token = (
+            "".join(c if c.isalnum() or c in "-_." else "_" for c in settings.worker_id) + "." + secrets.token_hex(3)
+        )
         # leases this process owns (member -> lease): renewed while held, released on stop
         self.held: dict[str, Lease] = {}
         # leases waiting for a fetch task; at most concurrency + one batch, because leasing is bounded by `held`
@@ -153,8 +155,14 @@ class Pipeline:
         )
 
     def emit(self, obj: dict[str, Any]) -> None:
-        line = format_line(obj, self.s.log_format) if obj.get("event") != "log" else (
-            json.dumps(obj, separators=(",", ":")) if self.s.log_format == "json" else f"[{self.s.worker_id}] {obj['message']}"
+        line = (
+            format_line(obj, self.s.log_format)
+            if obj.get("event") != "log"
+            else (
+                json.dumps(obj, separators=(",", ":"))
+                if self.s.log_format == "json"
+                else f"[{self.s.worker_id}] {obj['message']}"
+            )
         )
         print(scrub(line, self._secrets), file=self.out, flush=True)
 
@@ -216,17 +224,22 @@ class Pipeline:
             free = limit - len(self.held)
             if self.s.max_pages is not None:
                 free = min(free, self.s.max_pages - self.leased_total)
-            if free < low_water and free < limit - self._busy - self.queue.qsize() or self.needs_backout():
+            if (free < low_water and free < limit - self._busy - self.queue.qsize()) or self.needs_backout():
                 if self.s.max_pages is not None and self.leased_total >= self.s.max_pages and not self.held:
                     self.stop(f"--max-pages {self.s.max_pages} reached")
                     return
                 await self._wait_capacity(0.5)
                 continue
             try:
-                leases, next_due = await self.frontier.lease(min(free, self.s.lease_batch), self.token, self.s.lease_ttl_s)
+                leases, next_due = await self.frontier.lease(
+                    min(free, self.s.lease_batch), self.token, self.s.lease_ttl_s
+                )
                 backoff = 0.05
             except (RedisError, OSError) as exc:
-                self.say(f"Redis unavailable while leasing ({exc.__class__.__name__}); retrying in {backoff:.1f}s", "warning")
+                self.say(
+                    f"Redis unavailable while leasing ({exc.__class__.__name__}); retrying in {backoff:.1f}s",
+                    "warning",
+                )
                 await self._wait_capacity(backoff)
                 backoff = min(5.0, backoff * 2)
                 continue
@@ -249,10 +262,10 @@ class Pipeline:
             wait = 0.2 if next_due < 0 else min(0.5, max(0.005, next_due / 1000 - time.time()))
             await self._wait_capacity(wait)
 
-    async def _wait_capacity(self, timeout: float) -> None:
+    async def _wait_capacity(self, wait_s: float) -> None:
         self._capacity.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._capacity.wait(), timeout)
+            await asyncio.wait_for(self._capacity.wait(), wait_s)
 
     # -- fetching -------------------------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
@@ -265,36 +278,53 @@ class Pipeline:
                 outcome = await self._process(lease)
             except asyncio.CancelledError:
                 raise  # the lease stays in `held` and is released by the final commit
-            except (RedisError, OSError) as exc:  # Redis away mid-fetch (robots, SSRF trust): not the URL's fault
-                self.say(f"Redis error while processing a URL ({exc.__class__.__name__}); handing it back", "warning")
+            except (
+                RedisError,
+                OSError,
+            ) as exc:  # Redis away mid-fetch (robots, SSRF trust): not the URL's fault
+                self.say(
+                    f"Redis error while processing a URL ({exc.__class__.__name__}); handing it back",
+                    "warning",
+                )
                 outcome = Outcome(lease, Action.RELEASE, lease.attempts)
             except Exception as exc:  # a bug must not lose the URL: dead-letter it with the error
                 log.exception("unexpected error processing %s", lease.url)
-                outcome = Outcome(lease, Action.DEAD, lease.attempts + 1,
-                                  error={"kind": "internal", "message": scrub(repr(exc), self._secrets)[:300]})
+                outcome = Outcome(
+                    lease,
+                    Action.DEAD,
+                    lease.attempts + 1,
+                    error={"kind": "internal", "message": scrub(repr(exc), self._secrets)[:300]},
+                )
             finally:
                 self._busy -= 1
                 self.metrics.inflight = self._busy
                 if self._busy == 0:
                     self._idle_fetchers.set()
             self._outcomes.append(outcome)
-            if len(self._outcomes) >= COMMIT_MAX:
-                self._commit_wake.set()
-            elif len(self._outcomes) == 1:
+            if len(self._outcomes) >= COMMIT_MAX or len(self._outcomes) == 1:
                 self._commit_wake.set()
 
     async def _process(self, lease: Lease) -> Outcome:
         if self.trust is not None:
             host = bare_host(host_of(lease.url))
             if literal_ip(host) and is_private_address(host) and not await self.trust.trusted(host):
-                return Outcome(lease, Action.DONE, lease.attempts,
-                               record=self._record(lease, lease.attempts, error="blocked_address"))
+                return Outcome(
+                    lease,
+                    Action.DONE,
+                    lease.attempts,
+                    record=self._record(lease, lease.attempts, error="blocked_address"),
+                )
         if self.robots is not None:
             allowed = await self.robots.allowed(lease.url)
             if allowed is None:  # RFC 9309: unreachable robots.txt means "not now"; try the URL again later
                 return self._retry_later(lease, lease.attempts + 1, "robots_unreachable", ROBOTS_RETRY_S)
             if not allowed:
-                return Outcome(lease, Action.DONE, lease.attempts, record=self._record(lease, lease.attempts, error="robots_disallowed"))
+                return Outcome(
+                    lease,
+                    Action.DONE,
+                    lease.attempts,
+                    record=self._record(lease, lease.attempts, error="robots_disallowed"),
+                )
 
         attempts = lease.attempts
         last: tuple[FetchResult | None, ParsedPage | None, Decision] | None = None
@@ -319,8 +349,11 @@ class Pipeline:
             decision = Decision(Action.RETRY_LATER, decision.reason, 1.0 + self._rng.random())
         if decision.action is Action.RELEASE:
             self._proxy_auth_failures += 1
-            self.say("the proxy gateway answered 407 Proxy Authentication Required: check the credentials "
-                     f"of {', '.join(st.redacted for st in self.proxies.states)}", "error")
+            self.say(
+                "the proxy gateway answered 407 Proxy Authentication Required: check the credentials "
+                f"of {', '.join(st.redacted for st in self.proxies.states)}",
+                "error",
+            )
             if self._proxy_auth_failures >= PROXY_AUTH_FATAL:
                 self.stop(f"{self._proxy_auth_failures} consecutive 407s from the gateway: bad proxy credentials", 3)
             return Outcome(lease, Action.RELEASE, attempts)
@@ -418,7 +451,7 @@ class Pipeline:
         choice_proxy = None
         if result is not None and self.proxies:
             choice_proxy = ", ".join(sorted({st.redacted for st in self.proxies.states}))
-        nbytes = (page.bytes if page is not None else result.bytes) if result is not None else None
+        nbytes = (page.size if page is not None else result.bytes) if result is not None else None
         rec = Record(
             url=lease.url,
             final_url=result.final_url if result else None,
@@ -480,7 +513,10 @@ class Pipeline:
                 break
             except (RedisError, OSError) as exc:
                 # the records are written; keep trying to settle (never write them twice, never drop them)
-                self.say(f"Redis unavailable while acking ({exc.__class__.__name__}); retrying in {backoff:.1f}s", "warning")
+                self.say(
+                    f"Redis unavailable while acking ({exc.__class__.__name__}); retrying in {backoff:.1f}s",
+                    "warning",
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
         self.metrics.released += len(released)
@@ -497,8 +533,11 @@ class Pipeline:
         try:
             await asyncio.wait_for(self._commit(unfinished), timeout=max(10.0, self.s.grace_s))
         except (TimeoutError, RedisError, OSError) as exc:
-            self.say(f"could not hand back {len(unfinished)} leases ({exc.__class__.__name__}); they expire "
-                     f"in {self.s.lease_ttl_s:.0f}s", "warning")
+            self.say(
+                f"could not hand back {len(unfinished)} leases ({exc.__class__.__name__}); they expire "
+                f"in {self.s.lease_ttl_s:.0f}s",
+                "warning",
+            )
         await asyncio.to_thread(self.sink.close)
 
     # -- housekeeping ---------------------------------------------------------------------------------------
@@ -511,7 +550,10 @@ class Pipeline:
             except (RedisError, OSError):
                 continue
             if lost:
-                self.say(f"{len(lost)} leases were reclaimed by others while held (this worker stalled?)", "warning")
+                self.say(
+                    f"{len(lost)} leases were reclaimed by others while held (this worker stalled?)",
+                    "warning",
+                )
 
     async def _reclaim_loop(self) -> None:
         while True:
@@ -555,8 +597,13 @@ class Pipeline:
             "proxy_success_rate": snap["proxy_success_rate"],
             "errors": dict(self.metrics.errors),
             "proxies": [
-                {"proxy": st.redacted, "health": st.health, "requests": st.requests, "failures": st.failures,
-                 "rotations": st.rotations}
+                {
+                    "proxy": st.redacted,
+                    "health": st.health,
+                    "requests": st.requests,
+                    "failures": st.failures,
+                    "rotations": st.rotations,
+                }
                 for st in self.proxies.states
             ],
         }

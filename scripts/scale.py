@@ -1,0 +1,461 @@
+"""Scale-out, proved with real processes: the docker-compose.yml topology without a container engine.
+
+One real `redis-server` (the compose `redis` service's flags: AOF, appendfsync everysec, noeviction) on
+127.0.0.1, one generated site (default 20,000 pages, multi-process site server) on 127.0.0.1, and N worker
+processes started with exactly the command and environment docker-compose.yml gives the `worker` service:
+
+* command: the service's `command`, run as `python -m crawler ...` (the image's `crawl` console script), with
+  the `--output` value replaced by a temporary directory and `--until-idle` appended so the workers stop when the
+  frontier is empty (a compose worker runs until stopped instead);
+* environment: `.env.example` as the env_file (as after `cp .env.example .env`), then the service's
+  `environment` block with CRAWL_REDIS_URL pointed at the local Redis, then three benchmark settings that are
+  printed with the results: CRAWL_NAME (a fresh crawl per run), CRAWL_PER_HOST_CONCURRENCY=0 (the whole site is
+  one host; the default 8 leases per host crawl-wide would cap the fleet at 8 fetches in flight and measure
+  politeness, not scaling) and CRAWL_ALLOW_PRIVATE_NETWORKS=true (the site is on loopback).
+
+For N in 1, 2, 4 it measures the wall time from starting the workers until all have exited, pages/s, and checks
+that the set of record URLs equals the site's reachable set (`expected_pages`): nothing lost, duplicates
+counted. Then one run with 3 workers in which one worker and its parse processes are SIGKILLed (like
+`docker kill`) once ~30% of the pages are written; the others must finish everything, including the killed
+worker's leases once they expire (`--lease-ttl-s 5` for that run). CPU seconds are measured per component
+(worker event loops, parse pools, site server, Redis) to show where the ceiling is.
+
+Every process this script starts is stopped by PID in a finally block; every run has a deadline.
+
+    python scripts/scale.py                       # the README table (about 4 minutes on 2 cores)
+    python scripts/scale.py --pages 2000 --workers 1,2 --kill-workers 0   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from crawler.connection import redis_server_binary  # noqa: E402
+from tests.support.servers import RunningServer, start_server  # noqa: E402
+from tests.support.site_server import expected_pages  # noqa: E402
+
+SEED = 1
+POLL_S = 0.25
+BENCH_ENV = {"CRAWL_PER_HOST_CONCURRENCY": "0", "CRAWL_ALLOW_PRIVATE_NETWORKS": "true"}
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------ the compose definition
+_ASSIGNMENT = re.compile(r"^\s*([A-Z][A-Z0-9_]*)=(.*)$")
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """Active KEY=value lines of an env file (as Compose reads them; quotes stripped)."""
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        m = _ASSIGNMENT.match(line)
+        if m:
+            value = m.group(2).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            out[m.group(1)] = value
+    return out
+
+
+@dataclass
+class ComposeWorker:
+    command: list[str]
+    environment: dict[str, str]
+    redis_args: list[str]
+    env_file: dict[str, str]
+
+
+def read_compose() -> ComposeWorker:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    env = worker.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    environment = {k: _INTERPOLATION.sub(lambda m: m.group(2) or "", str(v)) for k, v in env.items()}
+    redis_cmd = compose["services"]["redis"]["command"]
+    redis_cmd = redis_cmd.split() if isinstance(redis_cmd, str) else [str(a) for a in redis_cmd]
+    assert redis_cmd[0] == "redis-server", redis_cmd
+    example = ROOT / ".env.example"
+    return ComposeWorker([str(a) for a in worker["command"]], environment, redis_cmd[1:],
+                         env_file(example) if example.exists() else {})
+
+
+def worker_command(spec: ComposeWorker, output: Path, extra: list[str]) -> list[str]:
+    cmd = list(spec.command)
+    if "--output" in cmd:
+        cmd[cmd.index("--output") + 1] = str(output)
+    else:
+        cmd = [f"--output={output}" if a.startswith("--output=") else a for a in cmd]
+    return [sys.executable, "-m", "crawler", *cmd, *extra]
+
+
+def worker_env(spec: ComposeWorker, redis_url: str, crawl_name: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("CRAWL_") and k != "REDIS_URL" and "proxy" not in k.lower()}
+    env = {**base, "PYTHONUNBUFFERED": "1", **spec.env_file, **spec.environment}
+    env["CRAWL_REDIS_URL"] = redis_url
+    env.update(BENCH_ENV)
+    env["CRAWL_NAME"] = crawl_name
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(directory: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [redis_server_binary(), *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: {' '.join(cmd)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(64).startswith(b"+PONG"):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=5)
+    raise RuntimeError("redis-server did not answer within 15 s")
+
+
+def stop_proc(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=timeout_s)
+
+
+def kill_pids(procs: dict[int, psutil.Process]) -> None:
+    """SIGKILL processes we started (directly or as a worker's children), by PID, only if still the same process."""
+    for pid, p in procs.items():
+        with contextlib.suppress(psutil.Error):
+            if p.is_running():  # psutil compares the creation time: a recycled pid is not killed
+                os.kill(pid, signal.SIGKILL)
+
+
+def crawl_cli(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 60) -> str:
+    run = subprocess.run([sys.executable, "-m", "crawler", *args], env=env, cwd=cwd, capture_output=True,
+                         text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    if run.returncode != 0:
+        raise RuntimeError(f"crawl {' '.join(args)} exited {run.returncode}: {run.stderr.strip()}")
+    return run.stdout
+
+
+def cpu_s(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+def tree_cpu_s(p: psutil.Process) -> float:
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        total += cpu_s(p)
+        for c in p.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += cpu_s(c)
+    return total
+
+
+def busy_cpu_s() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (all cores)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+# ------------------------------------------------------------------------------------------------ one run
+@dataclass
+class RunResult:
+    label: str
+    workers: int
+    pages: int = 0
+    wall_s: float = 0.0
+    lost: int = 0
+    unexpected: int = 0
+    duplicates: int = 0
+    torn_lines: int = 0
+    dead: int = 0
+    exit_codes: list[int | None] = field(default_factory=list)
+    timed_out: bool = False
+    killed_at_pages: int | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    machine_busy: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.pages / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (not self.timed_out and self.lost == 0 and self.unexpected == 0 and self.dead == 0
+                and all(c == 0 for i, c in enumerate(self.exit_codes) if not (self.killed_at_pages and i == 0)))
+
+
+def count_lines(directory: Path) -> int:
+    total = 0
+    for f in directory.glob("*.jsonl"):
+        with contextlib.suppress(OSError):
+            total += f.read_bytes().count(b"\n")
+    return total
+
+
+def read_urls(directory: Path) -> tuple[Counter[str], int]:
+    urls: Counter[str] = Counter()
+    torn = 0
+    for f in sorted(directory.glob("*.jsonl")):
+        for line in f.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
+                urls[json.loads(line)["url"]] += 1
+            except (ValueError, KeyError):
+                torn += 1  # a line cut by SIGKILL mid-write
+    return urls, torn
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
+    """Wait (bounded) until the machine is mostly idle, so other jobs distort a run less; returns busy share."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy = psutil.cpu_percent(interval=2.0) / 100
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def run_once(label: str, n: int, spec: ComposeWorker, redis_url: str, site: RunningServer, redis_pid: int,
+             expected: set[str], work: Path, deadline_s: float, extra_flags: list[str],
+             kill_fraction: float | None = None) -> RunResult:
+    name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
+    run_dir = work / name
+    out = run_dir / "output"
+    run_dir.mkdir(parents=True)
+    env = worker_env(spec, redis_url, name)
+    cli_env = {k: v for k, v in env.items() if k in ("CRAWL_REDIS_URL", "CRAWL_NAME") or not k.startswith("CRAWL_")}
+    seeds = run_dir / "seeds.txt"
+    seeds.write_text(f"{site.url}/p/0\n")
+    crawl_cli(["purge", "--yes"], cli_env, run_dir)
+    crawl_cli(["enqueue", str(seeds)], cli_env, run_dir)
+    cmd = worker_command(spec, out, ["--until-idle", *extra_flags])
+    result = RunResult(label, n)
+
+    site_proc, redis_proc, me = psutil.Process(site.pid), psutil.Process(redis_pid), psutil.Process()
+    site0, redis0, me0, busy0 = tree_cpu_s(site_proc), cpu_s(redis_proc), cpu_s(me), busy_cpu_s()
+    loop_cpu: dict[int, float] = {}
+    pool_cpu: dict[int, float] = {}
+    seen: dict[int, psutil.Process] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    t0 = time.monotonic()
+    try:
+        for i in range(n):
+            log = open(run_dir / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed in finally
+            logs.append(log)
+            procs.append(subprocess.Popen(cmd, env=env, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL))
+        kill_at = int(kill_fraction * len(expected)) if kill_fraction else None
+        deadline = t0 + deadline_s
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline:
+                result.timed_out = True
+                break
+            for p in procs:  # sample every worker's tree: event loop process vs parse pool descendants
+                with contextlib.suppress(psutil.Error):
+                    root = seen.setdefault(p.pid, psutil.Process(p.pid))
+                    loop_cpu[p.pid] = cpu_s(root)
+                    for c in root.children(recursive=True):
+                        seen.setdefault(c.pid, c)
+                        with contextlib.suppress(psutil.Error):
+                            pool_cpu[c.pid] = cpu_s(c)
+            if kill_at is not None and result.killed_at_pages is None:
+                done = count_lines(out)
+                if done >= kill_at:
+                    victim = psutil.Process(procs[0].pid)
+                    tree = {procs[0].pid: victim}
+                    with contextlib.suppress(psutil.Error):
+                        tree.update({c.pid: c for c in victim.children(recursive=True)})
+                    kill_pids(tree)  # the worker first, then its forkserver and parse processes: a `docker kill`
+                    result.killed_at_pages = done
+                    say(f"  SIGKILLed worker pid {procs[0].pid} and {len(tree) - 1} parse processes "
+                        f"at {done:,} records ({done / len(expected):.0%})")
+            time.sleep(POLL_S)
+        result.wall_s = time.monotonic() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop_proc(p, timeout_s=30)
+        kill_pids(seen)  # any descendant left behind (none expected)
+        for log in logs:
+            log.close()
+    result.exit_codes = [p.returncode for p in procs]
+    result.cpu = {
+        "worker event loops": sum(loop_cpu.values()),
+        "parse pools": sum(pool_cpu.values()),
+        "site server": tree_cpu_s(site_proc) - site0,
+        "redis": cpu_s(redis_proc) - redis0,
+        "this script": cpu_s(me) - me0,
+    }
+    busy = busy_cpu_s() - busy0
+    result.cpu["other processes"] = max(0.0, busy - sum(result.cpu.values()))
+    result.machine_busy = busy / (result.wall_s * (os.cpu_count() or 1)) if result.wall_s else 0
+
+    urls, result.torn_lines = read_urls(out)
+    result.pages = sum(urls.values())
+    result.lost = len(expected - set(urls))
+    result.unexpected = len(set(urls) - expected)
+    result.duplicates = result.pages - len(urls)
+    result.stats = json.loads(crawl_cli(["stats", "--json"], cli_env, run_dir))
+    result.dead = int(result.stats.get("dead", 0))
+    if not result.ok:
+        for i in range(n):
+            tail = (run_dir / f"worker-{i}.log").read_text(errors="replace").splitlines()[-5:]
+            say(f"  worker {i} exit={result.exit_codes[i]} log tail:\n    " + "\n    ".join(tail))
+    crawl_cli(["purge", "--yes"], cli_env, run_dir)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ report
+def report(results: list[RunResult], expected: int, args: argparse.Namespace, spec: ComposeWorker,
+           example_cmd: list[str]) -> None:
+    ncpu = os.cpu_count() or 1
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        affinity = ncpu
+    say("")
+    say(f"CPUs: os.cpu_count()={ncpu}, usable by this process={affinity}; "
+        f"{psutil.cpu_freq().current if psutil.cpu_freq() else '?'} MHz")
+    say(f"site: {args.pages:,} pages (--page-kb {args.page_kb}, --processes {args.site_processes}), "
+        f"{expected:,} reachable URLs from /p/0 (pages, query pages, 404s)")
+    say("worker command (compose `worker` service; --output replaced, --until-idle appended so workers exit):")
+    say("  " + " ".join(example_cmd))
+    env_shown = {**spec.env_file, **spec.environment, "CRAWL_REDIS_URL": "<local redis>", **BENCH_ENV}
+    say("worker environment (.env.example, then compose `environment`, then the benchmark's own settings):")
+    say("  " + " ".join(f"{k}={v}" for k, v in sorted(env_shown.items())) + " CRAWL_NAME=<fresh per run>")
+    say("")
+    say("| workers | pages | wall s | pages/s | lost | duplicates |")
+    say("|---|---|---|---|---|---|")
+    for r in results:
+        label = f"{r.workers} (1 SIGKILLed)" if r.killed_at_pages is not None else str(r.workers)
+        flag = "" if r.ok else " FAILED"
+        say(f"| {label}{flag} | {r.pages:,} | {r.wall_s:.1f} | {r.rate:,.0f} | {r.lost} | {r.duplicates} |")
+    say("")
+    say("CPU seconds per component during each run (psutil; the parse pool includes the forkserver; other"
+        " processes = the machine's busy time minus the components, i.e. jobs this script did not start):")
+    say("")
+    comps = list(results[0].cpu) if results else []
+    say("| workers | " + " | ".join(comps) + " | total | machine busy |")
+    say("|---|" + "---|" * (len(comps) + 2))
+    for r in results:
+        label = f"{r.workers} (kill)" if r.killed_at_pages is not None else str(r.workers)
+        cells = " | ".join(f"{r.cpu[c]:.1f} ({r.cpu[c] / r.wall_s:.2f} cores)" for c in comps)
+        say(f"| {label} | {cells} | {sum(r.cpu.values()):.1f} | {r.machine_busy:.0%} of {ncpu} cores |")
+    say("")
+    for r in results:
+        s = r.stats
+        extra = f"; killed at {r.killed_at_pages:,} records" if r.killed_at_pages is not None else ""
+        say(f"{r.label}: exit codes {r.exit_codes}; stats done={s.get('done')} dead={s.get('dead')} "
+            f"queued={s.get('queued')} inflight={s.get('inflight')} retried={s.get('retried')}; "
+            f"unexpected URLs={r.unexpected}; torn lines={r.torn_lines}{extra}"
+            + (" [TIMED OUT]" if r.timed_out else ""))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=20_000)
+    ap.add_argument("--page-kb", type=int, default=8)
+    ap.add_argument("--site-processes", type=int, default=2)
+    ap.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    ap.add_argument("--kill-workers", type=int, default=3, help="workers in the SIGKILL run (0: skip it)")
+    ap.add_argument("--kill-at", type=float, default=0.3, help="fraction of pages written before the kill")
+    ap.add_argument("--kill-lease-ttl-s", type=float, default=5.0)
+    ap.add_argument("--deadline-s", type=float, default=300.0, help="per run")
+    ap.add_argument("--quiet-wait-s", type=float, default=60.0,
+                    help="before each run, wait up to this long for the machine to be <25%% busy")
+    ap.add_argument("--keep", action="store_true", help="keep the outputs, logs and Redis files")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+
+    spec = read_compose()
+    work = Path(tempfile.mkdtemp(prefix="crawl-scale-"))
+    redis_proc: subprocess.Popen[bytes] | None = None
+    site: RunningServer | None = None
+    results: list[RunResult] = []
+    try:
+        (work / "redis").mkdir()
+        redis_proc, redis_url = start_redis(work / "redis", spec.redis_args)
+        say(f"redis: {redis_url} pid {redis_proc.pid} ({' '.join(spec.redis_args)})")
+        site = start_server("tests.support.site_server", "--port", 0, "--pages", args.pages, "--seed", SEED,
+                            "--processes", args.site_processes, "--page-kb", args.page_kb, timeout_s=60)
+        say(f"site: {site.url} pid {site.pid}")
+        t = time.monotonic()
+        expected = set(expected_pages(args.pages, SEED, site.url))
+        say(f"expected: {len(expected):,} reachable URLs (computed in {time.monotonic() - t:.1f}s)")
+        for n in counts:
+            say(f"run: {n} worker(s) (machine {wait_for_quiet(args.quiet_wait_s):.0%} busy before) ...")
+            r = run_once(f"w{n}", n, spec, redis_url, site, redis_proc.pid, expected, work, args.deadline_s, [])
+            say(f"  {r.pages:,} records in {r.wall_s:.1f}s = {r.rate:,.0f} pages/s; lost={r.lost} "
+                f"duplicates={r.duplicates} exit={r.exit_codes}")
+            results.append(r)
+        if args.kill_workers:
+            n = args.kill_workers
+            busy = wait_for_quiet(args.quiet_wait_s)
+            say(f"run: {n} workers, one SIGKILLed at {args.kill_at:.0%}, --lease-ttl-s {args.kill_lease_ttl_s:g} "
+                f"(machine {busy:.0%} busy before) ...")
+            r = run_once(f"kill{n}", n, spec, redis_url, site, redis_proc.pid, expected, work, args.deadline_s,
+                         ["--lease-ttl-s", f"{args.kill_lease_ttl_s:g}"], kill_fraction=args.kill_at)
+            say(f"  {r.pages:,} records in {r.wall_s:.1f}s; lost={r.lost} duplicates={r.duplicates} "
+                f"exit={r.exit_codes}")
+            results.append(r)
+        example = worker_command(spec, Path("<tmp>/output"), ["--until-idle"])
+        report(results, len(expected), args, spec, ["crawl", *example[3:]])
+    finally:
+        if site is not None:
+            site.stop()
+        if redis_proc is not None:
+            stop_proc(redis_proc)
+        if args.keep:
+            say(f"kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

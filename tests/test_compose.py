@@ -1,0 +1,433 @@
+"""The container files, checked on paper: docker-compose.yml, Dockerfile and .env.example.
+
+No container engine is needed. The structure is checked against what the topology promises (a durable Redis
+frontier, scalable stateless workers, graceful stops), and every `crawl` command line and CRAWL_* variable the
+files use is run through the real CLI's own click parser, so a misspelt flag, an unknown subcommand, a value of
+the wrong type or a variable the CLI never reads fails here instead of in a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from crawler.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+TOOLS = ("enqueue", "stats", "top")
+STOP_MARGIN_S = 5.0  # after --grace-s the worker still releases leases and flushes before it exits
+
+# Keys of a service in the Compose Specification (schema/compose-spec.json): a misspelt key is silently
+# ignored by some Compose versions, so it is caught here.
+_SERVICE_KEY_NAMES = """
+    annotations attach blkio_config build cap_add cap_drop cgroup cgroup_parent command configs container_name
+    cpu_count cpu_percent cpu_period cpu_quota cpu_rt_period cpu_rt_runtime cpu_shares cpus cpuset credential_spec
+    depends_on deploy develop device_cgroup_rules devices dns dns_opt dns_search domainname entrypoint env_file
+    environment expose extends external_links extra_hosts gpus group_add healthcheck hostname image init ipc
+    isolation label_file labels links logging mac_address mem_limit mem_reservation mem_swappiness memswap_limit
+    models network_mode networks oom_kill_disable oom_score_adj pid pids_limit platform ports post_start pre_stop
+    privileged profiles provider pull_policy pull_refresh_after read_only restart runtime scale secrets
+    security_opt shm_size stdin_open stop_grace_period stop_signal storage_opt sysctls tmpfs tty ulimits
+    use_api_socket user userns_mode uts volumes volumes_from working_dir
+"""
+SERVICE_KEYS = frozenset(_SERVICE_KEY_NAMES.split())
+HEALTHCHECK_KEYS = frozenset({"disable", "interval", "retries", "test", "timeout", "start_period", "start_interval"})
+TOP_LEVEL_KEYS = frozenset({"name", "services", "volumes", "networks", "secrets", "configs", "include", "models"})
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default} and $$, with `env` as the shell (empty by default)."""
+    env = env or {}
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        if m.group(2) == ":-":
+            return env.get(name) or m.group(3)
+        if m.group(2) == "-":
+            return env.get(name, m.group(3))
+        return env.get(name, "")
+
+    return _INTERPOLATION.sub(sub, value)
+
+
+def duration_s(text: str | int | float) -> float:
+    """A Compose duration ("30s", "1m30s", "500ms") in seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a Compose duration: {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def service_env(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+_ASSIGNMENT = re.compile(r"^\s*(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def env_example() -> tuple[dict[str, str], dict[str, str]]:
+    """(active, commented-out) assignments of .env.example; both kinds must name real CLI variables."""
+    active: dict[str, str] = {}
+    commented: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        m = _ASSIGNMENT.match(line)
+        if m:
+            value = m.group(3).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            (commented if m.group(1) else active)[m.group(2)] = value
+    return active, commented
+
+
+def cli_envvars() -> set[str]:
+    """Every environment variable any `crawl` command reads (click's `envvar=` of all parameters)."""
+    names: set[str] = set()
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        cmd = main.get_command(ctx, name)
+        assert cmd is not None
+        for param in cmd.params:
+            if isinstance(param.envvar, str):
+                names.add(param.envvar)
+            elif param.envvar:
+                names.update(param.envvar)
+    return names
+
+
+def parse_crawl(args: Sequence[str]) -> click.Context:
+    """Parse `crawl <args>` exactly as the CLI would, without running anything.
+
+    Unknown commands and options, missing or surplus arguments and badly typed values (from the arguments or
+    from CRAWL_* variables in the environment) raise click.UsageError / click.BadParameter.
+    """
+    args = list(args)
+    group_ctx = main.make_context("crawl", list(args), resilient_parsing=False)
+    name, cmd, rest = main.resolve_command(group_ctx, args)
+    assert cmd is not None and name is not None
+    return cmd.make_context(name, list(rest), parent=group_ctx, resilient_parsing=False)
+
+
+def dockerfile_instructions() -> list[tuple[str, str, str | None]]:
+    """(INSTRUCTION, arguments, heredoc body or None), with comments dropped and continuations joined."""
+    out: list[tuple[str, str, str | None]] = []
+    lines = iter(DOCKERFILE.read_text().splitlines())
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        while line.rstrip().endswith("\\"):
+            nxt = next(lines)
+            if nxt.lstrip().startswith("#"):
+                continue
+            line = line.rstrip()[:-1] + " " + nxt.strip()
+        keyword, _, rest = line.strip().partition(" ")
+        body = None
+        heredoc = re.search(r"<<-?(['\"]?)([A-Za-z_]+)\1", rest)
+        if heredoc:
+            delimiter, collected = heredoc.group(2), []
+            for inner in lines:
+                if inner.strip() == delimiter:
+                    break
+                collected.append(inner)
+            body = "\n".join(collected) + "\n"
+        out.append((keyword.upper(), rest.strip(), body))
+    return out
+
+
+def dockerfile_stages() -> list[list[tuple[str, str, str | None]]]:
+    stages: list[list[tuple[str, str, str | None]]] = []
+    for ins in dockerfile_instructions():
+        if ins[0] == "FROM":
+            stages.append([])
+        assert stages, "instruction before the first FROM"
+        stages[-1].append(ins)
+    return stages
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"not exec form: {args}"
+    return value
+
+
+def crawl_services() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Services that run the crawl image (everything but redis)."""
+    for name, svc in SERVICES.items():
+        if "build" in svc or str(svc.get("image", "")).startswith("crawl"):
+            yield name, svc
+
+
+def worker_context(monkeypatch: pytest.MonkeyPatch) -> click.Context:
+    """The worker service's command, parsed with the environment its container gets (.env = .env.example)."""
+    active, _ = env_example()
+    for k, v in {**active, **service_env(SERVICES["worker"])}.items():
+        monkeypatch.setenv(k, v)
+    return parse_crawl(SERVICES["worker"]["command"])
+
+
+# ------------------------------------------------------------------------------------------------ compose
+def test_compose_has_the_services_and_only_known_keys() -> None:
+    assert {"redis", "worker", *TOOLS} <= set(SERVICES)
+    for key in COMPOSE:
+        assert key in TOP_LEVEL_KEYS or key.startswith("x-"), f"unknown top-level key {key!r}"
+    for name, svc in SERVICES.items():
+        unknown = {k for k in svc if k not in SERVICE_KEYS and not k.startswith("x-")}
+        assert not unknown, f"service {name}: not Compose keys: {unknown}"
+        hc = svc.get("healthcheck") or {}
+        assert set(hc) <= HEALTHCHECK_KEYS, f"service {name}: bad healthcheck keys {set(hc) - HEALTHCHECK_KEYS}"
+    assert "profiles" not in SERVICES["redis"] and "profiles" not in SERVICES["worker"]
+    for tool in TOOLS:
+        assert SERVICES[tool].get("profiles") == ["tools"], f"{tool} must only run with the tools profile"
+
+
+def test_redis_is_pinned_durable_noeviction_and_healthchecked() -> None:
+    redis = SERVICES["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-[a-z0-9.]+)?", redis["image"]), "pin an exact official redis tag"
+    cmd = redis["command"]
+    cmd = shlex.split(cmd) if isinstance(cmd, str) else cmd
+    assert cmd[0] == "redis-server"
+    opts = dict(zip(cmd[1::2], cmd[2::2], strict=False))
+    assert opts.get("--appendonly") == "yes"
+    assert opts.get("--appendfsync") == "everysec"
+    assert opts.get("--maxmemory-policy") == "noeviction"
+    test = redis["healthcheck"]["test"]
+    assert "redis-cli ping" in (test if isinstance(test, str) else " ".join(test))
+    assert duration_s(redis["healthcheck"]["interval"]) <= 10
+    assert "/data" in [str(v).split(":")[1] for v in redis["volumes"]], "Redis' /data must be on a named volume"
+    assert "ports" not in redis and "container_name" not in redis
+
+
+def test_worker_scales_and_stops_gracefully(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = SERVICES["worker"]
+    assert "container_name" not in w, "container_name forbids --scale"
+    assert "ports" not in w, "host ports collide between replicas"
+    assert w.get("build") in (".", {"context": "."}) or w["build"].get("context") == "."
+    assert w["command"][0] == "worker"
+    assert w["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert w["restart"] == "on-failure"
+    assert {"path": ".env", "required": False} in w["env_file"], "env_file .env must be optional"
+    assert service_env(w)["CRAWL_REDIS_URL"] == "redis://redis:6379/0"
+    # graceful stop: Docker's SIGKILL must come after the worker's own deadline
+    ctx = worker_context(monkeypatch)
+    grace = float(ctx.params["grace_s"])
+    stop = duration_s(w["stop_grace_period"])
+    assert stop >= grace + STOP_MARGIN_S, f"stop_grace_period {stop}s must exceed --grace-s {grace}s + margin"
+    # output on the named volume, where the command writes
+    assert str(ctx.params["output_dir"]) == "/data/output"
+    mounts = [str(v).split(":") for v in w["volumes"] if isinstance(v, str)]
+    assert any(m[1] == "/data/output" and m[0] in COMPOSE["volumes"] for m in mounts)
+    assert ctx.params["until_idle"] is False, "a service worker must keep running"
+
+
+def test_every_named_volume_is_declared() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    for name, svc in SERVICES.items():
+        for v in svc.get("volumes", []):
+            if isinstance(v, str):
+                source = v.split(":")[0]
+                kind = "bind" if source.startswith((".", "/", "~", "$")) else "volume"
+            else:
+                source, kind = v.get("source", ""), v["type"]
+            if kind == "volume":
+                assert source in declared, f"service {name}: volume {source!r} is not declared"
+
+
+def test_enqueue_tool_reads_the_bind_mounted_urls_file() -> None:
+    enq = SERVICES["enqueue"]
+    assert enq["command"] == ["enqueue", "/data/urls.txt"]
+    binds = [v for v in enq["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
+    assert any(b["source"] == "./urls.txt" and b["target"] == "/data/urls.txt" for b in binds)
+    for name, svc in crawl_services():
+        if name != "worker":
+            assert svc.get("restart", "no") == "no" and "ports" not in svc
+
+
+# --------------------------------------------------------------------------------- commands and variables
+def compose_and_dockerfile_commands() -> list[tuple[str, list[str]]]:
+    cases = [(f"compose:{name}", [str(a) for a in svc["command"]]) for name, svc in crawl_services()]
+    instructions = {k: a for k, a, _ in dockerfile_stages()[-1]}
+    cases.append(("Dockerfile:CMD", exec_form(instructions["CMD"])))
+    return cases
+
+
+@pytest.mark.parametrize(("where", "args"), compose_and_dockerfile_commands(), ids=lambda v: str(v))
+def test_every_crawl_command_line_is_accepted_by_the_cli(where: str, args: list[str]) -> None:
+    ctx = parse_crawl(args)
+    assert ctx.command.name == args[0], where
+
+
+def test_dockerfile_entrypoint_is_the_crawl_console_script() -> None:
+    instructions = {k: a for k, a, _ in dockerfile_stages()[-1]}
+    assert exec_form(instructions["ENTRYPOINT"]) == ["crawl"]
+    assert exec_form(instructions["CMD"]) == ["worker"]
+
+
+def test_env_example_and_compose_environment_use_only_variables_the_cli_reads() -> None:
+    known = cli_envvars()
+    active, commented = env_example()
+    assert {"CRAWL_PROXY_URL", "CRAWL_CONCURRENCY", "CRAWL_PER_HOST_CONCURRENCY", "CRAWL_PROXY_MAX_CONNECTIONS",
+            "CRAWL_LOG_FORMAT"} <= set(active) | set(commented)
+    unknown = (set(active) | set(commented)) - known
+    assert not unknown, f".env.example: variables no crawl command reads: {sorted(unknown)}"
+    for name, svc in crawl_services():
+        unknown = set(service_env(svc)) - known
+        assert not unknown, f"compose service {name}: variables no crawl command reads: {sorted(unknown)}"
+
+
+def test_env_example_values_are_valid_for_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commented-out examples too: uncommenting one must not break the worker."""
+    active, commented = env_example()
+    assert "PASSWORD" in commented["CRAWL_PROXY_URL"], "the proxy URL must stay a placeholder"
+    for k, v in {**active, **commented}.items():
+        monkeypatch.setenv(k, v)
+    ctx = parse_crawl(["worker"])
+    assert ctx.params["log_format"] == active["CRAWL_LOG_FORMAT"]
+    assert ctx.params["concurrency"] == int(active["CRAWL_CONCURRENCY"])
+    assert ctx.params["proxy_max_connections"] == int(commented["CRAWL_PROXY_MAX_CONNECTIONS"])
+
+
+def test_flags_pinned_in_the_worker_command_are_not_also_offered_in_env_example() -> None:
+    """Flags win over variables: a .env setting for a pinned flag would be silently ignored."""
+    active, commented = env_example()
+    pinned = {a for a in SERVICES["worker"]["command"] if a.startswith("--")}
+    cmd = main.get_command(click.Context(main), "worker")
+    assert cmd is not None
+    for param in cmd.params:
+        if isinstance(param, click.Option) and set(param.opts) & pinned:
+            envs = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+            assert not set(envs) & (set(active) | set(commented)), f"{param.opts} is pinned by the command"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--concurency", "8"],  # misspelt flag
+        ["worker", "--output"],  # missing value
+        ["worker", "--grace-s", "twenty"],  # wrong type
+        ["worker", "--log-format", "xml"],  # not a choice
+        ["wroker"],  # no such command
+        ["enqueue"],  # missing argument
+        ["stats", "extra"],  # surplus argument
+    ],
+)
+def test_the_checker_rejects_bad_command_lines(args: list[str]) -> None:
+    with pytest.raises(click.UsageError):
+        parse_crawl(args)
+
+
+def test_the_checker_rejects_a_bad_variable_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRAWL_CONCURRENCY", "lots")
+    with pytest.raises(click.BadParameter):
+        parse_crawl(["worker"])
+
+
+# ------------------------------------------------------------------------------------------------ Dockerfile
+def test_dockerfile_is_multistage_wheels_only_non_root() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage: a builder and a runtime"
+    builder, final = stages[0], stages[-1]
+    assert any(k == "RUN" and "pip wheel" in a for k, a, _ in builder), "the builder runs pip wheel"
+    assert final[0][1].split()[0] == "python:3.11-slim"
+    runs = " ".join(a for k, a, _ in final if k == "RUN")
+    assert "pip install" in runs and "--no-index" in runs, "the runtime installs wheels only"
+    for compiler in ("build-essential", "gcc", "g++", "python3-dev"):
+        assert compiler not in runs, f"no {compiler} in the runtime image"
+    user = [a for k, a, _ in final if k == "USER"]
+    assert user and user[-1].split(":")[0] not in ("root", "0"), "the runtime runs as a non-root user"
+    assert [a for k, a, _ in final if k == "WORKDIR"][-1] == "/data"
+    assert any(k == "HEALTHCHECK" for k, _, _ in final)
+
+
+def test_dockerignore_keeps_secrets_and_state_out_of_the_context() -> None:
+    patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()}
+    for needed in (".git", ".env", ".crawl", "crawl-output", "**/__pycache__", "*.egg-info"):
+        assert needed in patterns, f".dockerignore must exclude {needed}"
+    for kept in ("pyproject.toml", "README.md", "crawler", "workers"):
+        assert kept not in patterns, f".dockerignore must not exclude {kept}: the build needs it"
+
+
+def healthcheck_script() -> str:
+    final = dockerfile_stages()[-1]
+    hc = next(a for k, a, _ in final if k == "HEALTHCHECK")
+    exe = exec_form(hc[hc.index("CMD") + 3:].strip())[0]
+    for k, a, body in final:
+        if k == "COPY" and body is not None and a.split()[-1].endswith("/" + exe):
+            return body
+    raise AssertionError(f"HEALTHCHECK runs {exe}, which no COPY heredoc in the runtime stage creates")
+
+
+def run_healthcheck(script: Path, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRAWL_") and k != "REDIS_URL"}
+    return subprocess.run([sys.executable, str(script)], env={**base, **env}, cwd=cwd, capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_healthcheck_passes_only_with_a_live_heartbeat_from_this_host(
+    redis_server: Any, crawl_name: str, tmp_path: Path
+) -> None:
+    from redis.asyncio import Redis
+
+    from crawler.monitor import publish_heartbeat
+
+    script = tmp_path / "crawl-healthcheck"
+    script.write_text(healthcheck_script())
+    env = {"CRAWL_REDIS_URL": redis_server.url, "CRAWL_NAME": crawl_name}
+
+    # Redis answers, no worker of this host heartbeats: unhealthy
+    run = run_healthcheck(script, env, tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+
+    async def beat(host: str) -> None:
+        async with Redis.from_url(redis_server.url) as r:
+            await publish_heartbeat(r, crawl_name, {"id": f"{host}-4242", "host": host, "pid": 4242}, 30)
+
+    asyncio.run(beat("some-other-container"))
+    assert run_healthcheck(script, env, tmp_path).returncode == 1, "another host's heartbeat must not count"
+    asyncio.run(beat(socket.gethostname()))
+    run = run_healthcheck(script, env, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    # Redis unreachable: the worker rides outages out, so the check does not condemn it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    run = run_healthcheck(script, {**env, "CRAWL_REDIS_URL": f"redis://127.0.0.1:{dead_port}/0"}, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert not (tmp_path / ".crawl").exists(), "the check must never start an embedded Redis"
