@@ -18,7 +18,7 @@ from typing import Any
 from selectolax.lexbor import LexborHTMLParser
 
 from crawler.settings import ExtractRule
-from crawler.urls import InvalidURL, in_domain, normalize
+from crawler.urls import InvalidURL, LinkNormalizer, in_domain, normalize, origin_of
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.IGNORECASE)
 
@@ -148,19 +148,23 @@ def parse_page(task: ParseTask) -> ParsedPage:
     return page
 
 
+_NORMALIZERS: dict[bool, LinkNormalizer] = {}  # one per parse process and keep_tracking setting
+
+
 def _links(tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage) -> None:
     own_hosts = {_host(task.url), _host(task.final_url)}
     seen: set[str] = set()
     follow_ok = task.follow and not page.nofollow
+    norm = _NORMALIZERS.get(task.keep_tracking)
+    if norm is None:
+        norm = _NORMALIZERS[task.keep_tracking] = LinkNormalizer(task.keep_tracking)
+    origin = origin_of(base)
     for a in tree.css("a[href]"):
         href = a.attributes.get("href")
         if not href:
             continue
-        try:
-            n = normalize(href, base, keep_tracking=task.keep_tracking)
-        except InvalidURL:
-            continue
-        if n.url in seen:
+        n = norm(href, base, origin)
+        if n is None or n.url in seen:
             continue
         seen.add(n.url)
         if len(page.links) < task.max_links:

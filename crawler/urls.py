@@ -29,6 +29,7 @@ _QUERY_SAFE = _PATH_SAFE | frozenset(b"?")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$")
 _HOST_OK = re.compile(r"^[a-z0-9._\-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidURL(ValueError):
@@ -118,14 +119,15 @@ def _normalize_host(host: str) -> str:
 
 
 def _normalize_query(query: str, keep_tracking: bool) -> str:
+    """Each pair is re-quoted first, so the sort and the tracking filter see the normal form of the keys."""
     if not query:
         return ""
-    pairs = [p for p in query.split("&") if p]
+    pairs = [_requote(p, _QUERY_SAFE) for p in query.split("&") if p]
     if not keep_tracking:
         pairs = [p for p in pairs if not _is_tracking(p.split("=", 1)[0])]
     if len(pairs) > 1:
         pairs.sort(key=lambda p: p.split("=", 1)[0])  # stable: repeated keys keep their order
-    return _requote("&".join(pairs), _QUERY_SAFE)
+    return "&".join(pairs)
 
 
 def _is_tracking(key: str) -> bool:
@@ -133,16 +135,50 @@ def _is_tracking(key: str) -> bool:
     return k.startswith("utm_") or k in TRACKING_PARAMS
 
 
+# Already-simple absolute URLs (lower-case host, plain path, plain query): most links on most pages.
+_SIMPLE = re.compile(
+    r"^(https?)://([a-z0-9][a-z0-9.\-]*[a-z0-9]|[a-z0-9])(?::(\d{1,5}))?(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)?"
+    r"(?:\?([A-Za-z0-9\-._~!$&'()*+,;=:@/?]*))?$"
+)
+
+
+def _fast(url: str, keep_tracking: bool) -> NormalizedURL | None:
+    m = _SIMPLE.match(url)
+    if m is None:
+        return None
+    scheme, host, port, path, query = m.groups()
+    if path and ("/." in path or "//" in path):
+        return None  # dot segments and empty segments: the full path
+    if ".." in host or len(host) > 253:
+        return None
+    if port is not None:
+        p = int(port)
+        if p == 0 or p > 65535:
+            return None
+        hostport = host if p == DEFAULT_PORTS[scheme] else f"{host}:{p}"
+    else:
+        hostport = host
+    query = _normalize_query(query, keep_tracking) if query else ""
+    out = f"{scheme}://{hostport}{path or '/'}?{query}" if query else f"{scheme}://{hostport}{path or '/'}"
+    if len(out) > MAX_URL_BYTES:
+        return None
+    return NormalizedURL(out, hostport, fingerprint(out))
+
+
 def normalize(url: str, base: str | None = None, *, keep_tracking: bool = False) -> NormalizedURL:
     """Return the normal form of `url` (resolved against `base`), or raise InvalidURL saying why."""
     url = url.strip(" \t\r\n\f\v")
+    if base is None and len(url) <= MAX_URL_BYTES and "#" not in url:
+        fast = _fast(url, keep_tracking)
+        if fast is not None:
+            return fast
     if base is not None:
         if url.startswith(("javascript:", "mailto:", "data:", "tel:", "#")):
             raise InvalidURL("not an http(s) link")
         url = urljoin(base, url)
     if len(url) > MAX_URL_BYTES:
         raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
-    if any(c in url for c in "\x00\t\r\n"):
+    if _CONTROL.search(url):
         raise InvalidURL("control characters in URL")
     try:
         parts = urlsplit(url)
@@ -165,7 +201,8 @@ def normalize(url: str, base: str | None = None, *, keep_tracking: bool = False)
     if port == 0:
         raise InvalidURL("port out of range")
     hostport = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    path = _requote(_remove_dot_segments(parts.path or "/"), _PATH_SAFE)
+    # re-quote first: %2E%2E is a dot segment too once decoded (RFC 3986 6.2.2)
+    path = _remove_dot_segments(_requote(parts.path or "/", _PATH_SAFE))
     if not path.startswith("/"):
         path = "/" + path
     query = _normalize_query(parts.query, keep_tracking)
@@ -173,6 +210,59 @@ def normalize(url: str, base: str | None = None, *, keep_tracking: bool = False)
     if len(out) > MAX_URL_BYTES:
         raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
     return NormalizedURL(out, hostport, fingerprint(out))
+
+
+class LinkNormalizer:
+    """`normalize` for the links of pages, with the cheap joins done by hand and a bounded cache.
+
+    Links repeat across the pages of a site (navigation, pagination, duplicates with fragments), so most
+    normalisations are answered from the cache; memory is bounded by two generations of `size // 2` entries.
+    It lives in each parse process; it is not shared and needs no lock.
+    """
+
+    def __init__(self, keep_tracking: bool = False, size: int = 100_000) -> None:
+        self.keep_tracking = keep_tracking
+        self._half = size // 2
+        self._cur: dict[str, NormalizedURL | None] = {}
+        self._old: dict[str, NormalizedURL | None] = {}
+
+    def __call__(self, href: str, base: str, origin: str) -> NormalizedURL | None:
+        """`origin` is `scheme://host[:port]` of `base`. None for a link that is not crawlable."""
+        href = href.strip(" \t\r\n\f\v")
+        hash_at = href.find("#")
+        if hash_at >= 0:
+            href = href[:hash_at]
+        if href.startswith("/") and not href.startswith("//"):
+            absolute = origin + href
+        elif href.startswith(("http://", "https://")):
+            absolute = href
+        elif not href:
+            absolute = base
+        elif href.startswith(("javascript:", "mailto:", "data:", "tel:")):
+            return None
+        else:
+            absolute = urljoin(base, href)
+        hit = self._cur.get(absolute, _MISS)
+        if hit is _MISS:
+            hit = self._old.get(absolute, _MISS)
+            if hit is _MISS:
+                try:
+                    hit = normalize(absolute, keep_tracking=self.keep_tracking)
+                except InvalidURL:
+                    hit = None
+            self._cur[absolute] = hit  # type: ignore[assignment]
+            if len(self._cur) >= self._half:
+                self._old, self._cur = self._cur, {}
+        return hit  # type: ignore[return-value]
+
+
+_MISS = object()
+
+
+def origin_of(normalized_url: str) -> str:
+    """`scheme://host[:port]` of a normalised URL."""
+    scheme, rest = normalized_url.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 def host_of(normalized_url: str) -> str:

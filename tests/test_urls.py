@@ -186,7 +186,7 @@ def test_length_limit_boundary() -> None:
 
 
 # C0 controls and DEL inside a URL (at the edges, whitespace is stripped). NUL, TAB, CR and LF are refused;
-# the others are percent-encoded (see the xfail below).
+# so are the other C0 controls and DEL.
 CONTROLS_REFUSED = ["\x00", "\t", "\r", "\n"]
 CONTROLS_ENCODED = ["\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f"]
 
@@ -198,11 +198,6 @@ def test_control_characters_refused(c: str) -> None:
             normalize(url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG crawler/urls.py normalize(): only NUL/TAB/CR/LF are refused; other C0 controls and DEL "
-    "in path/query are percent-encoded (http://example.com/a\\x1bb -> http://example.com/a%1Bb)",
-)
 @pytest.mark.parametrize("c", CONTROLS_ENCODED, ids=[f"0x{ord(c):02x}" for c in CONTROLS_ENCODED])
 def test_other_control_characters_refused(c: str) -> None:
     with pytest.raises(InvalidURL):
@@ -252,7 +247,7 @@ def test_fingerprints_differ_for_different_urls() -> None:
     assert len(fps) == len(urls)
 
 
-# -- known bugs: equivalent URLs that get different normal forms (and the normal form is not a fixed point) ------
+# -- equivalent URLs get one normal form, and the normal form is a fixed point -----------------------------------
 
 PCT_DOT_SEGMENTS = [
     ("http://example.com/x/%2E%2E/y", "http://example.com/y"),
@@ -261,11 +256,6 @@ PCT_DOT_SEGMENTS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG crawler/urls.py normalize(): dot segments are removed before %2E is decoded, so "
-    "http://example.com/x/%2E%2E/y normalises to http://example.com/x/../y (RFC 3986 6.2.2: http://example.com/y)",
-)
 @pytest.mark.parametrize(("raw", "expected"), PCT_DOT_SEGMENTS)
 def test_percent_encoded_dot_segments_resolved(raw: str, expected: str) -> None:
     n = normalize(raw)
@@ -280,11 +270,6 @@ QUERY_SORT_EQUIVALENTS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG crawler/urls.py _normalize_query(): pairs are sorted (and tracking keys matched) on the raw keys "
-    "before _requote() decodes/upper-cases them, so ?a=1&%7E=2 -> ?~=2&a=1 but ?a=1&~=2 -> ?a=1&~=2",
-)
 @pytest.mark.parametrize(("raw", "equivalent"), QUERY_SORT_EQUIVALENTS)
 def test_query_sorted_after_percent_normalisation(raw: str, equivalent: str) -> None:
     n = normalize(raw)
