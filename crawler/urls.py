@@ -229,6 +229,8 @@ class LinkNormalizer:
     def __call__(self, href: str, base: str, origin: str) -> NormalizedURL | None:
         """`origin` is `scheme://host[:port]` of `base`. None for a link that is not crawlable."""
         href = href.strip(" \t\r\n\f\v")
+        if href.startswith("#"):
+            return None  # a fragment of this very page
         hash_at = href.find("#")
         if hash_at >= 0:
             href = href[:hash_at]
@@ -240,6 +242,9 @@ class LinkNormalizer:
             absolute = base
         elif href.startswith(("javascript:", "mailto:", "data:", "tel:")):
             return None
+        elif href[0] not in "?/" and ":" not in href.split("/", 1)[0]:
+            # a relative path: the base's directory + href; `normalize` resolves the dot segments
+            absolute = base[: base.rfind("/") + 1] + href
         else:
             absolute = urljoin(base, href)
         hit = self._cur.get(absolute, _MISS)

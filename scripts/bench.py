@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -68,6 +68,7 @@ SITE_FORMAT = 3  # bump when the generator's output changes: invalidates cached 
 PROXY_USER = "bench"
 PROXY_PASSWORD = "b3nch-pr0xy-pw"
 CONTENDERS = ("crawl-run", "crawl-worker", "bare-pool", "bare-inline", "scrapy")
+OPTIONAL_CONTENDERS = ("scrapy-mem",)  # reference only: Scrapy with its in-memory scheduler (no Redis)
 SAMPLE_S = 0.1
 
 # ------------------------------------------------------------------------------------------------ the site
@@ -79,11 +80,12 @@ LINK_KINDS: tuple[tuple[str, int], ...] = (
 )
 OFFSITE = ("http://offsite.invalid/", "https://example.com/out/")
 _WORDS = (
-    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore "
-    "magna aliqua crawler frontier politeness robots canonical fetch parse queue shard lease ack redis worker "
-    "gateway proxy session request response header body chunk stream latency throughput backlog café naïve über "
-    "déjà señor smörgåsbord"
-).split()
+    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod",
+    "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua", "crawler", "frontier",
+    "politeness", "robots", "canonical", "fetch", "parse", "queue", "shard", "lease", "ack", "redis", "worker",
+    "gateway", "proxy", "session", "request", "response", "header", "body", "chunk", "stream", "latency",
+    "throughput", "backlog", "café", "naïve", "über", "déjà", "señor", "smörgåsbord",
+)
 
 
 @dataclass(frozen=True)
@@ -813,18 +815,20 @@ def contender_bare(e: Env, run_dir: Path, parse: str) -> tuple[Measurement, dict
     return m, {"urls": urls, "statuses": statuses, "bare": summary}
 
 
-def contender_scrapy(e: Env, run_dir: Path) -> tuple[Measurement, dict[str, Any]]:
-    redis = start_redis(run_dir, "redis")
-    e.keep.add(redis.proc.pid)
+def contender_scrapy(e: Env, run_dir: Path, use_redis: bool = True) -> tuple[Measurement, dict[str, Any]]:
+    redis = start_redis(run_dir, "redis") if use_redis else None
+    if redis:
+        e.keep.add(redis.proc.pid)
     try:
         out = run_dir / "out.jsonl"
         cmd = [sys.executable, str(ROOT / "scripts" / "scrapy_bench" / "run.py"), e.site.start_url,
-               "--proxy", e.proxy_url, "--redis", redis.info["url"], "--concurrency", str(e.args.concurrency),
-               "--output", str(out)]
+               "--proxy", e.proxy_url, "--concurrency", str(e.args.concurrency), "--output", str(out),
+               *(["--redis", redis.info["url"]] if redis else ["--memory-scheduler"])]
         m = measure(cmd, clean_env(), run_dir / "log.txt", e.args.contender_timeout_s, e.keep, e.servers, redis)
     finally:
-        redis.stop()
-        e.keep.discard(redis.proc.pid)
+        if redis:
+            redis.stop()
+            e.keep.discard(redis.proc.pid)
     urls, statuses = found_urls_jsonl([out]) if out.exists() else ([], Counter())
     summary: dict[str, Any] = {}
     for line in (run_dir / "log.txt").read_text(errors="replace").splitlines():
@@ -845,6 +849,8 @@ def run_contender(name: str, e: Env, run_dir: Path) -> dict[str, Any]:
         m, extra = contender_bare(e, run_dir, "inline")
     elif name == "scrapy":
         m, extra = contender_scrapy(e, run_dir)
+    elif name == "scrapy-mem":
+        m, extra = contender_scrapy(e, run_dir, use_redis=False)
     else:
         raise ValueError(name)
     urls = extra.pop("urls")
@@ -912,35 +918,32 @@ def _category(frames: list[str]) -> str:
     return "other (interpreter start-up, imports, ...)"
 
 
-def summarise_profile(raw: Path) -> dict[str, Any]:
-    """py-spy `--format raw` (collapsed stacks): self time by function and by area, per process."""
+def summarise_profile(files: list[tuple[str, Path]]) -> dict[str, Any]:
+    """py-spy `--format raw` (collapsed stacks) files, each labelled with its process role: self time by
+    function and by area, overall and per process."""
     self_by_fn: Counter[str] = Counter()
     self_by_proc_fn: dict[str, Counter[str]] = {}
     by_cat: Counter[str] = Counter()
     by_proc_cat: dict[str, Counter[str]] = {}
     by_proc: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = stack.split(";")
-        proc = "main"
-        if frames and frames[0].startswith("process "):
-            head = frames.pop(0)
-            proc = "parse pool / forkserver" if ("forkserver" in head or "multiprocessing" in head) else "worker (main)"
-        frames = [f for f in frames if not f.startswith("thread ")]
-        if not frames:
-            continue
-        leaf = frames[-1]
-        total += n
-        self_by_fn[leaf] += n
-        self_by_proc_fn.setdefault(proc, Counter())[leaf] += n
-        cat = _category(frames)
-        by_cat[cat] += n
-        by_proc_cat.setdefault(proc, Counter())[cat] += n
-        by_proc[proc] += n
+    for label, raw in files:
+        for line in raw.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+            if not frames:
+                continue
+            leaf = frames[-1]
+            total += n
+            self_by_fn[leaf] += n
+            self_by_proc_fn.setdefault(label, Counter())[leaf] += n
+            cat = _category(frames)
+            by_cat[cat] += n
+            by_proc_cat.setdefault(label, Counter())[cat] += n
+            by_proc[label] += n
 
     def pct(c: int, t: int) -> float:
         return round(100 * c / t, 1) if t else 0.0
@@ -961,25 +964,83 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
     }
 
 
+class PoolSpy(threading.Thread):
+    """Attaches `py-spy record --pid` to each parse-pool process as it appears.
+
+    `py-spy --subprocesses` does not follow the forkserver's children, so pool workers are found here: processes
+    descending from this bench process (never anyone else's) whose parent is a multiprocessing forkserver.
+    """
+
+    def __init__(self, pyspy: str, out_prefix: Path, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.pyspy, self.out_prefix, self.rate = pyspy, out_prefix, rate
+        self.stop_event = threading.Event()
+        self.spies: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self.stop_event.is_set():
+            with contextlib.suppress(psutil.Error):
+                for p in me.children(recursive=True):
+                    if p.pid in self.spies:
+                        continue
+                    with contextlib.suppress(psutil.Error):
+                        parent = p.parent()
+                        if parent is None or "multiprocessing.forkserver" not in " ".join(parent.cmdline()):
+                            continue
+                        out = Path(f"{self.out_prefix}-pool-{p.pid}.txt")
+                        spy = subprocess.Popen(
+                            [self.pyspy, "record", "--format", "raw", "--rate", str(self.rate), "--nonblocking",
+                             "-o", str(out), "--pid", str(p.pid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        self.spies[p.pid] = (spy, out)
+            self.stop_event.wait(0.05)
+
+    def finish(self) -> list[Path]:
+        self.stop_event.set()
+        self.join()
+        outs: list[Path] = []
+        for spy, out in self.spies.values():
+            try:
+                spy.wait(timeout=30)  # ends by itself when its target exits
+            except subprocess.TimeoutExpired:
+                spy.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(timeout=10)
+            if out.exists():
+                outs.append(out)
+        return outs
+
+
+PROFILE_RATE = 250
+
+
 def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
     pyspy = shutil.which("py-spy")
     if not pyspy:
         print("py-spy not installed (pip install py-spy): no profile", flush=True)
         return None
-    raw = out_dir / f"profile-{stamp}.txt"
-    prefix = [pyspy, "record", "--format", "raw", "--rate", "250", "--subprocesses", "--nonblocking",
-              "-o", str(raw), "--"]
+    raw = out_dir / f"profile-{stamp}-worker.txt"
+    prefix = [pyspy, "record", "--format", "raw", "--rate", str(PROFILE_RATE), "--nonblocking", "-o", str(raw), "--"]
     run_dir = e.workdir / "profile"
     run_dir.mkdir(parents=True, exist_ok=True)
     print("profiling one crawl-worker pass under py-spy (not timed) ...", flush=True)
-    m, extra = contender_crawl_worker(e, run_dir, prefix, timeout_s=e.args.contender_timeout_s * 2)
+    pool_spy = PoolSpy(pyspy, out_dir / f"profile-{stamp}", PROFILE_RATE)
+    pool_spy.start()
+    try:
+        m, extra = contender_crawl_worker(e, run_dir, prefix, timeout_s=e.args.contender_timeout_s * 2)
+    finally:
+        pool_files = pool_spy.finish()
     if not raw.exists():
         print(f"py-spy wrote no profile; see {run_dir / 'log.txt'}", flush=True)
         return None
-    summary = summarise_profile(raw)
-    summary["raw"] = str(raw)
+    files = [("worker process (event loop)", raw)] + [("parse pool process", f) for f in pool_files]
+    summary = summarise_profile(files)
+    summary["raw"] = [str(f) for _, f in files]
     summary["pages"] = len(set(extra["urls"]))
     summary["wall_s_under_profiler"] = round(m.wall_s, 2)
+    summary["cpu_s_under_profiler"] = round(m.cpu_tree_s + m.cpu_redis_s, 2)
+    summary["crawl"] = extra.get("crawl")
     return summary
 
 
@@ -1003,6 +1064,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         a["pages_per_s_all"] = [r["pages_per_s"] for r in rs]
         for key in ("loop_lag_p99_ms", "parse_wait_share", "peak_rss_mb_self", "loop_lag_p99_ms_worst_window"):
             vals = [r["crawl"][key] for r in rs if r.get("crawl") and r["crawl"].get(key) is not None]
+            vals += [r["bare"][key] for r in rs if r.get("bare") and r["bare"].get(key) is not None]
             if vals:
                 a[key] = round(median(vals), 3)
         for sname in ("nginx", "static", "proxy"):
@@ -1032,7 +1094,7 @@ def targets(agg: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if not a:
             continue
 
-        def add(what: str, value: Any, limit: str, ok: bool | None) -> None:
+        def add(what: str, value: Any, limit: str, ok: bool | None, name: str = name) -> None:
             out.append({"contender": name, "target": what, "value": value, "limit": limit,
                         "met": ok, "verdict": "n/a" if ok is None else ("met" if ok else "NOT met")})
 
@@ -1069,7 +1131,7 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
         "| CPU-ms/page | CPU x bare | peak RSS main MB | peak RSS tree MB | Redis RSS MB | foreign load (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in CONTENDERS:
+    for name in CONTENDERS + OPTIONAL_CONTENDERS:
         a = agg.get(name)
         if not a:
             continue
@@ -1098,8 +1160,9 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
 
 
 def profile_markdown(p: dict[str, Any]) -> str:
-    lines = [f"py-spy, {p['samples']} on-CPU samples at 250 Hz over one crawl-worker pass ({p['pages']} pages, "
-             f"{p['wall_s_under_profiler']} s under the profiler); raw collapsed stacks: `{p['raw']}`.", "",
+    lines = [f"py-spy, {p['samples']} on-CPU samples at {PROFILE_RATE} Hz over one crawl-worker pass ({p['pages']} "
+             f"pages, {p['wall_s_under_profiler']} s under the profiler); raw collapsed stacks: "
+             + ", ".join(f"`{Path(r).name}`" for r in p["raw"]) + ".", "",
              "| process | share of samples |", "|---|---|"]
     for proc, v in p["by_process"].items():
         lines.append(f"| {proc} | {v['share_pct']}% |")
@@ -1125,12 +1188,14 @@ def main(argv: list[str] | None = None) -> int:
         a = sp.parse_args(argv[1:])
         return serve_static(a.root, a.port, a.processes)
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=256)
-    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of " + ",".join(CONTENDERS))
+    ap.add_argument("--contenders", default=",".join(CONTENDERS),
+                    help="comma-separated, from " + ",".join(CONTENDERS + OPTIONAL_CONTENDERS))
     ap.add_argument("--server", choices=("auto", "nginx", "python"), default="auto")
     ap.add_argument("--nginx-workers", type=int, default=1)
     ap.add_argument("--proxy", dest="proxy_impl", choices=("auto", "tinyproxy", "python"), default="auto")
@@ -1145,12 +1210,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     for n in names:
-        if n not in CONTENDERS:
+        if n not in CONTENDERS + OPTIONAL_CONTENDERS:
             ap.error(f"unknown contender {n!r}")
     if not args.contender_timeout_s:
         args.contender_timeout_s = 60 + 0.03 * args.pages
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def on_term(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # run the finally blocks: stop the servers we started
+
+    signal.signal(signal.SIGTERM, on_term)
     args.out.mkdir(parents=True, exist_ok=True)
     subreaper = become_subreaper()
     if not subreaper:

@@ -17,7 +17,6 @@ def bench_settings(concurrency: int, redis_url: str, output: str) -> dict[str, A
         "CONCURRENT_REQUESTS_PER_DOMAIN": concurrency,
         "CONCURRENT_REQUESTS_PER_IP": 0,
         "DOWNLOAD_DELAY": 0,
-        "RANDOMIZE_DOWNLOAD_DELAY": False,
         "AUTOTHROTTLE_ENABLED": False,
         "HTTPCACHE_ENABLED": False,
         "ROBOTSTXT_OBEY": False,
