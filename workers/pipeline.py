@@ -33,7 +33,7 @@ from crawler.monitor import publish_heartbeat, remove_heartbeat
 from crawler.parse import ParsedPage, ParseTask
 from crawler.proxies import ProxyPool
 from crawler.records import Record
-from crawler.redact import redact_url, scrub
+from crawler.redact import scrub
 from crawler.retry import Action, Decision, decide
 from crawler.robots import RobotsCache
 from crawler.settings import Settings
@@ -65,6 +65,16 @@ class Outcome:
     links: list[NewLink] = field(default_factory=list)
     due_s: float = 0.0
     error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One fetch attempt: what came back, what the policy decided, through which gateway (redacted)."""
+
+    result: FetchResult | None
+    page: ParsedPage | None
+    decision: Decision
+    proxy: str | None
 
 
 class SeenCache:
@@ -327,7 +337,7 @@ class Pipeline:
                 )
 
         attempts = lease.attempts
-        last: tuple[FetchResult | None, ParsedPage | None, Decision] | None = None
+        last: Attempt | None = None
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, self.s.max_attempts - lease.attempts)),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
@@ -339,12 +349,12 @@ class Pipeline:
                 with attempt:
                     attempts += 1
                     last = await self._attempt(lease, attempts)
-                    if last[2].action is Action.RETRY_NOW:
-                        raise _RetryNow(last[2])
+                    if last.decision.action is Action.RETRY_NOW:
+                        raise _RetryNow(last.decision)
         except _RetryNow:
             pass  # attempts exhausted in process: `last` holds the final decision
         assert last is not None
-        result, page, decision = last
+        result, page, decision = last.result, last.page, last.decision
         if decision.action is Action.RETRY_NOW:  # ran out of in-process tries with attempts left: go through Redis
             decision = Decision(Action.RETRY_LATER, decision.reason, 1.0 + self._rng.random())
         if decision.action is Action.RELEASE:
@@ -367,7 +377,8 @@ class Pipeline:
             if result is not None:
                 err["status"] = result.status
             return Outcome(lease, Action.DEAD, attempts, error=err)
-        record = self._record(lease, attempts, result, page, decision.reason or (page.error if page else None))
+        record = self._record(lease, attempts, result, page, decision.reason or (page.error if page else None),
+                              last.proxy)
         links: list[NewLink] = []
         if page is not None and page.follow and (self.s.max_depth is None or lease.depth < self.s.max_depth):
             for fp, host, url in page.follow:
@@ -383,7 +394,7 @@ class Pipeline:
         self.metrics.attempt_error(reason)
         return Outcome(lease, Action.RETRY_LATER, attempts, due_s=time.time() + delay_s, error={"kind": reason})
 
-    async def _attempt(self, lease: Lease, attempts: int) -> tuple[FetchResult | None, ParsedPage | None, Decision]:
+    async def _attempt(self, lease: Lease, attempts: int) -> Attempt:
         choice = self.proxies.choose()
         result: FetchResult | None = None
         error: FetchError | None = None
@@ -412,7 +423,7 @@ class Pipeline:
             self.metrics.attempt_error(decision.reason or "retry")
         if self.metrics.prom is not None and decision.action is not Action.DONE:
             self.metrics.prom.outcome(decision.action.value)
-        return result, page, decision
+        return Attempt(result, page, decision, choice.redacted if choice is not None else None)
 
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
         assert result.body is not None
@@ -447,10 +458,8 @@ class Pipeline:
         result: FetchResult | None = None,
         page: ParsedPage | None = None,
         error: str | None = None,
+        proxy: str | None = None,
     ) -> Record:
-        choice_proxy = None
-        if result is not None and self.proxies:
-            choice_proxy = ", ".join(sorted({st.redacted for st in self.proxies.states}))
         nbytes = (page.size if page is not None else result.bytes) if result is not None else None
         rec = Record(
             url=lease.url,
@@ -465,7 +474,7 @@ class Pipeline:
             links=page.links if page else [],
             error=error,
             attempts=attempts,
-            proxy=redact_url(choice_proxy) if choice_proxy else None,
+            proxy=proxy,  # already redacted
             worker=self.s.worker_id,
             links_total=page.links_total if page else 0,
             truncated_links=bool(page and page.links_total > len(page.links)),
