@@ -173,9 +173,10 @@ def normalize(url: str, base: str | None = None, *, keep_tracking: bool = False)
         if fast is not None:
             return fast
     if base is not None:
-        if url.startswith(("javascript:", "mailto:", "data:", "tel:", "#")):
+        joined = join(url, base)
+        if joined is None:
             raise InvalidURL("not an http(s) link")
-        url = urljoin(base, url)
+        url = joined
     if len(url) > MAX_URL_BYTES:
         raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
     if _CONTROL.search(url):
@@ -228,25 +229,9 @@ class LinkNormalizer:
 
     def __call__(self, href: str, base: str, origin: str) -> NormalizedURL | None:
         """`origin` is `scheme://host[:port]` of `base`. None for a link that is not crawlable."""
-        href = href.strip(" \t\r\n\f\v")
-        if href.startswith("#"):
-            return None  # a fragment of this very page
-        hash_at = href.find("#")
-        if hash_at >= 0:
-            href = href[:hash_at]
-        if href.startswith("/") and not href.startswith("//"):
-            absolute = origin + href
-        elif href.startswith(("http://", "https://")):
-            absolute = href
-        elif not href:
-            absolute = base
-        elif href.startswith(("javascript:", "mailto:", "data:", "tel:")):
+        absolute = join(href, base, origin)
+        if absolute is None:
             return None
-        elif href[0] not in "?/" and ":" not in href.split("/", 1)[0]:
-            # a relative path: the base's directory + href; `normalize` resolves the dot segments
-            absolute = base[: base.rfind("/") + 1] + href
-        else:
-            absolute = urljoin(base, href)
         hit = self._cur.get(absolute, _MISS)
         if hit is _MISS:
             hit = self._old.get(absolute, _MISS)
@@ -262,6 +247,45 @@ class LinkNormalizer:
 
 
 _MISS = object()
+
+
+def join(href: str, base: str, origin: str | None = None) -> str | None:
+    """Resolve `href` against `base` (RFC 3986 5.2, dot segments left for `normalize`); None for a link that is
+    no http(s) URL or only a fragment of this page. `origin` (`scheme://authority` of base) saves a split."""
+    href = href.strip(" \t\r\n\f\v")
+    if href.startswith("#"):
+        return None  # a fragment of this very page
+    hash_at = href.find("#")
+    if hash_at >= 0:
+        href = href[:hash_at]
+    if href.startswith(("http://", "https://")):
+        return href
+    if not href:
+        return base
+    if href.startswith(("javascript:", "mailto:", "data:", "tel:")):
+        return None
+    if origin is None:
+        origin = _origin(base)
+    if href.startswith("//"):
+        return base.split(":", 1)[0] + ":" + href
+    if href.startswith("/"):
+        return origin + href
+    if href.startswith("?"):
+        q = base.find("?")
+        return (base if q < 0 else base[:q]) + href
+    if ":" in href.split("/", 1)[0]:
+        return urljoin(base, href)  # another scheme, or a scheme-relative oddity: let urllib decide
+    # a relative path: the base's directory + href; `normalize` resolves the dot segments
+    path_end = base.find("?")
+    b = base if path_end < 0 else base[:path_end]
+    if b.count("/") < 3:  # "http://host" with no path
+        return b + "/" + href
+    return b[: b.rfind("/") + 1] + href
+
+
+def _origin(url: str) -> str:
+    scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"
 
 
 def origin_of(normalized_url: str) -> str:

@@ -553,6 +553,7 @@ class Measurement:
     servers_cpu_s: dict[str, float] = field(default_factory=dict)  # origin server, proxy
     foreign_cpu_s: float = 0.0  # busy CPU on the machine not explained by the above: other users' load
     cpu_extra_sampled_s: float = 0.0  # psutil: last CPU reading of the extra process (the embedded redis)
+    harness_cpu_s: float = 0.0  # this bench process itself (sampling), not charged to anyone
     loadavg_before: float = 0.0
 
 
@@ -595,7 +596,8 @@ class Sampler(threading.Thread):
             if ex is not None:
                 with contextlib.suppress(psutil.Error):
                     self.peak_extra = max(self.peak_extra, ex.memory_info().rss)
-                    self.extra_cpu[ex.pid] = proc_cpu_s(ex)
+                    # a zombie reads as 0: keep the last real reading
+                    self.extra_cpu[ex.pid] = max(self.extra_cpu.get(ex.pid, 0.0), proc_cpu_s(ex))
             self.stop_event.wait(SAMPLE_S)
 
 
@@ -637,6 +639,7 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: floa
     redis0 = redis.cpu_s() if redis else 0.0
     srv0 = {s.name: s.cpu_s() for s in servers}
     busy0 = system_busy_s()
+    self0 = proc_cpu_s(psutil.Process())
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -665,7 +668,8 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: floa
     m.cpu_sampled_s = sum(sampler.cpu.values()) + m.cpu_extra_sampled_s + m.cpu_redis_s
     m.servers_cpu_s = {s.name: round(s.cpu_s() - srv0[s.name], 2) for s in servers}
     busy = system_busy_s() - busy0
-    m.foreign_cpu_s = max(0.0, busy - m.cpu_tree_s - m.cpu_redis_s - sum(m.servers_cpu_s.values()))
+    m.harness_cpu_s = proc_cpu_s(psutil.Process()) - self0
+    m.foreign_cpu_s = max(0.0, busy - m.cpu_tree_s - m.cpu_redis_s - sum(m.servers_cpu_s.values()) - m.harness_cpu_s)
     m.peak_rss_main_mb = sampler.peak_main / 1e6
     m.peak_rss_tree_mb = sampler.peak_tree / 1e6
     m.peak_rss_redis_mb = (max(sampler.peak_extra, _rss(redis)) if redis else sampler.peak_extra) / 1e6
@@ -881,6 +885,7 @@ def run_contender(name: str, e: Env, run_dir: Path) -> dict[str, Any]:
         "peak_rss_redis_mb": round(m.peak_rss_redis_mb, 1),
         "servers_cpu_s": m.servers_cpu_s,
         "foreign_cpu_s": round(m.foreign_cpu_s, 2),
+        "harness_cpu_s": round(m.harness_cpu_s, 2),
         "foreign_cores": round(m.foreign_cpu_s / m.wall_s, 2) if m.wall_s else 0.0,
         "loadavg_before": round(m.loadavg_before, 2),
         "exit_code": m.exit_code,
@@ -897,17 +902,38 @@ def run_contender(name: str, e: Env, run_dir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ profile
 
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("garbage collector", ("gc_collect",)),
     ("URL normalisation", ("crawler/urls.py", "urllib/parse.py", "hashlib")),
-    ("HTML parsing (selectolax)", ("selectolax", "crawler/parse.py", "codecs")),
-    ("parse-pool IPC (pickle, futures)", ("concurrent/futures", "multiprocessing/", "pickle", "workers/parse_pool.py")),
+    ("HTML parsing (selectolax/lexbor)", ("selectolax", "lexbor", "crawler/parse.py", "codecs")),
+    ("parse-pool IPC (pickle, pipes)", ("concurrent/futures/process.py", "multiprocessing/", "pickle",
+                                        "workers/parse_pool.py", "_dataclass_getstate", "_dataclass_setstate")),
     ("redis client", ("redis/", "crawler/frontier.py")),
     ("JSON + records + sink", ("json/", "crawler/records.py", "crawler/sinks.py", "dataclasses.py")),
-    ("aiohttp / yarl / multidict", ("aiohttp/", "yarl/", "multidict/", "crawler/fetch.py")),
+    ("aiohttp / yarl / aiohappyeyeballs (HTTP, connects)", ("aiohttp", "yarl", "multidict", "aiohappyeyeballs",
+                                                             "crawler/fetch.py", "socket.py")),
     ("tenacity (retry wrapper)", ("tenacity/",)),
-    ("metrics / psutil", ("crawler/metrics.py", "psutil/")),
+    ("metrics / psutil", ("crawler/metrics.py", "psutil")),
     ("crawl pipeline logic", ("workers/", "crawler/")),
-    ("event loop (asyncio/uvloop)", ("asyncio/", "uvloop", "selectors.py", "threading.py")),
+    ("event loop (asyncio/uvloop)",
+     ("asyncio/", "uvloop", "selectors.py", "threading.py", "concurrent/futures/thread")),
 )
+# Innermost native frames that mean "this thread is blocked, not on CPU" (py-spy's own idle detection misses
+# them inside containers): pipe reads, poll/epoll, futex waits (shown as bare libc addresses), condition waits.
+WAIT_LEAVES = frozenset({
+    "read", "__libc_read", "poll", "__poll", "ppoll", "epoll_wait", "epoll_pwait", "select", "pselect", "pselect6",
+    "pthread_cond_wait", "pthread_cond_timedwait", "__pthread_cond_wait", "__pthread_cond_timedwait", "sem_wait",
+    "sem_timedwait", "sem_clockwait", "nanosleep", "clock_nanosleep", "__futex_abstimed_wait_common", "syscall",
+    "accept", "accept4", "take_gil", "PyThread_acquire_lock_timed", "waitpid", "wait4",
+})
+
+
+def _is_native(frame: str) -> bool:
+    return ".py:" not in frame and "<frozen" not in frame
+
+
+def _is_wait(leaf: str) -> bool:
+    name, _, where = leaf.partition(" (")
+    return name in WAIT_LEAVES or (name.startswith("0x") and "libc" in where)
 
 
 def _category(frames: list[str]) -> str:
@@ -918,14 +944,31 @@ def _category(frames: list[str]) -> str:
     return "other (interpreter start-up, imports, ...)"
 
 
+def _python_leaf(frames: list[str]) -> str:
+    """The innermost Python function: native work is charged to its caller, except the garbage collector."""
+    for frame in reversed(frames):
+        if "gc_collect" in frame:
+            return "[garbage collector] (gc_collect_main, libpython)"
+        if not _is_native(frame):
+            return frame
+    return frames[-1]
+
+
 def summarise_profile(files: list[tuple[str, Path]]) -> dict[str, Any]:
-    """py-spy `--format raw` (collapsed stacks) files, each labelled with its process role: self time by
-    function and by area, overall and per process."""
-    self_by_fn: Counter[str] = Counter()
-    self_by_proc_fn: dict[str, Counter[str]] = {}
+    """py-spy `--native --format raw` files (collapsed stacks), each labelled with its process role.
+
+    Samples whose innermost frame is a blocking wait are counted as waiting and left out of the rest; the on-CPU
+    samples are ranked by self time in the Python view (native frames charged to the calling Python function) and
+    by area (the innermost frame that names one), overall and per process.
+    """
+    py_self: Counter[str] = Counter()
+    native_self: Counter[str] = Counter()
+    by_proc_fn: dict[str, Counter[str]] = {}
     by_cat: Counter[str] = Counter()
     by_proc_cat: dict[str, Counter[str]] = {}
     by_proc: Counter[str] = Counter()
+    waits: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()  # crawl's own functions: samples with the function anywhere on the stack
     total = 0
     for label, raw in files:
         for line in raw.read_text(errors="replace").splitlines():
@@ -936,10 +979,17 @@ def summarise_profile(files: list[tuple[str, Path]]) -> dict[str, Any]:
             frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
             if not frames:
                 continue
-            leaf = frames[-1]
+            if _is_wait(frames[-1]):
+                waits[label] += n
+                continue
             total += n
-            self_by_fn[leaf] += n
-            self_by_proc_fn.setdefault(label, Counter())[leaf] += n
+            for fn in {f.rsplit(":", 1)[0] + ")" for f in frames if "crawler/" in f or "workers/" in f}:
+                inclusive[fn] += n
+            leaf = _python_leaf(frames)
+            py_self[leaf] += n
+            if _is_native(frames[-1]):
+                native_self[frames[-1]] += n
+            by_proc_fn.setdefault(label, Counter())[leaf] += n
             cat = _category(frames)
             by_cat[cat] += n
             by_proc_cat.setdefault(label, Counter())[cat] += n
@@ -950,13 +1000,18 @@ def summarise_profile(files: list[tuple[str, Path]]) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "wait_samples": dict(waits),
         "by_process": {p: {"samples": c, "share_pct": pct(c, total)} for p, c in by_proc.most_common()},
-        "top_self": [{"function": f, "samples": c, "share_pct": pct(c, total)} for f, c in self_by_fn.most_common(15)],
+        "top_self": [{"function": f, "samples": c, "share_pct": pct(c, total)} for f, c in py_self.most_common(15)],
+        "top_native": [{"function": f, "samples": c, "share_pct": pct(c, total)}
+                       for f, c in native_self.most_common(10)],
         "top_self_by_process": {
             p: [{"function": f, "samples": c, "share_pct": pct(c, by_proc[p])} for f, c in fns.most_common(10)]
-            for p, fns in self_by_proc_fn.items()
+            for p, fns in by_proc_fn.items()
         },
         "by_area": [{"area": a, "samples": c, "share_pct": pct(c, total)} for a, c in by_cat.most_common()],
+        "inclusive_crawl": [{"function": f, "samples": c, "share_pct": pct(c, total)}
+                            for f, c in inclusive.most_common(40) if "<module>" not in f and "cli.py" not in f][:16],
         "by_area_by_process": {
             p: [{"area": a, "share_pct": pct(c, by_proc[p])} for a, c in cats.most_common()]
             for p, cats in by_proc_cat.items()
@@ -990,7 +1045,7 @@ class PoolSpy(threading.Thread):
                             continue
                         out = Path(f"{self.out_prefix}-pool-{p.pid}.txt")
                         spy = subprocess.Popen(
-                            [self.pyspy, "record", "--format", "raw", "--rate", str(self.rate), "--nonblocking",
+                            [self.pyspy, "record", "--format", "raw", "--rate", str(self.rate), *PYSPY_MODE,
                              "-o", str(out), "--pid", str(p.pid)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         self.spies[p.pid] = (spy, out)
@@ -1012,7 +1067,8 @@ class PoolSpy(threading.Thread):
         return outs
 
 
-PROFILE_RATE = 250
+PROFILE_RATE = 100
+PYSPY_MODE: list[str] = os.environ.get("BENCH_PYSPY_MODE", "--native").split()
 
 
 def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
@@ -1021,7 +1077,7 @@ def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
         print("py-spy not installed (pip install py-spy): no profile", flush=True)
         return None
     raw = out_dir / f"profile-{stamp}-worker.txt"
-    prefix = [pyspy, "record", "--format", "raw", "--rate", str(PROFILE_RATE), "--nonblocking", "-o", str(raw), "--"]
+    prefix = [pyspy, "record", "--format", "raw", "--rate", str(PROFILE_RATE), *PYSPY_MODE, "-o", str(raw), "--"]
     run_dir = e.workdir / "profile"
     run_dir.mkdir(parents=True, exist_ok=True)
     print("profiling one crawl-worker pass under py-spy (not timed) ...", flush=True)
@@ -1045,6 +1101,24 @@ def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------------------------ report
+
+def code_identity() -> dict[str, Any]:
+    """Which code was measured: HEAD, uncommitted files, and a hash of crawler/ + workers/ (read-only git)."""
+    import hashlib
+
+    out: dict[str, Any] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["git_head"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "crawler", "workers"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        out["dirty_code_files"] = [d.strip() for d in dirty if d.strip()]
+    h = hashlib.sha256()
+    for f in sorted([*ROOT.glob("crawler/**/*.py"), *ROOT.glob("crawler/lua/*.lua"), *ROOT.glob("workers/*.py")]):
+        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    out["code_sha256"] = h.hexdigest()[:16]
+    return out
+
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else 0.0
@@ -1125,7 +1199,9 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
         f"{meta['site']['links_per_page_mean']} links/page), **{meta['site']['reachable']} URLs reachable** from "
         f"page 0 ({meta['site']['reachable_200']} x 200, {meta['site']['reachable_404']} x 404); origin: "
         f"{meta['server']['impl']}; proxy: {meta['proxy']['impl']} (BasicAuth); concurrency {meta['concurrency']}; "
-        f"medians of {meta['runs_done']} run(s); {meta['cpus']} CPUs.",
+        f"medians of {meta['runs_done']} run(s) (Scrapy: {min(meta['runs_done'], meta['scrapy_runs'])}); "
+        f"{meta['cpus']} CPUs; code {meta['code'].get('git_head')} (+{len(meta['code'].get('dirty_code_files', []))} "
+        f"uncommitted files, sha {meta['code'].get('code_sha256')}).",
         "",
         "| contender | pages found / reachable | wall s | pages/s | x bare | x Scrapy | CPU s (tree+Redis) "
         "| CPU-ms/page | CPU x bare | peak RSS main MB | peak RSS tree MB | Redis RSS MB | foreign load (cores) |",
@@ -1143,15 +1219,15 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
             f"| {f(a['peak_rss_main_mb'])} | {f(a['peak_rss_tree_mb'])} | {f(a['peak_rss_redis_mb'])} "
             f"| {f(a['foreign_cores'], 2)} |"
         )
-    crawl = [n for n in ("crawl-run", "crawl-worker") if n in agg]
+    crawl = [n for n in ("crawl-run", "crawl-worker", "bare-pool", "bare-inline") if n in agg]
     if crawl:
-        lines += ["", "| crawl | loop lag p99 ms (whole run) | worst 1 s window lag p99 ms | parse_wait_share "
-                  "| self-reported peak RSS MB | Redis CPU s |", "|---|---|---|---|---|---|"]
+        lines += ["", "| contender | event-loop lag p99 ms (whole run) | worst 1 s window lag p99 ms "
+                  "| parse_wait_share | self-reported peak RSS MB | Redis CPU s |", "|---|---|---|---|---|---|"]
         for n in crawl:
             a = agg[n]
+            redis_cpu = {"crawl-worker": f(a.get("cpu_redis_s"), 2), "crawl-run": "in tree"}.get(n, "-")
             lines.append(f"| {n} | {f(a.get('loop_lag_p99_ms'))} | {f(a.get('loop_lag_p99_ms_worst_window'))} "
-                         f"| {f(a.get('parse_wait_share'), 3)} | {f(a.get('peak_rss_mb_self'))} "
-                         f"| {f(a.get('cpu_redis_s'), 2) if n == 'crawl-worker' else 'in tree'} |")
+                         f"| {f(a.get('parse_wait_share'), 3)} | {f(a.get('peak_rss_mb_self'))} | {redis_cpu} |")
     if tgt:
         lines += ["", "| target | contender | value | limit | verdict |", "|---|---|---|---|---|"]
         for t in tgt:
@@ -1160,18 +1236,26 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
 
 
 def profile_markdown(p: dict[str, Any]) -> str:
-    lines = [f"py-spy, {p['samples']} on-CPU samples at {PROFILE_RATE} Hz over one crawl-worker pass ({p['pages']} "
-             f"pages, {p['wall_s_under_profiler']} s under the profiler); raw collapsed stacks: "
+    waits = ", ".join(f"{k}: {v}" for k, v in p.get("wait_samples", {}).items())
+    lines = [f"py-spy {' '.join(PYSPY_MODE)} at {PROFILE_RATE} Hz over one crawl-worker pass ({p['pages']} pages, "
+             f"{p['wall_s_under_profiler']} s under the profiler, {p['cpu_s_under_profiler']} CPU s): {p['samples']} "
+             f"on-CPU samples (blocked-thread samples left out: {waits}); raw collapsed stacks: "
              + ", ".join(f"`{Path(r).name}`" for r in p["raw"]) + ".", "",
-             "| process | share of samples |", "|---|---|"]
+             "| process | share of on-CPU samples |", "|---|---|"]
     for proc, v in p["by_process"].items():
         lines.append(f"| {proc} | {v['share_pct']}% |")
-    lines += ["", "| # | function (self time) | share |", "|---|---|---|"]
+    lines += ["", "| # | function (self time; native code charged to its Python caller) | share |", "|---|---|---|"]
     for i, row in enumerate(p["top_self"][:10], 1):
         lines.append(f"| {i} | `{row['function']}` | {row['share_pct']}% |")
-    lines += ["", "| area (innermost matching frame) | share |", "|---|---|"]
+    lines += ["", "| area (innermost frame that names one) | share |", "|---|---|"]
     for row in p["by_area"]:
         lines.append(f"| {row['area']} | {row['share_pct']}% |")
+    lines += ["", "| crawl function (inclusive: on the stack) | share |", "|---|---|"]
+    for row in p.get("inclusive_crawl", [])[:14]:
+        lines.append(f"| `{row['function']}` | {row['share_pct']}% |")
+    lines += ["", "| native leaf | share |", "|---|---|"]
+    for row in p.get("top_native", [])[:8]:
+        lines.append(f"| `{row['function']}` | {row['share_pct']}% |")
     return "\n".join(lines)
 
 
@@ -1205,7 +1289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--budget-s", type=float, default=1500, help="start no new run after this many seconds")
-    ap.add_argument("--contender-timeout-s", type=float, default=0, help="0: 60 s + 30 ms per page")
+    ap.add_argument("--scrapy-runs", type=int, default=1,
+                    help="runs of the Scrapy contenders (slow: ~8 min per 20,000 pages on 2 busy cores)")
+    ap.add_argument("--contender-timeout-s", type=float, default=0, help="0: 60 s + 60 ms per page")
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
@@ -1213,7 +1299,7 @@ def main(argv: list[str] | None = None) -> int:
         if n not in CONTENDERS + OPTIONAL_CONTENDERS:
             ap.error(f"unknown contender {n!r}")
     if not args.contender_timeout_s:
-        args.contender_timeout_s = 60 + 0.03 * args.pages
+        args.contender_timeout_s = 60 + 0.06 * args.pages
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
@@ -1230,6 +1316,8 @@ def main(argv: list[str] | None = None) -> int:
     if not port_free(port):
         port = free_port()
         print(f"port {args.site_port} is busy; serving on {port} (the site is generated for that port)", flush=True)
+    code = code_identity()
+    print(f"measuring code {code}", flush=True)
     site = ensure_site(args.cache_dir, args.pages, args.seed, port)
     warm_page_cache(site.root)
     workdir = Path(tempfile.mkdtemp(prefix="crawl-bench-"))
@@ -1266,6 +1354,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"time budget ({args.budget_s:.0f}s) spent: stopping after {runs_done} run(s)", flush=True)
                 break
             for name in names:
+                if name.startswith("scrapy") and run > args.scrapy_runs:
+                    continue
                 r = run_contender(name, env, workdir / f"run{run}" / name)
                 r["run"] = run
                 results.append(r)
@@ -1296,10 +1386,12 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "runs_requested": args.runs,
         "runs_done": runs_done,
+        "scrapy_runs": args.scrapy_runs,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "subreaper": subreaper,
+        "code": code,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     table = markdown(agg, tgt, meta)

@@ -387,6 +387,20 @@ def report(results: list[RunResult], expected: int, args: argparse.Namespace, sp
         cells = " | ".join(f"{r.cpu[c]:.1f} ({r.cpu[c] / r.wall_s:.2f} cores)" for c in comps)
         say(f"| {label} | {cells} | {sum(r.cpu.values()):.1f} | {r.machine_busy:.0%} of {ncpu} cores |")
     say("")
+    say("CPU milliseconds per page, and the ceilings they imply on this machine's cores if nothing else ran:")
+    say("")
+    say("| workers | event loop | parse | site | redis | all | one event loop caps at | all cores cap at |")
+    say("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if not r.pages:
+            continue
+        ms = {c: 1000 * r.cpu[c] / r.pages for c in comps}
+        loop, parse, site, redis = (ms["worker event loops"], ms["parse pools"], ms["site server"], ms["redis"])
+        total = loop + parse + site + redis
+        label = f"{r.workers} (kill)" if r.killed_at_pages is not None else str(r.workers)
+        say(f"| {label} | {loop:.2f} | {parse:.2f} | {site:.2f} | {redis:.3f} | {total:.2f} "
+            f"| {1000 / loop:,.0f} pages/s | {ncpu * 1000 / total:,.0f} pages/s |")
+    say("")
     for r in results:
         s = r.stats
         extra = f"; killed at {r.killed_at_pages:,} records" if r.killed_at_pages is not None else ""

@@ -104,7 +104,7 @@ async def ack_after_hold(f: Frontier, ls: Lease, rec: dict[str, Any], hold_ms: f
 async def run(args: argparse.Namespace) -> int:
     client = aioredis.Redis.from_url(args.redis)
     f = Frontier(client, args.crawl, Politeness(args.phc, args.delay_ms))
-    out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
+    out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115, ASYNC230 - opened once; closed below
     rng = random.Random(os.getpid())
     deadline = time.monotonic() + args.deadline_s
     leased = acked_total = 0

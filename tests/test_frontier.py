@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -84,7 +85,8 @@ def test_add_dedups(redis_server: Any, crawl_name: str) -> None:
             # overlapping batch: only the 5 new ones count
             assert await f.add(urls("a.example", 10, start=5)) == 5
             # other spellings of an already seen URL are duplicates too
-            assert await f.add([normalize("HTTP://A.EXAMPLE:80/p3#frag"), normalize("http://a.example/p3?utm_source=x")]) == 0
+            spellings = ["HTTP://A.EXAMPLE:80/p3#frag", "http://a.example/p3?utm_source=x"]
+            assert await f.add([normalize(u) for u in spellings]) == 0
             # duplicates inside one batch count once
             assert await f.add([normalize("http://b.example/x")] * 3) == 1
             await check(f, enqueued=16, queued=16, done=0, inflight=0)
@@ -415,5 +417,24 @@ def test_per_host_delay(redis_server: Any, crawl_name: str, monkeypatch: pytest.
     leased = asyncio.run(main())
     for host, times in leased.items():
         assert len(times) == per_host, host
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert min(gaps) >= delay_ms, (host, gaps)
+
+
+def test_per_host_delay_survives_an_empty_queue(redis_server: Any, crawl_name: str) -> None:
+    """A host whose queue ran dry and gets new work at once (a link, a release) still waits out its delay."""
+
+    async def main() -> None:
+        async with open_frontier(redis_server.url, crawl_name, Politeness(0, 60_000)) as f:
+            await f.add(urls("a.example", 1))
+            (first,), _ = await f.lease(10, "c", LONG_TTL_S)
+            # the queue is empty now; a new link for the host arrives with the ack
+            assert await f.ack([first], [NewLink.of(normalize("http://a.example/new"), 1)]) == (1, 1)
+            got, next_due = await f.lease(10, "c", LONG_TTL_S)
+            assert got == []
+            assert next_due >= now_ms() + 50_000
+            await f.add(urls("a.example", 1, start=5))
+            assert (await f.lease(10, "c", LONG_TTL_S))[0] == []
+            await check(f, queued=2, done=1)
+
+    asyncio.run(main())

@@ -9,6 +9,7 @@ deadline, and stopped by PID whatever happens.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import selectors
@@ -49,7 +50,17 @@ class Consumers:
     def start(self, *args: str, stdout_pipe: bool = False) -> subprocess.Popen[bytes]:
         i = len(self.procs)
         out, err, log = self.tmp / f"c{i}.jsonl", self.tmp / f"c{i}.err", self.tmp / f"c{i}.log"
-        cmd = [sys.executable, str(CONSUMER), "--redis", self.redis_url, "--crawl", self.crawl, "--out", str(out), *args]
+        cmd = [
+            sys.executable,
+            str(CONSUMER),
+            "--redis",
+            self.redis_url,
+            "--crawl",
+            self.crawl,
+            "--out",
+            str(out),
+            *args,
+        ]
         with open(err, "wb") as err_f, open(log, "wb") as log_f:
             proc = subprocess.Popen(
                 cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE if stdout_pipe else log_f, stderr=err_f, bufsize=0
@@ -60,7 +71,9 @@ class Consumers:
         return proc
 
     def stderr(self) -> str:
-        return "\n".join(f"[c{i}] {p.read_text(errors='replace')[-2000:]}" for i, p in enumerate(self.errs) if p.exists())
+        return "\n".join(
+            f"[c{i}] {p.read_text(errors='replace')[-2000:]}" for i, p in enumerate(self.errs) if p.exists()
+        )
 
     def records(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -176,7 +189,9 @@ def test_sigkilled_consumer_leases_are_recovered(redis_server: Any, crawl_name: 
         f = Frontier(client, crawl_name)
         try:
             assert await f.add(seeds) == total
-            holder = consumers.start("--mode", "hold", "--batch", "50", "--ttl", "1", "--deadline-s", "60", stdout_pipe=True)
+            holder = consumers.start(
+                "--mode", "hold", "--batch", "50", "--ttl", "1", "--deadline-s", "60", stdout_pipe=True
+            )
             assert read_line(holder, 20) == "HELD 50", consumers.stderr()
             c = await f.counters()
             assert (c.inflight, c.queued) == (50, total - 50), c
@@ -214,9 +229,7 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
-def test_per_host_concurrency_holds_across_processes(
-    redis_server: Any, crawl_name: str, consumers: Consumers
-) -> None:
+def test_per_host_concurrency_holds_across_processes(redis_server: Any, crawl_name: str, consumers: Consumers) -> None:
     """4 consumers, 10 hosts, per_host_concurrency=2, each lease held 5-30 ms before its ack."""
     seeds = seed_urls(10, 60)
     phc, n_consumers = 2, 4
@@ -235,8 +248,18 @@ def test_per_host_concurrency_holds_across_processes(
             assert await f.add(seeds) == len(seeds)
             for _ in range(n_consumers):
                 consumers.start(
-                    "--batch", "8", "--ttl", "30", "--phc", str(phc), "--hold-ms", "5", "30", "--barrier",
-                    "--deadline-s", "60",
+                    "--batch",
+                    "8",
+                    "--ttl",
+                    "30",
+                    "--phc",
+                    str(phc),
+                    "--hold-ms",
+                    "5",
+                    "30",
+                    "--barrier",
+                    "--deadline-s",
+                    "60",
                 )
             await release_barrier(f, n_consumers)
             codes = await consumers.wait_all(60, on_tick=sample)
@@ -296,7 +319,7 @@ def test_per_host_delay_holds_across_processes(redis_server: Any, crawl_name: st
     for host, leases in per_host.items():
         leases.sort(key=lambda r: r["lease_now"])
         times = [r["lease_now"] for r in leases]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert min(gaps) >= delay_ms - 1, (host, gaps)  # allow 1 ms of rounding
         # the wall clock agrees: the host's last lease returned at least 7 delays after its first was asked for
         assert leases[-1]["t_got"] - leases[0]["t_call"] >= 7 * delay_ms - 1, host

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from crawler.urls import MAX_URL_BYTES, InvalidURL, fingerprint, host_of, normalize
+from crawler.urls import MAX_URL_BYTES, InvalidURL, LinkNormalizer, fingerprint, host_of, normalize, origin_of
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -121,7 +123,8 @@ def test_relative_resolution(url: str, base: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "link", ["javascript:void(0)", "mailto:a@example.com", "data:text/html,hi", "tel:+123", "#top", "ftp://example.com/f"]
+    "link",
+    ["javascript:void(0)", "mailto:a@example.com", "data:text/html,hi", "tel:+123", "#top", "ftp://example.com/f"],
 )
 def test_relative_non_http_links_rejected(link: str) -> None:
     with pytest.raises(InvalidURL):
@@ -185,10 +188,9 @@ def test_length_limit_boundary() -> None:
         normalize(head + "é" * 2000)
 
 
-# C0 controls and DEL inside a URL (at the edges, whitespace is stripped). NUL, TAB, CR and LF are refused;
-# so are the other C0 controls and DEL.
+# C0 controls and DEL inside a URL are refused (at the edges, whitespace is stripped first).
 CONTROLS_REFUSED = ["\x00", "\t", "\r", "\n"]
-CONTROLS_ENCODED = ["\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f"]
+CONTROLS_OTHER = ["\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f"]
 
 
 @pytest.mark.parametrize("c", CONTROLS_REFUSED, ids=[f"0x{ord(c):02x}" for c in CONTROLS_REFUSED])
@@ -198,7 +200,7 @@ def test_control_characters_refused(c: str) -> None:
             normalize(url)
 
 
-@pytest.mark.parametrize("c", CONTROLS_ENCODED, ids=[f"0x{ord(c):02x}" for c in CONTROLS_ENCODED])
+@pytest.mark.parametrize("c", CONTROLS_OTHER, ids=[f"0x{ord(c):02x}" for c in CONTROLS_OTHER])
 def test_other_control_characters_refused(c: str) -> None:
     with pytest.raises(InvalidURL):
         normalize(f"http://example.com/a{c}b")
@@ -275,3 +277,47 @@ def test_query_sorted_after_percent_normalisation(raw: str, equivalent: str) -> 
     n = normalize(raw)
     assert n.url == normalize(equivalent).url
     assert normalize(n.url).url == n.url
+
+
+# RFC 3986 section 5.2 (and WHATWG) resolution of references that Python's urljoin gets wrong.
+RFC_RELATIVE = [
+    (";", "http://example.com/x/", "http://example.com/x/;"),
+    ("2//", "http://example.com/x/", "http://example.com/x/2//"),
+    ("a//b", "http://example.com/x/y", "http://example.com/x/a//b"),
+]
+
+
+@pytest.mark.parametrize(("href", "base", "expected"), RFC_RELATIVE)
+def test_relative_resolution_follows_rfc3986(href: str, base: str, expected: str) -> None:
+    assert normalize(href, base).url == expected
+
+
+@pytest.mark.parametrize(("href", "base", "expected"), RFC_RELATIVE)
+def test_link_normalizer_follows_rfc3986(href: str, base: str, expected: str) -> None:
+    got = LinkNormalizer()(href, base, origin_of(base))
+    assert got is not None and got.url == expected
+
+
+# -- properties -----------------------------------------------------------------------------------------------
+
+_path_chars = [*"aZ09-._~!$&'()*+,;=:@/%2EeFf?é ", "%2e", "%7E", "%41", "/..", "/."]
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scheme=st.sampled_from(["http", "https"]),
+    host=st.sampled_from(["example.com", "Example.COM", "bücher.example", "[::1]", "127.0.0.1", "a-b.example."]),
+    port=st.sampled_from(["", ":80", ":443", ":8080", ":08080"]),
+    path=st.lists(st.sampled_from(_path_chars), max_size=10).map("".join),
+    query=st.none() | st.lists(st.sampled_from([*_path_chars, "&", "=", "utm_x=1", "%26"]), max_size=10).map("".join),
+)
+def test_normal_form_is_a_fixed_point(scheme: str, host: str, port: str, path: str, query: str | None) -> None:
+    raw = f"{scheme}://{host}{port}/{path}" + ("" if query is None else f"?{query}")
+    try:
+        n = normalize(raw)
+    except InvalidURL:
+        return
+    assert normalize(n.url) == n  # idempotent, same fingerprint
+    assert normalize(scheme.upper() + raw[len(scheme) :]) == n  # scheme case never matters
+    assert " " not in n.url and "#" not in n.url
+    assert host_of(n.url) == n.host

@@ -1,0 +1,239 @@
+"""Frontier benchmark: `crawl enqueue` throughput, lease+ack throughput, and Redis memory per URL.
+
+    python scripts/bench_frontier.py [--urls 1000000] [--hosts 10000] [--consumers 4] [--batch 256]
+
+Starts its own redis-server (the one `crawl` would embed, on a free loopback port, AOF and RDB off: this measures
+the frontier, not the disk), writes a file of URLs spread over the hosts in a temporary directory, then
+
+1. times `python -m crawler enqueue FILE --redis URL --crawl bench` (process start included),
+2. lets N consumer processes (`tests/frontier_consumer.py`, politeness unlimited, lease a batch then ack the whole
+   batch) drain the frontier, timed from the moment they are all released until `done` == URLs,
+3. reads Redis `used_memory` before, after the enqueue (per queued URL) and after the crawl (per seen URL: only the
+   dedup set and the counters remain).
+
+Prints a Markdown table. Every wait has a deadline; the server and the consumers are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from crawler.connection import redis_server_binary
+from crawler.keys import CrawlKeys
+
+REPO = Path(__file__).resolve().parents[1]
+CONSUMER = REPO / "tests" / "frontier_consumer.py"
+CRAWL = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    args = [
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "no",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--loglevel",
+        "warning",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + 15
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return proc, url
+            except redis.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise SystemExit(f"redis-server did not start (exit {proc.poll()})")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def write_urls(path: Path, n: int, hosts: int) -> None:
+    with open(path, "w", encoding="ascii", buffering=1 << 20) as f:
+        chunk: list[str] = []
+        for i in range(n):
+            chunk.append(f"http://host{i % hosts}.bench.example/articles/{i}?page={i % 97}\n")
+            if len(chunk) >= 10_000:
+                f.write("".join(chunk))
+                chunk = []
+        f.write("".join(chunk))
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--urls", type=int, default=1_000_000)
+    p.add_argument("--hosts", type=int, default=10_000)
+    p.add_argument("--consumers", type=int, default=4)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--timeout-s", type=float, default=900, help="deadline of each phase")
+    args = p.parse_args()
+    command = shlex.join(["python", "scripts/bench_frontier.py", *sys.argv[1:]])
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-frontier-"))
+    server, url = start_redis(tmp)
+    consumers: list[subprocess.Popen[bytes]] = []
+    client = redis.Redis.from_url(url)
+    keys = CrawlKeys(CRAWL)
+    try:
+        version = client.info("server")["redis_version"]
+        src = tmp / "urls.txt"
+        t = time.perf_counter()
+        write_urls(src, args.urls, args.hosts)
+        gen_s = time.perf_counter() - t
+        mem0 = used_memory(client)
+
+        # 1. enqueue through the real CLI
+        t = time.perf_counter()
+        r = subprocess.run(
+            [sys.executable, "-m", "crawler", "enqueue", str(src), "--redis", url, "--crawl", CRAWL],
+            capture_output=True,
+            text=True,
+            timeout=args.timeout_s,
+            cwd=tmp,
+        )
+        enqueue_s = time.perf_counter() - t
+        if r.returncode != 0:
+            raise SystemExit(f"enqueue failed ({r.returncode}): {r.stderr[-500:]}")
+        summary = r.stdout.strip()
+        queued = int(client.hget(keys.stats, "queued") or 0)
+        if queued != args.urls:
+            raise SystemExit(f"expected {args.urls} queued, got {queued} ({summary})")
+        mem_queued = used_memory(client)
+
+        # 2. drain with N consumer processes, released together
+        for _ in range(args.consumers):
+            consumers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(CONSUMER),
+                        "--redis",
+                        url,
+                        "--crawl",
+                        CRAWL,
+                        "--batch",
+                        str(args.batch),
+                        "--ttl",
+                        "120",
+                        "--barrier",
+                        "--deadline-s",
+                        str(args.timeout_s),
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        for _ in range(args.consumers):
+            if client.blpop([keys.prefix + "test_ready"], timeout=60) is None:
+                raise SystemExit("consumers did not start within 60 s")
+        t = time.perf_counter()
+        client.rpush(keys.prefix + "test_go", *range(args.consumers))
+        deadline = time.monotonic() + args.timeout_s
+        while int(client.hget(keys.stats, "done") or 0) < args.urls:
+            if time.monotonic() > deadline or any(c.poll() not in (None, 0) for c in consumers):
+                errs = [c.stderr.read().decode()[-300:] for c in consumers if c.poll() not in (None, 0) and c.stderr]
+                raise SystemExit(f"crawl did not finish: {client.hgetall(keys.stats)} {errs}")
+            time.sleep(0.01)
+        crawl_s = time.perf_counter() - t
+        for c in consumers:
+            c.wait(timeout=60)
+        bad = [c.returncode for c in consumers if c.returncode != 0]
+        if bad:
+            raise SystemExit(f"consumers exited with {bad}")
+
+        stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
+        seen = int(client.scard(keys.seen))
+        mem_done = used_memory(client)
+        seen_bytes = int(client.memory_usage(keys.seen) or 0)
+        left = sorted({k.decode().split(":")[2] for k in client.scan_iter(match=keys.pattern, count=10_000)})
+
+        n = args.urls
+        rows = [
+            ("URLs / hosts", f"{n:,} / {args.hosts:,} (file written in {gen_s:.1f} s)"),
+            (
+                "`crawl enqueue` (CLI, process start included)",
+                f"{enqueue_s:.1f} s, **{n / enqueue_s:,.0f} URLs/s** ({summary})",
+            ),
+            (
+                f"lease+ack, {args.consumers} consumer processes, batch {args.batch}, politeness unlimited",
+                f"{crawl_s:.1f} s, **{n / crawl_s:,.0f} URLs/s** "
+                f"(done={stats.get('done')}, dead={stats.get('dead', 0)})",
+            ),
+            (
+                "Redis used_memory per queued URL (after enqueue)",
+                f"{(mem_queued - mem0) / n:.0f} B ({(mem_queued - mem0) / 2**20:.0f} MiB)",
+            ),
+            (
+                "Redis used_memory per seen URL (after the crawl)",
+                f"{(mem_done - mem0) / seen:.0f} B ({(mem_done - mem0) / 2**20:.0f} MiB)",
+            ),
+            ("`MEMORY USAGE` of the seen set per URL", f"{seen_bytes / seen:.0f} B"),
+            ("keys left after the crawl", ", ".join(left)),
+            ("redis-server", f"{version}, AOF and RDB off; {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}"),
+        ]
+        print(f"`{command}`\n")
+        print("| measure | result |\n|---|---|")
+        for k, v in rows:
+            print(f"| {k} | {v} |")
+        return 0
+    finally:
+        for c in consumers:
+            stop(c, timeout_s=5)
+            if c.stderr:
+                c.stderr.close()
+        client.close()
+        stop(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
