@@ -7,11 +7,12 @@ and never stops the others.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from crawler.frontier import Frontier
 from crawler.urls import MAX_URL_BYTES, InvalidURL, NormalizedURL, normalize
@@ -86,15 +87,28 @@ async def enqueue_stream(
     pipe = frontier.redis.pipeline(transaction=False)
     last_progress = time.monotonic()
 
-    async def flush_pipe() -> None:
-        nonlocal pending, pipe
+    # One pipeline in flight while the next batch is prepared: Redis runs the scripts while Python normalises.
+    in_flight: asyncio.Task[None] | None = None
+
+    async def run_pipe(p: Any, ks: list[bool]) -> None:
+        results = await p.execute()
+        # add script calls return how many were new; the SADDs of seed hosts in between are not counted
+        report.added += sum(int(r) for r, is_add in zip(results, ks, strict=True) if is_add)
+        await p.reset()
+
+    async def flush_pipe(wait: bool = False) -> None:
+        nonlocal pending, pipe, kinds, in_flight
+        if in_flight is not None:
+            await in_flight
+            in_flight = None
         if pending:
-            results = await pipe.execute()
-            # add script calls return how many were new; the SADDs of seed hosts in between are not counted
-            report.added += sum(int(r) for r, is_add in zip(results, kinds, strict=True) if is_add)
-            kinds.clear()
+            in_flight = asyncio.create_task(run_pipe(pipe, kinds))
+            kinds = []
             pending = 0
             pipe = frontier.redis.pipeline(transaction=False)
+        if wait and in_flight is not None:
+            await in_flight
+            in_flight = None
 
     for lineno, raw in enumerate(_lines(stream), start=1):
         report.lines = lineno
@@ -124,7 +138,7 @@ async def enqueue_stream(
         kinds += queued
         pending += len(queued)
         report.duplicates += len(batch)
-    await flush_pipe()
+    await flush_pipe(wait=True)
     await pipe.reset()  # type: ignore[no-untyped-call]
     report.duplicates -= report.added  # every valid URL was either added or a duplicate
     return report
