@@ -436,6 +436,14 @@ def worker_options(f: F) -> F:
             type=click.Choice(["text", "json"]),
         ),
         click.option(
+            "--heartbeat-ttl-s",
+            envvar="CRAWL_HEARTBEAT_TTL_S",
+            default=15.0,
+            show_default=True,
+            type=float,
+            help="A worker that stops heartbeating leaves `crawl workers` after this.",
+        ),
+        click.option(
             "--metrics-port",
             envvar="CRAWL_METRICS_PORT",
             default=None,

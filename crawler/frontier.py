@@ -329,7 +329,11 @@ class Frontier:
         """Crawl-wide pages/s over the last `window_s` complete seconds, from the per-second buckets."""
         now_s = int(time.time())
         vals = await self.redis.mget([self.keys.rate(now_s - i) for i in range(1, window_s + 1)])
-        return sum(int(v) for v in vals if v) / window_s
+        oldest = max((i for i, v in enumerate(vals, start=1) if v), default=0)
+        if not oldest:
+            return 0.0
+        # a crawl younger than the window is averaged over its own age, not over the whole window
+        return sum(int(v) for v in vals if v) / oldest
 
     async def dead_entries(self, limit: int = 1000) -> list[DeadEntry]:
         out: list[DeadEntry] = []

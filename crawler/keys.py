@@ -17,8 +17,8 @@ name not declared in KEYS, and it shares the hash tag. To shard a crawl later, h
 | dead                | hash   | url -> JSON {error, attempts, depth, at}                               |
 | stats               | hash   | counters: enqueued, queued, done, dead, retried                        |
 | rate:<epoch second> | string | pages done in that second (expires): pages/s without a key per URL     |
-| workers             | zset   | worker id -> last heartbeat (ms); details in worker:<id> (expiring)    |
-| worker:<id>         | hash   | one worker's heartbeat record (TTL)                                    |
+| workers             | zset   | worker id -> last heartbeat (epoch s); details in worker:<id>         |
+| worker:<id>         | string | one worker's heartbeat record, JSON, expiring with the heartbeat TTL  |
 | proxy_slots         | zset   | fleet-wide proxy connection slots, scored by expiry                    |
 | seed_hosts          | set    | hosts of enqueued seeds: trusted by the SSRF guard                    |
 """

@@ -90,6 +90,15 @@ class WorkerMetrics:
         if self.prom is not None:
             self.prom.page(cls, nbytes, latency_ms, error)
 
+    def dead_letter(self, kind: str) -> None:
+        """A URL ended in the dead-letter set: an error, not a page (it has no record)."""
+        self.dead += 1
+        self.errors[kind] += 1
+        self.window.errors[kind] += 1
+        if self.prom is not None:
+            self.prom.error(kind)
+            self.prom.outcome("dead")
+
     def attempt_error(self, kind: str) -> None:
         """A failed attempt that will be retried (not a page yet)."""
         self.retries += 1
@@ -163,10 +172,18 @@ class WorkerMetrics:
             "retries": self.retries,
             "dead": self.dead,
             "released": self.released,
-            "loop_lag_p99_ms": percentile(self._all_lags_ms, 99),
+            "loop_lag_p99_ms": _round(percentile(self._all_lags_ms, 99)),
             "peak_rss_mb": round(max(self.peak_rss, self.rss_bytes()) / 1e6, 1),
             "proxy_success_rate": proxy_success,
         }
+
+
+def _round(x: float | None, nd: int = 1) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x}ms"
 
 
 def format_line(snap: dict[str, Any], fmt: str) -> str:
@@ -176,7 +193,7 @@ def format_line(snap: dict[str, Any], fmt: str) -> str:
         return (
             f"[{snap['worker']}] done: {snap['pages']} pages in {snap['elapsed_s']}s ({snap['pages_per_s']}/s) "
             f"status={snap['status']} errors={snap['errors']} retries={snap['retries']} dead={snap['dead']} "
-            f"lag_p99={snap['loop_lag_p99_ms']}ms peak_rss={snap['peak_rss_mb']}MB"
+            f"lag_p99={_ms(snap['loop_lag_p99_ms'])} peak_rss={snap['peak_rss_mb']}MB"
         )
     st = " ".join(f"{k}={v}" for k, v in sorted(snap["status"].items())) or "-"
     er = " ".join(f"{k}={v}" for k, v in sorted(snap["errors"].items())) or "-"
@@ -184,9 +201,9 @@ def format_line(snap: dict[str, Any], fmt: str) -> str:
     return (
         f"[{snap['worker']}] {snap['pages_per_s']:.1f} pages/s ({snap['pages_per_s_total']:.1f} avg) "
         f"{snap['mb_per_s']:.2f} MB/s | {st} | err {er} | retries={snap['retries']} "
-        f"p50={snap['latency_p50_ms']}ms p95={snap['latency_p95_ms']}ms | inflight={snap['inflight']} "
+        f"p50={_ms(snap['latency_p50_ms'])} p95={_ms(snap['latency_p95_ms'])} | inflight={snap['inflight']} "
         f"queue={snap['local_queue']} parse={snap['parse_backlog_bytes'] // 1024}KiB "
-        f"lag_p99={snap['loop_lag_p99_ms']}ms rss={snap['rss_mb']}MB{px}"
+        f"lag_p99={_ms(snap['loop_lag_p99_ms'])} rss={snap['rss_mb']}MB{px}"
     )
 
 

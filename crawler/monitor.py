@@ -7,9 +7,10 @@ no key per URL, so watching a crawl costs the same at a thousand pages as at a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import select
+import signal
 import sys
 import termios
 import time
@@ -149,23 +150,34 @@ async def run_top(settings: Settings, interval: float) -> int:
 
     fd = sys.stdin.fileno() if sys.stdin.isatty() else None
     old = termios.tcgetattr(fd) if fd is not None else None
+    loop = asyncio.get_running_loop()
+    # Quit on q, Ctrl-C or SIGTERM through an event: a signal never has to cancel a Redis call mid-flight.
+    quit_now = asyncio.Event()
+
+    def on_key() -> None:
+        assert fd is not None
+        if os.read(fd, 1) in (b"q", b"Q", b"\x03"):
+            quit_now.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, quit_now.set)
     try:
         if fd is not None:
             tty.setcbreak(fd)
+            loop.add_reader(fd, on_key)
         async with open_redis(settings.redis_url, settings.home) as redis:
             snap = await crawl_snapshot(redis, settings.crawl_name)
             with Live(render(snap, []), refresh_per_second=4, screen=False) as live:
-                while True:
+                while not quit_now.is_set():
                     snap = await crawl_snapshot(redis, settings.crawl_name)
                     live.update(render(snap, await live_workers(redis, settings.crawl_name)))
-                    if fd is not None:
-                        ready, _, _ = await asyncio.to_thread(select.select, [fd], [], [], interval)
-                        if ready and os.read(fd, 1) in (b"q", b"Q"):
-                            return 0
-                    else:
-                        await asyncio.sleep(interval)
-    except KeyboardInterrupt:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(quit_now.wait(), interval)
         return 0
     finally:
-        if fd is not None and old is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, old)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if fd is not None:
+            loop.remove_reader(fd)
+            if old is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, old)

@@ -105,6 +105,7 @@ async def _main(settings: Settings, out: Any) -> int:
                 signals.install(asyncio.get_running_loop(), pipeline.stop)
                 if metrics.prom is not None:
                     metrics.prom.bind(pipeline)
+                    pipeline.say(f"Prometheus metrics on http://0.0.0.0:{metrics.prom.port}/metrics")
                 pipeline.say(
                     f"worker {settings.worker_id} started: crawl={settings.crawl_name} "
                     f"concurrency={settings.concurrency} parse_workers={settings.parse_workers} "

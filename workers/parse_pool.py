@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -17,6 +18,26 @@ from crawler.parse import ParsedPage, ParseTask, parse_page
 
 def _warm() -> int:
     return 0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Pool initializer: exit when the worker process is gone (a SIGKILLed worker must not leave parsers behind;
+    PR_SET_PDEATHSIG cannot help, as a pool process's parent is the forkserver, not the worker)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class ParsePool:
@@ -35,7 +56,9 @@ class ParsePool:
         return f"ParsePool(workers={self.workers}, backlog={self.backlog}/{self.backlog_limit}, parsed={self.parsed})"
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx)
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=self._ctx, initializer=_watch_parent, initargs=(os.getpid(),)
+        )
 
     async def warm_up(self) -> None:
         """Start the processes before the first page, so start-up cost is not charged to a fetch."""

@@ -129,7 +129,9 @@ class Pipeline:
         self._commit_wake = asyncio.Event()
         self._capacity = asyncio.Event()
         self._idle_fetchers = asyncio.Event()
-        self.stopping = asyncio.Event()
+        self.stopping = asyncio.Event()  # stop leasing; in-flight work finishes within the grace period
+        self._closing = asyncio.Event()  # fetch tasks are gone: the committer finishes its commit and leaves
+        self._closed = asyncio.Event()  # everything is settled: housekeeping loops leave
         self.stop_reason = ""
         self.exit_code = 0
         self.leased_total = 0
@@ -214,12 +216,16 @@ class Pipeline:
             for t in fetchers:
                 t.cancel()
             await asyncio.gather(*fetchers, return_exceptions=True)
-            committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
+            # the committer finishes the commit it is in (never cut between writing records and acking them)
+            self._closing.set()
+            self._commit_wake.set()
+            await asyncio.wait([committer], timeout=max(10.0, self.s.grace_s))
             await self._final_commit()
-            for t in helpers[1:]:
+            self._closed.set()  # renew and report loops exit on their own; cancel is only a backstop
+            _, late = await asyncio.wait(helpers[1:], timeout=2.0)
+            for t in late:
                 t.cancel()
-            await asyncio.gather(*helpers[1:], return_exceptions=True)
+            await asyncio.gather(*helpers[1:], committer, return_exceptions=True)
             with contextlib.suppress(RedisError, OSError):
                 await remove_heartbeat(self.frontier.redis, self.s.crawl_name, self.s.worker_id)
             self.emit(self.metrics.summary(self.proxies.success_rate()))
@@ -299,6 +305,7 @@ class Pipeline:
                 outcome = Outcome(lease, Action.RELEASE, lease.attempts)
             except Exception as exc:  # a bug must not lose the URL: dead-letter it with the error
                 log.exception("unexpected error processing %s", lease.url)
+                self.metrics.dead_letter("internal")
                 outcome = Outcome(
                     lease,
                     Action.DEAD,
@@ -371,8 +378,7 @@ class Pipeline:
         if decision.action is Action.RETRY_LATER:
             return self._retry_later(lease, attempts, decision.reason or "retry", decision.delay_s)
         if decision.action is Action.DEAD:
-            self.metrics.dead += 1
-            self.metrics.page(result.status if result else None, 0, 0, decision.reason)
+            self.metrics.dead_letter(decision.reason or "unknown")
             err: dict[str, Any] = {"kind": decision.reason}
             if result is not None:
                 err["status"] = result.status
@@ -388,8 +394,7 @@ class Pipeline:
 
     def _retry_later(self, lease: Lease, attempts: int, reason: str, delay_s: float) -> Outcome:
         if attempts >= self.s.max_attempts:
-            self.metrics.dead += 1
-            self.metrics.page(None, 0, 0, reason)
+            self.metrics.dead_letter(reason)
             return Outcome(lease, Action.DEAD, attempts, error={"kind": reason})
         self.metrics.attempt_error(reason)
         return Outcome(lease, Action.RETRY_LATER, attempts, due_s=time.time() + delay_s, error={"kind": reason})
@@ -496,12 +501,18 @@ class Pipeline:
 
     # -- committing -----------------------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
-        while True:
+        while not self._closing.is_set():
             await self._commit_wake.wait()
             self._commit_wake.clear()
-            if len(self._outcomes) < COMMIT_MAX:
+            if len(self._outcomes) < COMMIT_MAX and not self._closing.is_set():
                 await asyncio.sleep(COMMIT_INTERVAL_S)  # group commit: let a batch gather
             await self._commit()
+
+    async def _pause(self, seconds: float, until: asyncio.Event) -> bool:
+        """Sleep `seconds` or until `until` is set; True when it is (time to leave the loop)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), seconds)
+        return until.is_set()
 
     async def _commit(self, extra_release: list[Lease] | None = None) -> None:
         batch, self._outcomes = self._outcomes, []
@@ -552,8 +563,7 @@ class Pipeline:
     # -- housekeeping ---------------------------------------------------------------------------------------
     async def _renew_loop(self) -> None:
         interval = self.s.lease_ttl_s / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not await self._pause(interval, self._closed):  # renew through the grace period too
             try:
                 lost = await self.frontier.renew(list(self.held.values()), self.s.lease_ttl_s)
             except (RedisError, OSError):
@@ -565,8 +575,7 @@ class Pipeline:
                 )
 
     async def _reclaim_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2))
+        while not await self._pause(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), self.stopping):
             try:
                 requeued, dead = await self.frontier.reclaim(self.s.max_attempts)
             except (RedisError, OSError):
@@ -577,8 +586,7 @@ class Pipeline:
     async def _report_loop(self) -> None:
         interval = min(self.s.log_interval_s, self.s.heartbeat_ttl_s / 3)
         next_line = time.monotonic() + self.s.log_interval_s
-        while True:
-            await asyncio.sleep(interval)
+        while not await self._pause(interval, self._closed):
             snap = None
             if time.monotonic() >= next_line:
                 next_line += self.s.log_interval_s
