@@ -59,8 +59,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 #    built to ride out (it backs off and keeps its results); an orchestrator that restarts unhealthy containers
 #    would then throw away all in-flight work at once. So when Redis cannot be reached (or no Redis URL is set:
 #    an embedded Redis is private to the container) the check passes, and the worker's own log lines report the
-#    outage. It fails only when Redis answers and this container has no live heartbeat (TTL 15 s).
-# Cost: one short Python process and one Redis round trip per interval (about 0.3 s of CPU every 30 s).
+#    outage. It fails only when Redis answers and this container has no live heartbeat (--heartbeat-ttl-s, 15 s).
+# Cost: one short Python process and one Redis round trip per interval (about 0.4 s of CPU every 30 s, measured).
 # It reads CRAWL_NAME / CRAWL_REDIS_URL from the container's environment, as the worker does; a worker whose
 # crawl name is given by a command-line flag instead needs CRAWL_NAME set too.
 COPY --chmod=0755 <<'EOF' /usr/local/bin/crawl-healthcheck

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,6 +20,25 @@ from crawler.errors import ConfigError, CrawlError
 from crawler.settings import DEFAULT_USER_AGENT, Settings, default_parse_workers, load_extract_rules
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+if TYPE_CHECKING:  # click is generic in its stubs only from 8.2 on; keep runtime compatible with older ones
+    _StrParamType = click.ParamType[str]
+else:
+    _StrParamType = click.ParamType
+
+
+class PipeSeparated(_StrParamType):
+    """A string option whose environment variable holds several values separated by '|' (not whitespace)."""
+
+    name = "text"
+    envvar_list_splitter = "|"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value)
+
+
+PIPE_SEPARATED = PipeSeparated()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -262,7 +281,9 @@ def worker_options(f: F) -> F:
             "ban_markers",
             envvar="CRAWL_BAN_MARKERS",
             multiple=True,
-            help="Body text that means 'blocked': rotate the session and retry (repeatable).",
+            type=PIPE_SEPARATED,
+            help="Body text that means 'blocked': rotate the session and retry (repeatable; in CRAWL_BAN_MARKERS "
+            "separate markers with '|', as they may contain spaces).",
         ),
         click.option(
             "--proxy-max-connections",

@@ -189,7 +189,9 @@ class Fetcher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]:
-        """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable. Never raises."""
+        """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable.
+
+        Raises only BlockedAddress (the SSRF guard refused the host)."""
         from crawler.parse import decompress
 
         try:
@@ -211,6 +213,8 @@ class Fetcher:
                         except Exception:
                             body = b""
                         return resp.status, body
+        except BlockedAddress:
+            raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
         except FetchError:
             return 0, b""
 

@@ -8,6 +8,7 @@ environment mapping. Validation lives in `__post_init__`, so an impossible value
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass, field, fields, replace
@@ -21,12 +22,36 @@ MIB = 1024 * 1024
 DEFAULT_USER_AGENT = "crawl/0.1 (+https://github.com/crawl/crawl)"
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, and a container's CPU quota (cgroup v2 cpu.max)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]  # noqa: SIM115 - tiny, read once
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def default_parse_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
+    return max(1, available_cpus() - 1)
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# settings whose flag is not simply the field name with dashes
+_FLAGS = {
+    "per_host_delay_s": "--per-host-delay",
+    "timeout_s": "--timeout",
+    "log_interval_s": "--log-interval",
+    "max_links_per_page": "--max-links",
+    "output_rotate_bytes": "--rotate-mb",
+    "connect_timeout_s": "connect timeout",
+    "read_timeout_s": "read timeout",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +145,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float, allow_zero: bool = False) -> None:
-            if value < 0 or (value == 0 and not allow_zero):
-                flag = name.replace("_s", "").replace("_", "-")
-                raise ConfigError(f"--{flag} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+            if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+                flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+                raise ConfigError(f"{flag} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
 
         positive("concurrency", self.concurrency)
         positive("parse_workers", self.parse_workers)

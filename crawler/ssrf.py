@@ -31,9 +31,9 @@ def is_private_address(addr: str) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return bool(
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
-    )
+    # not global: private, loopback, link-local, unique-local, shared (100.64/10: a cloud's metadata service),
+    # reserved, documentation ranges; multicast is global in the registry but never a web server
+    return not ip.is_global or ip.is_multicast
 
 
 def bare_host(hostport: str) -> str:

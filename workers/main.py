@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from crawler.connection import open_redis
-from crawler.errors import CrawlError
+from crawler.errors import ConfigError, CrawlError
 from crawler.fetch import Fetcher, make_session
 from crawler.fleet import FleetSlots
 from crawler.frontier import Frontier, Politeness
@@ -82,7 +82,10 @@ async def _main(settings: Settings, out: Any) -> int:
             if settings.metrics_port is not None:
                 from crawler.prometheus import PromMetrics
 
-                metrics.prom = PromMetrics(settings.metrics_port)
+                try:
+                    metrics.prom = PromMetrics(settings.metrics_port)
+                except OSError as exc:
+                    raise ConfigError(f"--metrics-port {settings.metrics_port}: {exc.strerror or exc}") from None
             await parse_pool.warm_up()
             trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
             slots = (
@@ -90,6 +93,10 @@ async def _main(settings: Settings, out: Any) -> int:
                 if settings.proxy_max_connections is not None
                 else None
             )
+            try:
+                sink = JsonlSink(settings.output_dir, settings.worker_id, settings.output_rotate_bytes)
+            except OSError as exc:
+                raise ConfigError(f"--output {settings.output_dir}: {exc.strerror or exc}") from None
             async with make_session(settings, trust) as session:
                 pipeline = Pipeline(
                     settings,
@@ -97,7 +104,7 @@ async def _main(settings: Settings, out: Any) -> int:
                     Fetcher(session, settings, slots),
                     parse_pool,
                     ProxyPool(settings.proxies, settings.session_requests, None),
-                    JsonlSink(settings.output_dir, settings.worker_id, settings.output_rotate_bytes),
+                    sink,
                     metrics,
                     out,
                     trust,

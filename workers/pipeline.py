@@ -25,7 +25,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from crawler.errors import FetchError
+from crawler.errors import BlockedAddress, FetchError
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier, Lease, NewLink
 from crawler.metrics import WorkerMetrics, format_line, monitor_loop_lag
@@ -321,27 +321,24 @@ class Pipeline:
             if len(self._outcomes) >= COMMIT_MAX or len(self._outcomes) == 1:
                 self._commit_wake.set()
 
+    def _unfetched(self, lease: Lease, error: str) -> Outcome:
+        """Done without a fetch (robots, SSRF guard): a record saying why."""
+        return Outcome(lease, Action.DONE, lease.attempts, record=self._record(lease, lease.attempts, error=error))
+
     async def _process(self, lease: Lease) -> Outcome:
         if self.trust is not None:
             host = bare_host(host_of(lease.url))
             if literal_ip(host) and is_private_address(host) and not await self.trust.trusted(host):
-                return Outcome(
-                    lease,
-                    Action.DONE,
-                    lease.attempts,
-                    record=self._record(lease, lease.attempts, error="blocked_address"),
-                )
+                return self._unfetched(lease, "blocked_address")
         if self.robots is not None:
-            allowed = await self.robots.allowed(lease.url)
+            try:
+                allowed = await self.robots.allowed(lease.url)
+            except BlockedAddress:
+                return self._unfetched(lease, "blocked_address")
             if allowed is None:  # RFC 9309: unreachable robots.txt means "not now"; try the URL again later
                 return self._retry_later(lease, lease.attempts + 1, "robots_unreachable", ROBOTS_RETRY_S)
             if not allowed:
-                return Outcome(
-                    lease,
-                    Action.DONE,
-                    lease.attempts,
-                    record=self._record(lease, lease.attempts, error="robots_disallowed"),
-                )
+                return self._unfetched(lease, "robots_disallowed")
 
         attempts = lease.attempts
         last: Attempt | None = None
@@ -568,6 +565,7 @@ class Pipeline:
                 lost = await self.frontier.renew(list(self.held.values()), self.s.lease_ttl_s)
             except (RedisError, OSError):
                 continue
+            lost = [ls for ls in lost if ls.member in self.held]  # acked while the renew was in flight: not lost
             if lost:
                 self.say(
                     f"{len(lost)} leases were reclaimed by others while held (this worker stalled?)",
