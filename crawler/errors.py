@@ -11,6 +11,7 @@
         ├── BodyTooLarge       "body_too_large": the body passed --max-body-bytes (raw or decompressed)
         ├── TooManyRedirects   "too_many_redirects"
         ├── InvalidResponse    "invalid_response": unparsable status line or headers, headers too large
+        ├── InvalidTarget      "invalid_url": a URL (or redirect target) the HTTP client refuses
         └── BlockedAddress     "blocked_address": a private or loopback target refused by the SSRF guard
 
 The retry policy (`crawler.retry`) matches only these classes.
@@ -61,6 +62,10 @@ class TooManyRedirects(FetchError):
 
 class InvalidResponse(FetchError):
     kind = "invalid_response"
+
+
+class InvalidTarget(FetchError):
+    kind = "invalid_url"
 
 
 class BlockedAddress(FetchError):

@@ -23,6 +23,7 @@ from crawler.errors import (
     FetchError,
     FetchTimeout,
     InvalidResponse,
+    InvalidTarget,
     ProxyAuthError,
     ProxyError,
     TooManyRedirects,
@@ -113,8 +114,8 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         raise FetchTimeout("deadline passed") from None
     except aiohttp.ClientResponseError as exc:  # bad status line, headers too large, ...
         raise InvalidResponse(f"invalid response: {exc.message[:100]}") from None
-    except aiohttp.InvalidURL:
-        raise InvalidResponse("redirect to an invalid URL") from None
+    except aiohttp.InvalidURL as exc:
+        raise InvalidTarget(f"invalid URL: {str(exc)[:100]}") from None
     except (
         aiohttp.ClientPayloadError,
         aiohttp.ServerDisconnectedError,

@@ -8,7 +8,8 @@
 |                                           | Retry-After, else exponential backoff with jitter        |
 | 403 or a ban marker, through a proxy      | RETRY_NOW with a fresh session (a block, not the page)   |
 | 407 from the gateway                      | RELEASE: a configuration error, never a result           |
-| body too large, redirect loop, blocked    | DONE with `error` set (permanent: retrying cannot help)  |
+| body too large, redirect loop, blocked,   | DONE with `error` set (permanent: retrying cannot help)  |
+| a URL the HTTP client refuses             |                                                          |
 | any retryable outcome on the last attempt | DEAD with the last error                                 |
 """
 
@@ -23,6 +24,7 @@ from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
     FetchError,
+    InvalidTarget,
     ProxyAuthError,
     TooManyRedirects,
 )
@@ -48,7 +50,7 @@ class Decision:
     ban: bool = False  # rotate the proxy session
 
 
-_PERMANENT: tuple[type[FetchError], ...] = (BodyTooLarge, TooManyRedirects, BlockedAddress)
+_PERMANENT: tuple[type[FetchError], ...] = (BodyTooLarge, TooManyRedirects, BlockedAddress, InvalidTarget)
 
 
 def parse_retry_after(value: str | None, now_epoch_s: float) -> float | None:

@@ -39,8 +39,11 @@ def default_parse_workers() -> int:
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname()).lstrip(".")
+    return f"{host or 'worker'}-{os.getpid()}"
 
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 # settings whose flag is not simply the field name with dashes
 _FLAGS = {
@@ -183,6 +186,10 @@ class Settings:
         from crawler.keys import CrawlKeys
         from crawler.proxies import parse_proxy_url
 
+        if not self.worker_id or not set(self.worker_id) <= _ID_CHARS or self.worker_id.startswith("."):
+            raise ConfigError(
+                f"--worker-id {self.worker_id!r}: use letters, digits, '-', '_', '.' (it names the output file)"
+            )
         try:
             CrawlKeys(self.crawl_name)
         except ValueError as exc:

@@ -72,7 +72,8 @@ def queued_urls(client: redis.Redis, name: str) -> list[str]:
     urls: list[str] = []
     for key in client.scan_iter(match=f"crawl:{{{name}}}:q:*", count=1000):
         for entry in client.lrange(key, 0, -1):
-            depth, attempts, url = entry.decode().split(" ", 2)
+            text = entry.decode() if isinstance(entry, bytes) else str(entry)
+            depth, attempts, url = text.split(" ", 2)
             assert (depth, attempts) == ("0", "0")
             urls.append(url)
     return urls
@@ -270,7 +271,9 @@ REDIS_MATRIX = [
 ]
 
 
-@pytest.mark.parametrize(("command", "case", "url", "keyword"), REDIS_MATRIX, ids=[f"{c[0]}-{c[1]}" for c in REDIS_MATRIX])
+@pytest.mark.parametrize(
+    ("command", "case", "url", "keyword"), REDIS_MATRIX, ids=[f"{c[0]}-{c[1]}" for c in REDIS_MATRIX]
+)
 def test_bad_redis_url_is_one_line_exit_2_on_every_command(
     command: str, case: str, url: str, keyword: str, tmp_path: Path
 ) -> None:
@@ -321,21 +324,19 @@ def test_bad_value_from_the_environment_is_refused_the_same_way(
     assert connections(admin) == before and not (tmp_path / "out").exists()
 
 
-# -------------------------------------------------------------------------------------- bugs (strict xfail)
+# ------------------------------------------------------------------ regressions (found by these tests, fixed)
+# NaN and inf pass `value < 0` and `value == 0`. Before d970d3f: --lease-ttl-s nan/inf killed the lease task and
+# the worker hung for ever; --timeout nan/inf dead-lettered every URL as "internal"; --per-host-delay nan was a
+# traceback. The run is SIGTERMed after 6 s, so a hang fails the test instead of blocking it.
 NON_FINITE = [
-    ("lease-ttl-nan", ["--lease-ttl-s", "nan"], "--lease-ttl-s"),  # today: the lease task dies, the worker hangs
-    ("lease-ttl-inf", ["--lease-ttl-s", "inf"], "--lease-ttl-s"),  # likewise
-    ("timeout-nan", ["--timeout", "nan"], "--timeout"),  # today: every URL dead-lettered as "internal"
-    ("timeout-inf", ["--timeout", "inf"], "--timeout"),  # likewise (OverflowError in aiohttp)
-    ("per-host-delay-nan", ["--per-host-delay", "nan"], "--per-host-delay"),  # today: traceback, exit 1
+    ("lease-ttl-nan", ["--lease-ttl-s", "nan"], "--lease-ttl-s"),
+    ("lease-ttl-inf", ["--lease-ttl-s", "inf"], "--lease-ttl-s"),
+    ("timeout-nan", ["--timeout", "nan"], "--timeout"),
+    ("timeout-inf", ["--timeout", "inf"], "--timeout"),
+    ("per-host-delay-nan", ["--per-host-delay", "nan"], "--per-host-delay"),
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Settings.__post_init__ positive() compares with < and ==, which NaN and inf pass: non-finite floats "
-    "start a worker that hangs, dead-letters every URL or crashes. Reject them with math.isfinite().",
-)
 @pytest.mark.parametrize(("case", "args", "keyword"), NON_FINITE, ids=[c[0] for c in NON_FINITE])
 def test_non_finite_float_flags_are_refused(
     case: str, args: list[str], keyword: str, redis_server: RedisServer, tmp_path: Path, admin: redis.Redis
@@ -347,18 +348,15 @@ def test_non_finite_float_flags_are_refused(
     assert connections(admin) == before and not out.exists()
 
 
+# Flags whose names are not their field's: the message must name the flag as typed (before d970d3f it said
+# "--grace", "--lease-ttl", "--max-links-per-page", flags that do not exist).
 MISNAMED = [
-    ("grace-s", ["--grace-s", "-1"], "--grace-s "),  # says "--grace must be >= 0"
-    ("lease-ttl-s", ["--lease-ttl-s", "0"], "--lease-ttl-s "),  # says "--lease-ttl must be > 0"
-    ("max-links", ["--max-links", "-1"], "--max-links "),  # says "--max-links-per-page must be >= 0"
+    ("grace-s", ["--grace-s", "-1"], "--grace-s "),
+    ("lease-ttl-s", ["--lease-ttl-s", "0"], "--lease-ttl-s "),
+    ("max-links", ["--max-links", "-1"], "--max-links "),
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Settings.__post_init__ positive() derives the flag from the field name (name.replace('_s', '')), so "
-    "the message names flags that do not exist: --grace, --lease-ttl, --max-links-per-page.",
-)
 @pytest.mark.parametrize(("case", "args", "flag"), MISNAMED, ids=[c[0] for c in MISNAMED])
 def test_error_names_the_flag_the_user_typed(
     case: str, args: list[str], flag: str, redis_server: RedisServer, tmp_path: Path
@@ -367,11 +365,6 @@ def test_error_names_the_flag_the_user_typed(
     assert_usage_error(run, flag)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/main.py _main: PromMetrics(port) lets OSError (address in use) escape as a traceback, exit 1; "
-    "catch OSError around start_http_server and raise ConfigError(f'--metrics-port {port}: {exc.strerror}').",
-)
 def test_metrics_port_in_use_is_one_line_exit_2(redis_server: RedisServer, tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
@@ -381,16 +374,19 @@ def test_metrics_port_in_use_is_one_line_exit_2(redis_server: RedisServer, tmp_p
     assert_usage_error(run, str(port))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/main.py _main: JsonlSink(...) creating the output directory or file raises OSError "
-    "(NotADirectoryError, FileNotFoundError) as a traceback, exit 1; catch OSError and raise ConfigError.",
-)
-@pytest.mark.parametrize("case", ["output-under-a-file", "worker-id-with-slash"])
-def test_unusable_output_path_is_one_line_exit_2(case: str, redis_server: RedisServer, tmp_path: Path) -> None:
+def test_output_directory_under_a_file_is_one_line_exit_2(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Was a NotADirectoryError traceback from JsonlSink, exit 1, before d970d3f."""
     a_file = write(tmp_path / "a-file", "x")
-    extra = (["--output", f"{a_file}/out"] if case == "output-under-a-file"
-             else ["--output", str(tmp_path / "out"), "--worker-id", "team/worker-1"])
-    run = run_cli(["worker", "--redis", redis_server.url, "--crawl", "badflags", "--until-idle",
-                   "--parse-workers", "1", *extra], tmp_path)
-    assert_usage_error(run, "a-file" if case == "output-under-a-file" else "team/worker-1")
+    run = run_cli(worker_cmd(redis_server.url, tmp_path / "unused", "--output", f"{a_file}/out"), tmp_path)
+    assert_usage_error(run, "a-file")
+
+
+@pytest.mark.parametrize("worker_id", ["team/worker-1", "../escaped"])
+def test_worker_id_that_is_not_a_file_name_is_refused(
+    worker_id: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "nested" / "out"
+    run = run_cli(worker_cmd(redis_server.url, out, "--worker-id", worker_id), tmp_path)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jsonl"))
+    assert written == [], f"results written at {written}"
+    assert_usage_error(run, "--worker-id")

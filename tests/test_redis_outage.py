@@ -19,7 +19,7 @@ from tests.helpers import count_lines, crawl, read_records, spawn_crawl, stats, 
 from tests.support.servers import RunningServer, start_server, wait_until
 
 PAGES = 300
-STOP_AFTER = 50
+STOP_AFTER = 50  # records written before Redis goes away
 
 
 @pytest.fixture
@@ -42,8 +42,17 @@ def warnings(log: Path) -> list[str]:
     return [ln for ln in log.read_text(errors="replace").splitlines() if "Redis unavailable" in ln]
 
 
+def outage_seen(log: Path) -> bool:
+    """The worker failed to lease and to ack, and its back-off has grown to 1.6 s: Redis has been away for
+    more than a second and a half, past redis-py's own few reconnect attempts."""
+    lines = warnings(log)
+    return (any("while acking" in ln for ln in lines)
+            and any("while leasing" in ln and "retrying in 1.6s" in ln for ln in lines))
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_worker_survives_a_redis_restart_and_loses_nothing(
-    private_redis: RedisServer, crawl_name: str, tmp_path: Path, hostile: RunningServer
+    how: signal.Signals, private_redis: RedisServer, crawl_name: str, tmp_path: Path, hostile: RunningServer
 ) -> None:
     urls = [f"{hostile.url}/slow/50?n={i}" for i in range(PAGES)]
     f = tmp_path / "seeds.txt"
@@ -55,17 +64,28 @@ def test_worker_survives_a_redis_restart_and_loses_nothing(
                                 "--lease-ttl-s", "30", "--concurrency", "16", "--per-host-concurrency", "4"),
                     log=log)
     try:
-        wait_until(lambda: count_lines(out) >= STOP_AFTER, timeout_s=30)
-        private_redis.stop()  # SIGTERM: Redis shuts down cleanly with its AOF; the worker is mid-crawl
+        # Stop Redis while fetches are in flight: their results are written and then cannot be acked (a fetch
+        # that ends now is committed at least 20 ms later, after the group-commit delay), so the outage hits
+        # both leasing and acking.
+        wait_until(lambda: count_lines(out) >= STOP_AFTER and hostile.stats()["in_flight"] > 0,
+                   timeout_s=30, interval_s=0.005)
+        # SIGTERM: a clean shutdown; SIGKILL: a crash (appendfsync always: every acknowledged write is on disk)
+        private_redis.stop(how)
         at_stop = count_lines(out)
         assert at_stop < PAGES, "the crawl finished before the outage: the test proves nothing"
-        # down until the worker has hit the outage at least twice (it keeps retrying, it did not die)
-        wait_until(lambda: len(warnings(log)) >= 2 or w.poll() is not None, timeout_s=20)
+        try:
+            wait_until(lambda: outage_seen(log) or w.poll() is not None, timeout_s=20)
+        except TimeoutError:
+            pytest.fail(f"the worker did not keep retrying through the outage:\n{log.read_text()[-4000:]}")
         assert w.poll() is None, f"the worker exited during the outage:\n{log.read_text()[-3000:]}"
         assert private_redis.port == port
         private_redis.start()  # same port, same directory: the AOF brings the frontier back
-        wait_until(lambda: stats(private_redis.url, crawl_name)["done"] >= PAGES or w.poll() is not None,
-                   timeout_s=40, interval_s=0.2)
+        try:
+            wait_until(lambda: stats(private_redis.url, crawl_name)["done"] >= PAGES or w.poll() is not None,
+                       timeout_s=40, interval_s=0.2)
+        except TimeoutError:
+            pytest.fail(f"the crawl did not finish after Redis came back: {stats(private_redis.url, crawl_name)}\n"
+                        f"{log.read_text()[-4000:]}")
         assert w.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
         w.send_signal(signal.SIGTERM)
         code = w.wait(timeout=30)

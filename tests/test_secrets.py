@@ -150,7 +150,8 @@ def test_no_password_appears_in_any_output(
         for args in (["stats"], ["stats", "--json"], ["dead"], ["dead", "--json"], ["workers", "--json"]):
             r = t.run(f"{' '.join(args)} {name}", crawl([*args, "--redis", redis_url, "--crawl", name]))
             assert r.returncode == 0, r.stderr
-    dead = [json.loads(line) for line in crawl(["dead", "--json", "--redis", redis_url, "--crawl", "sa"]).stdout.splitlines()]
+    dead_run = crawl(["dead", "--json", "--redis", redis_url, "--crawl", "sa"])
+    dead = [json.loads(line) for line in dead_run.stdout.splitlines()]
     assert {d["error"]["kind"] for d in dead} >= {"timeout", "http_503"}, dead
 
     # 4. error paths that print a URL
@@ -211,18 +212,15 @@ def test_settings_repr_masks_a_user_and_password_redis_url() -> None:
     assert "rediss://default:***@redis.example:6380/2" in repr(s)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crawler/redact.py: _USERINFO stops the password at the first '@' ([^@/]*), while urlsplit (and so "
-    "redis-py, aiohttp) split user-info from host at the last '@'. A password with a raw '@' works, and its tail "
-    "is printed: 'redis://:p@ss-w0rd@h' -> 'redis://:***@ss-w0rd@h'. Match the authority up to the last '@'.",
-)
 @pytest.mark.parametrize("url", ["redis://:p@ss-w0rd-tail@127.0.0.1:6379/0", "http://u:p@ss-w0rd-tail@gw.example:8000"])
 def test_password_with_a_raw_at_sign_is_masked_whole(url: str) -> None:
+    """urlsplit (and so redis-py and aiohttp) ends user-info at the LAST '@': such a password works. Before d970d3f
+    redaction stopped at the first '@' and printed the tail: 'redis://:***@ss-w0rd-tail@127.0.0.1:6379/0'."""
     shown = redact_url(url)
     s = Settings(redis_url=url) if url.startswith("redis") else Settings(proxies=(url,))
     assert "ss-w0rd-tail" not in shown
     assert "ss-w0rd-tail" not in repr(s)
+    assert "p@ss-w0rd-tail" in s.secrets()  # free-text scrubbing removes the whole password too
 
 
 def test_the_transcript_grep_can_fail() -> None:

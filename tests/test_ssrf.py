@@ -75,11 +75,8 @@ def test_public_addresses_and_names_are_not(addr: str) -> None:
     assert is_private_address(addr) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="is_private_address misses 100.64.0.0/10 (RFC 6598 shared space): Alibaba Cloud's instance metadata "
-    "service is 100.100.100.200. Use `not ip.is_global` instead of the is_private/... list.",
-)
+# RFC 6598 shared address space: Alibaba Cloud's instance metadata service is 100.100.100.200 (missed by the
+# is_private/is_loopback/... list before d970d3f, which switched to `not is_global`)
 @pytest.mark.parametrize("addr", ["100.100.100.200", "100.64.0.1"])
 def test_shared_address_space_metadata_endpoint_is_private(addr: str) -> None:
     assert is_private_address(addr) is True
@@ -217,7 +214,8 @@ def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_
         f"{base}/redirect?to=http://[::ffff:127.0.0.1]:{port}/x/mapped",
     ]
     redirected = [normalize(u).url for u in redirected]  # "[" and "]" in the query are %-encoded
-    assert set(records) == {f"{base}/seed", *literal, *resolved, *redirected}, (set(records), dead_json(redis_server, crawl_name))
+    expected = {f"{base}/seed", *literal, *resolved, *redirected}
+    assert set(records) == expected, (set(records), dead_json(redis_server, crawl_name))
     assert records[f"{base}/seed"]["status"] == 200
     for url in literal + resolved + redirected:
         r = records[url]
@@ -266,7 +264,7 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
 ) -> None:
     """inet_aton spellings of 127.0.0.1 are not literals to `ipaddress`, so the literal check cannot see them.
-    aiohttp refuses the all-digit ones as non-canonical IPv4 (invalid_response); the hex one goes through
+    aiohttp refuses the all-digit ones as non-canonical IPv4 (a permanent invalid_url); the hex one goes through
     the resolver, which sees 127.0.0.1. Either way nothing may reach the loopback server."""
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -285,25 +283,21 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
     assert hits(pages) == before, f"the crawler connected to loopback: {hits(pages)}"
     for url in targets:
         outcome = records[url]["error"] if url in records else dead[url]["error"]["kind"]
-        assert outcome in ("blocked_address", "invalid_response"), (records.get(url), dead.get(url))
+        assert outcome in ("blocked_address", "invalid_url"), (records.get(url), dead.get(url))
     for url in hex_targets:
         assert url in records and records[url]["error"] == "blocked_address", (records.get(url), dead.get(url))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with robots on (the default), a name that resolves to a private address fails its robots.txt fetch "
-    "first: Fetcher.fetch_small turns BlockedAddress into (0, b''), robots calls that 'unreachable', and the URL is "
-    "deferred 60 s per attempt and finally dead-lettered as robots_unreachable instead of recorded as blocked_address.",
-)
 def test_blocked_name_with_robots_on_is_recorded_as_blocked(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed-local"])
+    """With robots on (the default) the robots.txt fetch of the blocked name is refused first. Before d970d3f
+    Fetcher.fetch_small turned that into "unreachable": the URL was deferred 60 s per attempt and dead-lettered as
+    robots_unreachable. --retries 0 keeps that wrong path fast (dead at once) should it come back."""
     before = hits(pages)
-    # --retries 0 keeps the buggy path fast: robots_unreachable on the last attempt is dead at once, not deferred
     records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--allow-domain", "localhost")
     assert hits(pages) == before
     assert records[f"{base}/seed-local"]["status"] == 200

@@ -185,8 +185,17 @@ class Pipeline:
         """Run until stopped (signal, --until-idle, --max-pages, fatal gateway error); returns the exit code."""
         tasks: list[asyncio.Task[Any]] = []
 
+        def died(t: asyncio.Task[Any]) -> None:
+            """A loop that dies must stop the worker (exit 1), not leave it running and doing nothing."""
+            if t.cancelled() or t.exception() is None:
+                return
+            exc = t.exception()
+            self.say(f"internal error in the {t.get_name()} loop: {scrub(repr(exc), self._secrets)[:300]}", "error")
+            self.stop(f"the {t.get_name()} loop failed", 1)
+
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
             t = asyncio.create_task(coro, name=name)
+            t.add_done_callback(died)
             tasks.append(t)
             return t
 
