@@ -31,9 +31,10 @@ from crawler.errors import (
 from crawler.fleet import FleetSlots
 from crawler.proxies import ProxyChoice
 from crawler.settings import Settings
-from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache, redirect_guard
+from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache, is_private_address, literal_ip
 
 CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
@@ -59,8 +60,8 @@ class FetchResult:
 def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp.ClientSession:
     """The process's one session: pooled keep-alive connections sized from the settings, a DNS cache.
 
-    With `trust` (the SSRF guard on), names are resolved through `GuardedResolver` and redirects to literal
-    private addresses are refused. With a fleet-wide connection cap, connections are not kept alive.
+    With `trust` (the SSRF guard on), names are resolved through `GuardedResolver` (redirect targets are checked
+    by `Fetcher`, which follows redirects itself). With a fleet-wide connection cap, connections are not kept alive.
     """
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency,
@@ -85,7 +86,6 @@ def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp
         },
         cookie_jar=aiohttp.DummyCookieJar(),  # a crawler has no cookie state; a jar per site grows without bound
         trust_env=False,
-        trace_configs=[redirect_guard(trust)] if trust is not None else None,
         max_line_size=16 * 1024,
         max_field_size=16 * 1024,
     )
@@ -132,10 +132,17 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
 class Fetcher:
     """Fetches one URL per call. Holds no per-URL state, so memory does not grow with the crawl."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings, slots: FleetSlots | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        slots: FleetSlots | None = None,
+        trust: TrustCache | None = None,
+    ) -> None:
         self.session = session
         self.settings = settings
         self.slots = slots  # the fleet-wide gateway connection cap, when set
+        self.trust = trust  # the SSRF guard, when on: checks every redirect target
 
     def _slot(self, proxy: ProxyChoice | None) -> contextlib.AbstractAsyncContextManager[None]:
         if proxy is not None and self.slots is not None:
@@ -146,48 +153,78 @@ class Fetcher:
         return f"Fetcher(max_body_bytes={self.settings.max_body_bytes}, timeout_s={self.settings.timeout_s})"
 
     async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
+        """One attempt. Redirects are followed here, hop by hop, so each target passes the SSRF guard."""
         s = self.settings
         started = time.monotonic()
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_errors(proxy is not None))
             # a hard outer deadline too: sock_read resets on every byte, so only a total deadline stops a drip
             async with asyncio.timeout(s.timeout_s + 1.0):
-                async with self.session.get(
-                    URL(url, encoded=True),
-                    proxy=proxy.url if proxy else None,
-                    allow_redirects=s.max_redirects > 0,
-                    max_redirects=max(1, s.max_redirects),
-                ) as resp:
-                    ctype = (resp.content_type or "").lower() if "Content-Type" in resp.headers else ""
-                    if proxy is not None and resp.status == 407:
-                        raise ProxyAuthError("gateway refused the credentials (407)")
-                    declared = resp.content_length
-                    body: bytes | None = None
-                    if resp.status in (204, 304) or resp.method == "HEAD":
-                        got = 0
-                    elif ctype in HTML_TYPES or ctype == "":
-                        if declared is not None and declared > s.max_body_bytes:
-                            raise BodyTooLarge(f"Content-Length {declared} > {s.max_body_bytes}")
-                        body = await self._read_capped(resp.content)
-                        got = len(body)
-                    elif declared is not None:
-                        got = declared  # not kept: do not pay the gateway for bytes nobody reads
-                    else:
-                        got = await self._count_capped(resp.content)
-                    return FetchResult(
-                        url=url,
-                        final_url=str(resp.url),
-                        status=resp.status,
-                        content_type=ctype,
-                        charset=resp.charset,
-                        content_encoding=resp.headers.get("Content-Encoding", ""),
-                        body=body,
-                        bytes=got,
-                        elapsed_ms=int((time.monotonic() - started) * 1000),
-                        retry_after=resp.headers.get("Retry-After"),
-                        redirects=len(resp.history),
-                    )
+                target = URL(url, encoded=True)
+                for hop in range(s.max_redirects + 1):
+                    async with self.session.get(
+                        target, proxy=proxy.url if proxy else None, allow_redirects=False
+                    ) as resp:
+                        location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+                        if location is None or s.max_redirects == 0:
+                            return await self._result(url, resp, proxy, started, hop)
+                        here = resp.url
+                    if hop == s.max_redirects:
+                        break
+                    target = await self._next_hop(here, location)
+                raise TooManyRedirects(f"more than {s.max_redirects} redirects")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _next_hop(self, here: URL, location: str) -> URL:
+        try:
+            target = here.join(URL(location))
+        except ValueError:
+            raise InvalidTarget("redirect to an unparsable URL") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise InvalidTarget(f"redirect to a {target.scheme or 'relative'} URL")
+        host = target.host.lower()
+        if (
+            self.trust is not None
+            and literal_ip(host)
+            and is_private_address(host)
+            and not await self.trust.trusted(host)
+        ):
+            raise BlockedAddress(f"redirect to private address {host}")
+        return target
+
+    async def _result(
+        self, url: str, resp: aiohttp.ClientResponse, proxy: ProxyChoice | None, started: float, redirects: int
+    ) -> FetchResult:
+        s = self.settings
+        ctype = (resp.content_type or "").lower() if "Content-Type" in resp.headers else ""
+        if proxy is not None and resp.status == 407:
+            raise ProxyAuthError("gateway refused the credentials (407)")
+        declared = resp.content_length
+        body: bytes | None = None
+        if resp.status in (204, 304) or resp.method == "HEAD":
+            got = 0
+        elif ctype in HTML_TYPES or ctype == "":
+            if declared is not None and declared > s.max_body_bytes:
+                raise BodyTooLarge(f"Content-Length {declared} > {s.max_body_bytes}")
+            body = await self._read_capped(resp.content)
+            got = len(body)
+        elif declared is not None:
+            got = declared  # not kept: do not pay the gateway for bytes nobody reads
+        else:
+            got = await self._count_capped(resp.content)
+        return FetchResult(
+            url=url,
+            final_url=str(resp.url),
+            status=resp.status,
+            content_type=ctype,
+            charset=resp.charset,
+            content_encoding=resp.headers.get("Content-Encoding", ""),
+            body=body,
+            bytes=got,
+            elapsed_ms=int((time.monotonic() - started) * 1000),
+            retry_after=resp.headers.get("Retry-After"),
+            redirects=redirects,
+        )
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]:
         """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable.

@@ -101,6 +101,17 @@ def _sniff_meta(body: bytes) -> str | None:
     return m.group(1).decode("ascii", "replace") if m else None
 
 
+def parse_pages(tasks: list[ParseTask]) -> list[ParsedPage]:
+    """A batch per call: the pool pays its IPC once per batch, not once per page."""
+    out = []
+    for t in tasks:
+        try:
+            out.append(parse_page(t))
+        except Exception:  # parse_page is written never to raise; one bad page must not fail its batch
+            out.append(ParsedPage(size=len(t.body), error="parse_error"))
+    return out
+
+
 def parse_page(task: ParseTask) -> ParsedPage:
     """Never raises for any input bytes: a page that cannot be read becomes a ParsedPage with `error` set."""
     page = ParsedPage()

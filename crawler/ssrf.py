@@ -3,7 +3,7 @@ the user did not ask for.
 
 Hosts of the seeds the user enqueued are trusted (recorded in Redis at enqueue time); `--allow-private-networks`
 turns the guard off. Without a proxy the check is on the resolved address (a DNS name that resolves to 10.x is
-refused too), through `GuardedResolver`; redirects to literal private addresses are refused by a trace hook.
+refused too), through `GuardedResolver`; every redirect target is checked by `Fetcher`, which follows them itself.
 With a proxy, the gateway resolves names, so only literal addresses can be checked here: that is the limit.
 """
 
@@ -14,12 +14,9 @@ import ipaddress
 import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-
-from crawler.errors import BlockedAddress
 
 TrustFn = Callable[[str], Awaitable[bool]]
 
@@ -99,22 +96,3 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def redirect_guard(trust: TrustCache) -> aiohttp.TraceConfig:
-    """Refuse a redirect to a literal private address (aiohttp does not resolve literals, so the resolver
-    never sees them)."""
-    from yarl import URL
-
-    async def on_redirect(session: Any, ctx: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
-        location = params.response.headers.get("Location")
-        if not location:
-            return
-        target = params.url.join(URL(location))
-        host = (target.host or "").lower()
-        if literal_ip(host) and is_private_address(host) and not await trust.trusted(host):
-            raise BlockedAddress(f"redirect to private address {host}")
-
-    tc = aiohttp.TraceConfig()
-    tc.on_request_redirect.append(on_redirect)
-    return tc

@@ -5,8 +5,9 @@ An in-memory queue and seen-set, N fetch tasks sharing one aiohttp session throu
 a ProcessPoolExecutor (`--parse pool`, the stack's real limit on several cores) or on the event loop
 (`--parse inline`, for reference). Per page it does what `crawl` must also do: fetch, decode, parse the HTML,
 take the title and the links, resolve and normalise them (drop the fragment, sort the query), keep the
-same-origin ones not seen before, and write one JSON line. No retries, no robots, no persistence, no limits:
-whatever `crawl` spends beyond this is the price of its guarantees.
+same-origin ones not seen before, and write one JSON line. Connection errors are retried at once (`--retries`).
+No robots, no persistence, no limits, no politeness: whatever `crawl` spends beyond this is the price of its
+guarantees.
 
     python scripts/bare_loop.py http://127.0.0.1:8080/p/0.html --proxy http://u:p@127.0.0.1:3128 \
         --concurrency 256 --parse pool --output out.jsonl
@@ -84,6 +85,7 @@ async def crawl(args: argparse.Namespace) -> dict[str, object]:
     queue.put_nowait(start)
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
+    retries = 0
     out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115, ASYNC230 - once, before the crawl starts
     pool = ProcessPoolExecutor(args.parse_workers) if args.parse == "pool" else None
     loop = asyncio.get_running_loop()
@@ -95,14 +97,25 @@ async def crawl(args: argparse.Namespace) -> dict[str, object]:
     t0 = time.monotonic()
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
 
+        async def fetch(url: str) -> tuple[int, bool, bytes]:
+            """(status, is_html, body); a connection error is retried at once, up to --retries times (the proxy
+            closes connections after each response, so a reused one is sometimes already gone)."""
+            nonlocal retries
+            for attempt in range(args.retries + 1):
+                try:
+                    async with session.get(url, proxy=args.proxy) as resp:
+                        return resp.status, resp.content_type == "text/html", await resp.read()
+                except (TimeoutError, aiohttp.ClientError):
+                    if attempt == args.retries:
+                        raise
+                    retries += 1
+            raise AssertionError("unreachable")
+
         async def worker() -> None:
             while True:
                 url = await queue.get()
                 try:
-                    async with session.get(url, proxy=args.proxy) as resp:
-                        body = await resp.read()
-                        status = resp.status
-                        html = resp.content_type == "text/html"
+                    status, html, body = await fetch(url)
                     title, links = None, []
                     if html and body:
                         if pool is not None:
@@ -136,6 +149,7 @@ async def crawl(args: argparse.Namespace) -> dict[str, object]:
     lag_p99 = lags[min(len(lags) - 1, round(0.99 * (len(lags) - 1)))] if lags else None
     return {"event": "summary", "pages": pages, "elapsed_s": round(elapsed, 3), "loop_lag_p99_ms": lag_p99,
             "pages_per_s": round(pages / elapsed, 1), "statuses": dict(statuses), "errors": dict(errors),
+            "retries": retries,
             "parse": args.parse, "concurrency": args.concurrency}
 
 
@@ -145,6 +159,7 @@ def main() -> int:
     ap.add_argument("--proxy", default=None)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--parse", choices=("pool", "inline"), default="pool")
+    ap.add_argument("--retries", type=int, default=3, help="immediate retries of a connection error")
     ap.add_argument("--parse-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--output", default="bare-out.jsonl")
     ap.add_argument("--no-uvloop", action="store_true")

@@ -354,7 +354,9 @@ def wait_port(port: int, timeout_s: float = 15.0) -> None:
 
 
 def port_free(port: int) -> bool:
+    """Can nginx listen here? (SO_REUSEADDR as nginx sets it, so TIME_WAIT leftovers do not count.)"""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -631,7 +633,7 @@ def reap_strays(keep: set[int], timeout_s: float = 20.0) -> list[str]:
 
 def measure(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float, keep: set[int],
             servers: list[Managed], redis: Managed | None = None,
-            extra: Callable[[], psutil.Process | None] = lambda: None) -> Measurement:
+            extra: Callable[[], psutil.Process | None] = lambda: None, cwd: Path = ROOT) -> Measurement:
     """Run one contender to completion and account for everything it costs."""
     m = Measurement(loadavg_before=os.getloadavg()[0])
     reap_strays(keep, 5)
@@ -642,7 +644,7 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: floa
     self0 = proc_cpu_s(psutil.Process())
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         sampler = Sampler(proc.pid, extra)
         sampler.start()
@@ -686,10 +688,11 @@ def _rss(m: Managed | None) -> int:
 
 # ------------------------------------------------------------------------------------------------ contenders
 
-def clean_env() -> dict[str, str]:
+def clean_env(src: Path = ROOT) -> dict[str, str]:
+    """No proxy or CRAWL_* variables leak in; `src` (the crawl source tree to measure) comes first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("CRAWL_")}
     env.pop("REDIS_URL", None)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -767,7 +770,8 @@ def contender_crawl_run(e: Env, run_dir: Path) -> tuple[Measurement, dict[str, A
                 pidfile = psutil.Process(int(path.read_text().strip()))
         return pidfile
 
-    m = measure(cmd, clean_env(), run_dir / "log.txt", e.args.contender_timeout_s, e.keep, e.servers, extra=redis_proc)
+    m = measure(cmd, clean_env(e.args.crawl_src), run_dir / "log.txt", e.args.contender_timeout_s, e.keep, e.servers,
+                extra=redis_proc, cwd=e.args.crawl_src)
     m.cpu_redis_s = 0.0  # the embedded redis is our (subreaped) child: already inside cpu_tree_s
     urls, statuses = found_urls_jsonl(sorted(out.glob("*.jsonl")))
     return m, {"urls": urls, "statuses": statuses, "crawl": crawl_log_metrics(run_dir / "log.txt"),
@@ -787,14 +791,16 @@ def contender_crawl_worker(e: Env, run_dir: Path, cmd_prefix: list[str] | None =
         out = run_dir / "out"
         seeds = run_dir / "seeds.txt"
         seeds.write_text(e.site.start_url + "\n")
-        env = clean_env()
+        src = e.args.crawl_src
+        env = clean_env(src)
         url = redis.info["url"]
-        subprocess.run([sys.executable, "-m", "crawler", "enqueue", str(seeds), "--redis", url], cwd=ROOT, env=env,
+        subprocess.run([sys.executable, "-m", "crawler", "enqueue", str(seeds), "--redis", url], cwd=src, env=env,
                        check=True, capture_output=True, timeout=60)
         cmd = [*(cmd_prefix or []), sys.executable, "-m", "crawler", "worker", "--redis", url, "--until-idle",
                "--output", str(out), *crawl_flags(e)]
-        m = measure(cmd, env, run_dir / "log.txt", timeout_s or e.args.contender_timeout_s, e.keep, e.servers, redis)
-        stats = subprocess.run([sys.executable, "-m", "crawler", "stats", "--json", "--redis", url], cwd=ROOT, env=env,
+        m = measure(cmd, env, run_dir / "log.txt", timeout_s or e.args.contender_timeout_s, e.keep, e.servers, redis,
+                    cwd=src)
+        stats = subprocess.run([sys.executable, "-m", "crawler", "stats", "--json", "--redis", url], cwd=src, env=env,
                                capture_output=True, text=True, timeout=60)
     finally:
         redis.stop()
@@ -1102,10 +1108,24 @@ def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------------------------ report
 
-def code_identity() -> dict[str, Any]:
+def code_identity(src: Path = ROOT) -> dict[str, Any]:
     """Which code was measured: HEAD, uncommitted files, and a hash of crawler/ + workers/ (read-only git)."""
     import hashlib
 
+    out: dict[str, Any] = {"src": str(src)}
+    marker = src / ".bench-commit"  # an extracted tree (git archive) names its commit here
+    if src != ROOT:
+        out["git_head"] = marker.read_text().strip() if marker.exists() else None
+    else:
+        out.update(_git_state())
+    h = hashlib.sha256()
+    for f in sorted([*src.glob("crawler/**/*.py"), *src.glob("crawler/lua/*.lua"), *src.glob("workers/*.py")]):
+        h.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes())
+    out["code_sha256"] = h.hexdigest()[:16]
+    return out
+
+
+def _git_state() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out["git_head"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -1113,10 +1133,6 @@ def code_identity() -> dict[str, Any]:
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "crawler", "workers"],
                                capture_output=True, text=True, timeout=10).stdout.split("\n")
         out["dirty_code_files"] = [d.strip() for d in dirty if d.strip()]
-    h = hashlib.sha256()
-    for f in sorted([*ROOT.glob("crawler/**/*.py"), *ROOT.glob("crawler/lua/*.lua"), *ROOT.glob("workers/*.py")]):
-        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    out["code_sha256"] = h.hexdigest()[:16]
     return out
 
 
@@ -1292,8 +1308,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scrapy-runs", type=int, default=1,
                     help="runs of the Scrapy contenders (slow: ~8 min per 20,000 pages on 2 busy cores)")
     ap.add_argument("--contender-timeout-s", type=float, default=0, help="0: 60 s + 60 ms per page")
+    ap.add_argument("--crawl-src", type=Path, default=ROOT,
+                    help="source tree whose crawler/ + workers/ the crawl contenders run (A/B against another commit: "
+                         "git archive COMMIT | tar -x -C DIR)")
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args(argv)
+    args.crawl_src = args.crawl_src.resolve()
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     for n in names:
         if n not in CONTENDERS + OPTIONAL_CONTENDERS:
@@ -1316,7 +1336,7 @@ def main(argv: list[str] | None = None) -> int:
     if not port_free(port):
         port = free_port()
         print(f"port {args.site_port} is busy; serving on {port} (the site is generated for that port)", flush=True)
-    code = code_identity()
+    code = code_identity(args.crawl_src)
     print(f"measuring code {code}", flush=True)
     site = ensure_site(args.cache_dir, args.pages, args.seed, port)
     warm_page_cache(site.root)

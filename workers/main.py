@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import sys
@@ -42,6 +43,15 @@ def raise_nofile_limit(concurrency: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
             soft = new
     return soft
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic collections: freeze what start-up allocated (modules, the settings, the session), so
+    collections never scan it again, and collect the young generation every 50,000 allocations rather than 700.
+    Measured in docs/benchmarks.md: at 256 fetches in flight the default collector took 13% of the CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def run_worker(settings: Settings, out: Any = None) -> int:
@@ -87,6 +97,7 @@ async def _main(settings: Settings, out: Any) -> int:
                 except OSError as exc:
                     raise ConfigError(f"--metrics-port {settings.metrics_port}: {exc.strerror or exc}") from None
             await parse_pool.warm_up()
+            tune_gc()
             trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
             slots = (
                 FleetSlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)
@@ -101,7 +112,7 @@ async def _main(settings: Settings, out: Any) -> int:
                 pipeline = Pipeline(
                     settings,
                     frontier,
-                    Fetcher(session, settings, slots),
+                    Fetcher(session, settings, slots, trust),
                     parse_pool,
                     ProxyPool(settings.proxies, settings.session_requests, None),
                     sink,

@@ -349,24 +349,25 @@ class Pipeline:
             if not allowed:
                 return self._unfetched(lease, "robots_disallowed")
 
-        attempts = lease.attempts
-        last: Attempt | None = None
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.s.max_attempts - lease.attempts)),
-            wait=wait_random_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception_type(_RetryNow),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    last = await self._attempt(lease, attempts)
-                    if last.decision.action is Action.RETRY_NOW:
-                        raise _RetryNow(last.decision)
-        except _RetryNow:
-            pass  # attempts exhausted in process: `last` holds the final decision
-        assert last is not None
+        attempts = lease.attempts + 1
+        last = await self._attempt(lease, attempts)
+        if last.decision.action is Action.RETRY_NOW and attempts < self.s.max_attempts:
+            # the rare path: tenacity drives the in-process retries, each with a fresh proxy session
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.s.max_attempts - attempts),
+                wait=wait_random_exponential(multiplier=0.05, max=1.0),
+                retry=retry_if_exception_type(_RetryNow),
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        attempts += 1
+                        last = await self._attempt(lease, attempts)
+                        if last.decision.action is Action.RETRY_NOW:
+                            raise _RetryNow(last.decision)
+            except _RetryNow:
+                pass  # attempts exhausted in process: `last` holds the final decision
         result, page, decision = last.result, last.page, last.decision
         if decision.action is Action.RETRY_NOW:  # ran out of in-process tries with attempts left: go through Redis
             decision = Decision(Action.RETRY_LATER, decision.reason, 1.0 + self._rng.random())
