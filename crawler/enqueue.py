@@ -130,6 +130,8 @@ async def enqueue_stream(
             batch = []
             if pending >= 2 * PIPELINE_DEPTH:
                 await flush_pipe()
+            # let the in-flight pipeline's task write its commands, so Redis works while we normalise
+            await asyncio.sleep(0)
             if on_progress and time.monotonic() - last_progress > 0.5:
                 last_progress = time.monotonic()
                 on_progress(report)

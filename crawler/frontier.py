@@ -38,6 +38,12 @@ def entry(url: str, depth: int, attempts: int = 0) -> str:
     return f"{depth} {attempts} {url}"
 
 
+def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
+    """(fingerprints end to end, entries joined by newlines): the add script's two arguments for a batch."""
+    pairs = list(items)
+    return b"".join(fp for fp, _ in pairs), "\n".join(e for _, e in pairs)
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead."""
@@ -125,13 +131,11 @@ class Frontier:
     # -- adding ---------------------------------------------------------------------------------------------
     async def add(self, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> int:
         """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently."""
-        args: list[Any] = []
-        for n in urls:
-            args += [n.fingerprint, n.host, entry(n.url, depth)]
-        if not args:
+        fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
+        if not fps:
             return 0
         k = self.keys
-        return int(await self._run("add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), *args]))
+        return int(await self._run("add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), fps, entries]))
 
     async def add_in(
         self,
@@ -146,22 +150,19 @@ class Frontier:
         Returns, per command queued, whether its result is an add count (True) or not (the seed-host SADD).
         With `seed`, the URLs' hosts are also recorded as trusted by the SSRF guard (the user asked for them).
         """
-        args: list[Any] = []
-        hosts: set[str] = set()
-        for n in urls:
-            args += [n.fingerprint, n.host, entry(n.url, depth)]
-            hosts.add(n.host)
-        if not args:
+        urls = list(urls)
+        fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
+        if not fps:
             return []
         k = self.keys
         kinds = []
         if seed:
             from crawler.ssrf import bare_host
 
-            pipe.sadd(k.seed_hosts, *{bare_host(h) for h in hosts})
+            pipe.sadd(k.seed_hosts, *{bare_host(n.host) for n in urls})
             kinds.append(False)
         await self._scripts["add"](
-            keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), *args], client=pipe
+            keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), fps, entries], client=pipe
         )
         return [*kinds, True]
 
@@ -194,9 +195,8 @@ class Frontier:
     # -- settling -------------------------------------------------------------------------------------------
     def _ack_call(self, done: Sequence[Lease], links: Sequence[NewLink]) -> tuple[list[str], list[Any]]:
         k = self.keys
-        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done)]
-        for ln in links:
-            args += [ln.fingerprint, ln.host, entry(ln.url, ln.depth)]
+        fps, entries = _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in links)
+        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done), fps, entries]
         return [k.leases, k.host_inflight, k.hosts, k.seen, k.stats], args
 
     async def ack(self, done: Sequence[Lease], links: Sequence[NewLink] = ()) -> tuple[int, int]:
