@@ -8,17 +8,22 @@ and never stops the others.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from crawler.frontier import Frontier
+from crawler.frontier import Frontier, entry
 from crawler.urls import MAX_URL_BYTES, InvalidURL, NormalizedURL, normalize
 
-BATCH = 2000  # URLs per script call
+BATCH = 2000  # lines per chunk: one script call
 PIPELINE_DEPTH = 8  # script calls per round trip
+IN_PROCESS_CHUNKS = 4  # files up to this many chunks are normalised here: a helper process costs ~0.1 s to start
+CHUNKS_AHEAD = 6  # chunks handed to the helper process before we wait for the oldest: bounds memory
 SHOWN_ERRORS = 20
 
 
@@ -71,6 +76,46 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
         yield line
 
 
+@dataclass(slots=True)
+class Chunk:
+    """A run of lines, normalised: what one `add` script call needs, plus the bad lines to report."""
+
+    fingerprints: bytes = b""
+    entries: list[str] = field(default_factory=list)
+    hosts: set[str] = field(default_factory=set)
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+
+
+def normalize_chunk(lines: list[bytes], first_lineno: int, depth: int, keep_tracking: bool) -> Chunk:
+    """Top level and picklable: runs in a helper process for big files, so Redis and Python work in parallel."""
+    out = Chunk()
+    fps: list[bytes] = []
+    for offset, raw in enumerate(lines):
+        try:
+            n = check_line(raw, keep_tracking)
+        except InvalidURL as exc:
+            out.invalid.append((first_lineno + offset, str(exc)))
+            continue
+        if n is not None:
+            fps.append(n.fingerprint)
+            out.entries.append(entry(n.url, depth))
+            out.hosts.add(n.host)
+    out.fingerprints = b"".join(fps)
+    return out
+
+
+def _chunks(stream: BinaryIO) -> Iterator[tuple[list[bytes], int]]:
+    lines: list[bytes] = []
+    first = 1
+    for lineno, raw in enumerate(_lines(stream), start=1):
+        lines.append(raw)
+        if len(lines) >= BATCH:
+            yield lines, first
+            lines, first = [], lineno + 1
+    if lines:
+        yield lines, first
+
+
 async def enqueue_stream(
     frontier: Frontier,
     stream: BinaryIO,
@@ -80,15 +125,19 @@ async def enqueue_stream(
     on_invalid: Callable[[int, str], None] | None = None,
     on_progress: Callable[[EnqueueReport], None] | None = None,
 ) -> EnqueueReport:
-    report = EnqueueReport()
-    batch: list[NormalizedURL] = []
-    pending = 0
-    kinds: list[bool] = []  # per queued command: is its result an add count?
-    pipe = frontier.redis.pipeline(transaction=False)
-    last_progress = time.monotonic()
+    """Stream `stream` into the frontier; memory is bounded by a few chunks whatever the file's size.
 
-    # One pipeline in flight while the next batch is prepared: Redis runs the scripts while Python normalises.
+    Past the first few chunks, lines are normalised in a helper process (a bounded window of chunks ahead) while
+    this process pipelines the prepared chunks to Redis, one pipeline in flight: the three run in parallel.
+    """
+    report = EnqueueReport()
+    loop = asyncio.get_running_loop()
+    pool: ProcessPoolExecutor | None = None
+    ahead: deque[asyncio.Future[Chunk]] = deque()  # chunks being normalised, in file order
+    pipe = frontier.redis.pipeline(transaction=False)
+    kinds: list[bool] = []  # per queued command: is its result an add count?
     in_flight: asyncio.Task[None] | None = None
+    last_progress = time.monotonic()
 
     async def run_pipe(p: Any, ks: list[bool]) -> None:
         results = await p.execute()
@@ -96,52 +145,57 @@ async def enqueue_stream(
         report.added += sum(int(r) for r, is_add in zip(results, ks, strict=True) if is_add)
         await p.reset()
 
-    async def flush_pipe(wait: bool = False) -> None:
-        nonlocal pending, pipe, kinds, in_flight
+    async def flush(wait: bool = False) -> None:
+        nonlocal pipe, kinds, in_flight
         if in_flight is not None:
             await in_flight
             in_flight = None
-        if pending:
+        if kinds:
             in_flight = asyncio.create_task(run_pipe(pipe, kinds))
             kinds = []
-            pending = 0
             pipe = frontier.redis.pipeline(transaction=False)
+            await asyncio.sleep(0)  # let it write its commands now, so Redis works while we go on
         if wait and in_flight is not None:
             await in_flight
             in_flight = None
 
-    for lineno, raw in enumerate(_lines(stream), start=1):
-        report.lines = lineno
-        try:
-            n = check_line(raw, keep_tracking)
-        except InvalidURL as exc:
+    async def take(chunk: Chunk) -> None:
+        nonlocal last_progress
+        for lineno, reason in chunk.invalid:
             report.invalid += 1
             if on_invalid:
-                on_invalid(lineno, str(exc))
-            continue
-        if n is None:
-            continue
-        batch.append(n)
-        if len(batch) >= BATCH:
-            queued = await frontier.add_in(pipe, batch, depth, front, seed=True)
-            kinds += queued
-            pending += len(queued)
-            report.duplicates += len(batch)
-            batch = []
-            if pending >= 2 * PIPELINE_DEPTH:
-                await flush_pipe()
-            # let the in-flight pipeline's task write its commands, so Redis works while we normalise
-            await asyncio.sleep(0)
-            if on_progress and time.monotonic() - last_progress > 0.5:
-                last_progress = time.monotonic()
-                on_progress(report)
-    if batch:
-        queued = await frontier.add_in(pipe, batch, depth, front, seed=True)
-        kinds += queued
-        pending += len(queued)
-        report.duplicates += len(batch)
-    await flush_pipe(wait=True)
-    await pipe.reset()  # type: ignore[no-untyped-call]
+                on_invalid(lineno, reason)
+        if chunk.entries:
+            kinds.extend(await frontier.add_prepared_in(
+                pipe, chunk.fingerprints, "\n".join(chunk.entries), chunk.hosts, front, seed=True
+            ))
+            report.duplicates += len(chunk.entries)
+        if len(kinds) >= 2 * PIPELINE_DEPTH:
+            await flush()
+        if on_progress and time.monotonic() - last_progress > 0.5:
+            last_progress = time.monotonic()
+            on_progress(report)
+
+    try:
+        for n, (lines, first) in enumerate(_chunks(stream)):
+            report.lines = first + len(lines) - 1
+            if n < IN_PROCESS_CHUNKS:  # a small file: no helper process to start
+                await take(normalize_chunk(lines, first, depth, keep_tracking))
+                continue
+            if pool is None:
+                pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+            ahead.append(loop.run_in_executor(pool, normalize_chunk, lines, first, depth, keep_tracking))
+            while len(ahead) >= CHUNKS_AHEAD or (ahead and ahead[0].done()):
+                await take(await ahead.popleft())
+        while ahead:
+            await take(await ahead.popleft())
+        await flush(wait=True)
+    finally:
+        for fut in ahead:
+            fut.cancel()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        await pipe.reset()  # type: ignore[no-untyped-call]
     report.duplicates -= report.added  # every valid URL was either added or a duplicate
     return report
 

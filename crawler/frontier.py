@@ -145,13 +145,19 @@ class Frontier:
         front: bool = False,
         seed: bool = False,
     ) -> list[bool]:
-        """Queue an add on a pipeline (enqueue streams big files this way).
-
-        Returns, per command queued, whether its result is an add count (True) or not (the seed-host SADD).
-        With `seed`, the URLs' hosts are also recorded as trusted by the SSRF guard (the user asked for them).
-        """
+        """Queue an add on a pipeline; see `add_prepared_in`."""
         urls = list(urls)
         fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
+        return await self.add_prepared_in(pipe, fps, entries, {n.host for n in urls}, front, seed)
+
+    async def add_prepared_in(
+        self, pipe: Any, fps: bytes, entries: str, hosts: set[str], front: bool = False, seed: bool = False
+    ) -> list[bool]:
+        """Queue an add of a prepared batch (fingerprints end to end, entries joined by newlines) on a pipeline.
+
+        Returns, per command queued, whether its result is an add count (True) or not (the seed-host SADD).
+        With `seed`, the hosts are also recorded as trusted by the SSRF guard (the user asked for them).
+        """
         if not fps:
             return []
         k = self.keys
@@ -159,7 +165,7 @@ class Frontier:
         if seed:
             from crawler.ssrf import bare_host
 
-            pipe.sadd(k.seed_hosts, *{bare_host(n.host) for n in urls})
+            pipe.sadd(k.seed_hosts, *{bare_host(h) for h in hosts})
             kinds.append(False)
         await self._scripts["add"](
             keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), fps, entries], client=pipe
