@@ -63,13 +63,14 @@ def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp
     With `trust` (the SSRF guard on), names are resolved through `GuardedResolver` (redirect targets are checked
     by `Fetcher`, which follows redirects itself). With a fleet-wide connection cap, connections are not kept alive.
     """
+    force_close = settings.proxy_max_connections is not None and bool(settings.proxies)
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency,
         limit_per_host=0,  # politeness is the frontier's job, crawl-wide; the gateway is one "host" here
         ttl_dns_cache=300,
         use_dns_cache=True,
-        keepalive_timeout=30,
-        force_close=settings.proxy_max_connections is not None and bool(settings.proxies),
+        keepalive_timeout=None if force_close else 30,
+        force_close=force_close,
         resolver=GuardedResolver(trust) if trust is not None and not settings.proxies else None,
     )
     timeout = aiohttp.ClientTimeout(

@@ -40,7 +40,7 @@ def crawl_with_three_workers(
                     log=tmp_path / f"w{i}.log",
                 ))
             for p in procs:
-                assert p.wait(timeout=120) == 0
+                assert p.wait(timeout=120) == 0, (tmp_path / "w0.log").read_text()[-3000:]
         finally:
             for p in procs:
                 if p.poll() is None:
