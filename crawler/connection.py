@@ -41,8 +41,8 @@ def validate_redis_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         _ = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"malformed Redis URL {redact_url(url)}: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"malformed Redis URL {redact_url(url)}: bad port or user-info") from None
     if parts.scheme not in _SCHEMES:
         raise ConfigError(f"Redis URL {redact_url(url)} must start with redis://, rediss:// or unix://")
     if parts.scheme != "unix" and not parts.hostname:

@@ -22,6 +22,7 @@ from redis.commands.core import AsyncScript
 from crawler.keys import CrawlKeys
 from crawler.urls import NormalizedURL
 
+LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
 _SCRIPTS = ("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead")
 
 
@@ -268,10 +269,18 @@ class Frontier:
             acked_index = -1
             calls = 0
             if done or links:
-                keys, args = self._ack_call(done, links)
+                # links past the first chunk go in separate add calls: one script must not hold Redis for long
+                keys, args = self._ack_call(done, links[:LINKS_PER_CALL])
                 await self._scripts["ack"](keys=keys, args=[k.prefix, *args], client=pipe)
                 acked_index = calls
                 calls += 1
+                for start in range(LINKS_PER_CALL, len(links), LINKS_PER_CALL):
+                    chunk = links[start : start + LINKS_PER_CALL]
+                    fps, entries = _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in chunk)
+                    await self._scripts["add"](
+                        keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), 0, fps, entries], client=pipe
+                    )
+                    calls += 1
             if deferred:
                 args = [k.prefix, now_ms(), self._phc]
                 for ls, due_s, attempts in deferred:

@@ -69,6 +69,11 @@ class WorkerMetrics:
         self.peak_rss = 0
         self.prom: Any = None  # crawler.prometheus.PromMetrics when --metrics-port is set
 
+    def restart_clock(self) -> None:
+        """Rates count from when the worker is ready to fetch, not from process start (parse-pool start-up)."""
+        self.started = time.monotonic()
+        self.window.started = self.started
+
     def __repr__(self) -> str:
         return f"WorkerMetrics(pages={self.pages}, errors={sum(self.errors.values())}, inflight={self.inflight})"
 

@@ -10,12 +10,18 @@ _USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/]
 
 
 def redact_url(url: str) -> str:
-    """`http://user:secret@host:port` -> `http://user:***@host:port`; a URL without a password is unchanged."""
+    """`http://user:secret@host:port` -> `http://user:***@host:port`; a URL without a password is unchanged.
+
+    A malformed URL whose user-info cannot be told apart (a raw "/" in the password) keeps only its scheme and
+    what follows the last "@": nothing that might be a secret is printed."""
     m = _USERINFO.match(url)
-    if not m or m.group("pw") is None:
-        # redis://:pw@host has an empty user and a password; redis://pw@host (user only) is left as is
-        return url
-    return f"{m.group('scheme')}{m.group('user')}:***@{url[m.end() :]}"
+    if m and m.group("pw") is not None:
+        return f"{m.group('scheme')}{m.group('user')}:***@{url[m.end() :]}"
+    if m is None and "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        if ":" in rest.rsplit("@", 1)[0]:
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -28,4 +34,9 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 def url_password(url: str) -> str | None:
     m = _USERINFO.match(url)
-    return m.group("pw") if m else None
+    if m:
+        return m.group("pw")
+    if "@" in url and "://" in url:  # malformed: everything between the first ":" and the last "@"
+        userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+        return userinfo.split(":", 1)[1] if ":" in userinfo else None
+    return None

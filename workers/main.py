@@ -98,6 +98,7 @@ async def _main(settings: Settings, out: Any) -> int:
                     raise ConfigError(f"--metrics-port {settings.metrics_port}: {exc.strerror or exc}") from None
             await parse_pool.warm_up()
             tune_gc()
+            metrics.restart_clock()
             trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
             slots = (
                 FleetSlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)

@@ -48,6 +48,7 @@ COMMIT_INTERVAL_S = 0.02  # group commit: a batch of results is flushed and acke
 COMMIT_MAX = 512
 PROXY_AUTH_FATAL = 5  # consecutive 407s that stop the worker: the credentials are wrong
 ROBOTS_RETRY_S = 60.0
+RECLAIM_BATCH = 1000  # Frontier.reclaim's default limit
 SEEN_CACHE = 200_000  # recent fingerprints kept locally so known links are not sent to Redis again
 
 
@@ -126,6 +127,8 @@ class Pipeline:
         self.queue: asyncio.Queue[Lease] = asyncio.Queue()
         # settled results waiting for the committer (records not yet flushed, leases not yet acked)
         self._outcomes: list[Outcome] = []
+        # results whose records are flushed and whose settle has not succeeded yet (Redis away, or cancelled)
+        self._written: list[Outcome] = []
         self._commit_wake = asyncio.Event()
         self._capacity = asyncio.Event()
         self._idle_fetchers = asyncio.Event()
@@ -212,7 +215,10 @@ class Pipeline:
             await self.stopping.wait()
         finally:
             self.say(f"stopping: {self.stop_reason}; {self._busy} fetches in flight, {len(self.held)} leases held")
-            helpers[0].cancel()
+            # the leaser leaves by itself (stop() woke it): cancelling it mid-call would orphan a leased batch
+            _, late = await asyncio.wait([helpers[0]], timeout=max(5.0, self.s.lease_ttl_s / 3))
+            for t in late:
+                t.cancel()
             await asyncio.gather(helpers[0], return_exceptions=True)
             # leases nobody started go straight back
             while not self.queue.empty():
@@ -228,13 +234,17 @@ class Pipeline:
             # the committer finishes the commit it is in (never cut between writing records and acking them)
             self._closing.set()
             self._commit_wake.set()
-            await asyncio.wait([committer], timeout=max(10.0, self.s.grace_s))
+            _, late = await asyncio.wait([committer], timeout=max(10.0, self.s.grace_s))
+            for t in late:
+                t.cancel()  # stuck retrying against an absent Redis: its written results are in `_written`
+            await asyncio.gather(committer, return_exceptions=True)
             await self._final_commit()
             self._closed.set()  # renew and report loops exit on their own; cancel is only a backstop
-            _, late = await asyncio.wait(helpers[1:], timeout=2.0)
+            helpers[-1].cancel()  # the lag monitor only sleeps: nothing to finish
+            _, late = await asyncio.wait(helpers[1:-1], timeout=2.0)
             for t in late:
                 t.cancel()
-            await asyncio.gather(*helpers[1:], committer, return_exceptions=True)
+            await asyncio.gather(*helpers[1:], return_exceptions=True)
             with contextlib.suppress(RedisError, OSError):
                 await remove_heartbeat(self.frontier.redis, self.s.crawl_name, self.s.worker_id)
             self.emit(self.metrics.summary(self.proxies.success_rate()))
@@ -521,18 +531,26 @@ class Pipeline:
             await asyncio.wait_for(until.wait(), seconds)
         return until.is_set()
 
-    async def _commit(self, extra_release: list[Lease] | None = None) -> None:
+    async def _commit(self, extra_release: list[Lease] | None = None, give_up_at: float | None = None) -> None:
+        """Write and flush the records of the finished outcomes, then settle them in Redis.
+
+        Two phases with state between them: outcomes whose records are written move to `_written` until their
+        settle succeeds, so a retry (or the final commit after a cancelled one) settles them without writing
+        their records twice and without releasing their leases. `give_up_at` bounds the retries at shutdown.
+        """
         batch, self._outcomes = self._outcomes, []
-        if not batch and not extra_release:
-            return
         records = [o.record for o in batch if o.record is not None and o.action is Action.DONE]
         if records:
             await asyncio.to_thread(self.sink.write, records)  # flushed before any ack below
-        done = [o.lease for o in batch if o.action is Action.DONE]
-        links = [ln for o in batch if o.action is Action.DONE for ln in o.links]
-        deferred = [(o.lease, o.due_s, o.attempts) for o in batch if o.action is Action.RETRY_LATER]
-        dead = [(o.lease, o.attempts, o.error or {"kind": "unknown"}) for o in batch if o.action is Action.DEAD]
-        released = [o.lease for o in batch if o.action is Action.RELEASE] + (extra_release or [])
+        self._written += batch
+        todo = list(self._written)
+        if not todo and not extra_release:
+            return
+        done = [o.lease for o in todo if o.action is Action.DONE]
+        links = [ln for o in todo if o.action is Action.DONE for ln in o.links]
+        deferred = [(o.lease, o.due_s, o.attempts) for o in todo if o.action is Action.RETRY_LATER]
+        dead = [(o.lease, o.attempts, o.error or {"kind": "unknown"}) for o in todo if o.action is Action.DEAD]
+        released = [o.lease for o in todo if o.action is Action.RELEASE] + (extra_release or [])
         backoff = 0.05
         while True:
             try:
@@ -540,29 +558,34 @@ class Pipeline:
                 break
             except (RedisError, OSError) as exc:
                 # the records are written; keep trying to settle (never write them twice, never drop them)
+                if give_up_at is not None and time.monotonic() + backoff > give_up_at:
+                    raise
                 self.say(
                     f"Redis unavailable while acking ({exc.__class__.__name__}); retrying in {backoff:.1f}s",
                     "warning",
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
+        settled = {id(o) for o in todo}
+        self._written = [o for o in self._written if id(o) not in settled]
         self.metrics.released += len(released)
-        for o in batch:
-            self.held.pop(o.lease.member, None)
-        for ls in extra_release or []:
-            self.held.pop(ls.member, None)
+        for ls in [o.lease for o in todo] + (extra_release or []):
+            if self.held.get(ls.member) is ls:  # identity: the same member may have been leased again since
+                del self.held[ls.member]
         self._capacity.set()
 
     async def _final_commit(self) -> None:
         """Commit what finished; give back every lease still held, without counting an attempt."""
-        finished = {o.lease.member for o in self._outcomes}
+        finished = {o.lease.member for o in self._outcomes + self._written}
         unfinished = [ls for m, ls in self.held.items() if m not in finished]
+        give_up_at = time.monotonic() + max(10.0, self.s.grace_s)
         try:
-            await asyncio.wait_for(self._commit(unfinished), timeout=max(10.0, self.s.grace_s))
-        except (TimeoutError, RedisError, OSError) as exc:
+            await self._commit(unfinished, give_up_at)
+        except (RedisError, OSError) as exc:
             self.say(
-                f"could not hand back {len(unfinished)} leases ({exc.__class__.__name__}); they expire "
-                f"in {self.s.lease_ttl_s:.0f}s",
+                f"could not settle {len(self._written)} results nor hand back {len(unfinished)} leases "
+                f"({exc.__class__.__name__}): the results are written; the leases expire in "
+                f"{self.s.lease_ttl_s:.0f}s",
                 "warning",
             )
         await asyncio.to_thread(self.sink.close)
@@ -586,6 +609,11 @@ class Pipeline:
         while not await self._pause(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), self.stopping):
             try:
                 requeued, dead = await self.frontier.reclaim(self.s.max_attempts)
+                total_r, total_d = requeued, dead
+                while requeued + dead >= RECLAIM_BATCH and not self.stopping.is_set():  # a big fleet died
+                    requeued, dead = await self.frontier.reclaim(self.s.max_attempts)
+                    total_r, total_d = total_r + requeued, total_d + dead
+                requeued, dead = total_r, total_d
             except (RedisError, OSError):
                 continue
             if requeued or dead:
