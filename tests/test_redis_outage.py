@@ -110,3 +110,38 @@ def test_worker_survives_a_redis_restart_and_loses_nothing(
     # ack lost in the outage is applied once Redis is back: no URL is fetched twice.
     assert duplicates == [], f"{len(duplicates)} URLs written twice: {duplicates[:5]}"
     assert all(r["status"] == 200 for r in records)
+
+
+def test_sigterm_while_redis_is_down_exits_within_a_bound_and_loses_nothing(
+    private_redis: RedisServer, crawl_name: str, tmp_path: Path, hostile: RunningServer
+) -> None:
+    """The first signal must end the process even when Redis is away: results written but not acked stay in the
+    output, their leases expire, and a later worker finishes the crawl. Nothing is lost."""
+    urls = [f"{hostile.url}/slow/50?n={i}" for i in range(PAGES)]
+    f = tmp_path / "seeds.txt"
+    f.write_text("\n".join(urls) + "\n")
+    assert crawl(["enqueue", str(f), "--redis", private_redis.url, "--crawl", crawl_name]).returncode == 0
+    out, log = tmp_path / "out", tmp_path / "worker.log"
+    w = spawn_crawl(worker_args(private_redis.url, crawl_name, out, "--no-robots", "--no-follow", "--grace-s", "2",
+                                "--lease-ttl-s", "3", "--concurrency", "16", "--per-host-concurrency", "0"),
+                    log=log)
+    try:
+        wait_until(lambda: count_lines(out) >= STOP_AFTER, timeout_s=30, interval_s=0.005)
+        private_redis.stop(signal.SIGKILL)
+        wait_until(lambda: bool(warnings(log)), timeout_s=20)
+        w.send_signal(signal.SIGTERM)
+        # grace 2 s, then the final commit gives up after max(10 s, grace): well inside 40 s
+        assert w.wait(timeout=40) == 0, log.read_text()[-3000:]
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait(timeout=10)
+    private_redis.start()
+    run = crawl(worker_args(private_redis.url, crawl_name, tmp_path / "out2", "--until-idle", "--no-robots",
+                            "--no-follow", "--lease-ttl-s", "3", "--concurrency", "32", "--per-host-concurrency", "0"),
+                timeout_s=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    got = {r["url"] for r in read_records(out) + read_records(tmp_path / "out2")}
+    assert got == set(urls)
+    s = stats(private_redis.url, crawl_name)
+    assert s["done"] + s["dead"] == s["enqueued"] == PAGES and s["dead"] == 0
