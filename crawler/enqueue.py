@@ -166,9 +166,11 @@ async def enqueue_stream(
             if on_invalid:
                 on_invalid(lineno, reason)
         if chunk.entries:
-            kinds.extend(await frontier.add_prepared_in(
-                pipe, chunk.fingerprints, "\n".join(chunk.entries), chunk.hosts, front, seed=True
-            ))
+            kinds.extend(
+                await frontier.add_prepared_in(
+                    pipe, chunk.fingerprints, "\n".join(chunk.entries), chunk.hosts, front, seed=True
+                )
+            )
             report.duplicates += len(chunk.entries)
         if len(kinds) >= 2 * PIPELINE_DEPTH:
             await flush()

@@ -6,7 +6,9 @@ import re
 from collections.abc import Iterable
 
 # user-info runs to the LAST "@" of the authority, as urlsplit (and so aiohttp and redis-py) read it
-_USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/]*)(?::(?P<pw>[^/]*))?@(?=[^@/]*(?:/|$))")
+_USERINFO = re.compile(
+    r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/]*)(?::(?P<pw>[^/]*))?@(?=[^@/]*(?:/|$))"
+)
 
 
 def redact_url(url: str) -> str:

@@ -127,8 +127,10 @@ async def crawl(args: argparse.Namespace) -> dict[str, object]:
                             seen.add(link)
                             queue.put_nowait(link)
                     statuses[status] += 1
-                    out.write(json.dumps({"url": url, "status": status, "title": title, "links": links},
-                                         ensure_ascii=False) + "\n")
+                    out.write(
+                        json.dumps({"url": url, "status": status, "title": title, "links": links}, ensure_ascii=False)
+                        + "\n"
+                    )
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     errors[type(exc).__name__] += 1
                 finally:
@@ -147,10 +149,18 @@ async def crawl(args: argparse.Namespace) -> dict[str, object]:
     pages = sum(statuses.values())
     lags.sort()
     lag_p99 = lags[min(len(lags) - 1, round(0.99 * (len(lags) - 1)))] if lags else None
-    return {"event": "summary", "pages": pages, "elapsed_s": round(elapsed, 3), "loop_lag_p99_ms": lag_p99,
-            "pages_per_s": round(pages / elapsed, 1), "statuses": dict(statuses), "errors": dict(errors),
-            "retries": retries,
-            "parse": args.parse, "concurrency": args.concurrency}
+    return {
+        "event": "summary",
+        "pages": pages,
+        "elapsed_s": round(elapsed, 3),
+        "loop_lag_p99_ms": lag_p99,
+        "pages_per_s": round(pages / elapsed, 1),
+        "statuses": dict(statuses),
+        "errors": dict(errors),
+        "retries": retries,
+        "parse": args.parse,
+        "concurrency": args.concurrency,
+    }
 
 
 def main() -> int:

@@ -75,16 +75,71 @@ SAMPLE_S = 0.1
 
 # (kind, weight). "repeat" repeats an earlier link of the same page verbatim; "anchor" is an in-page "#top".
 LINK_KINDS: tuple[tuple[str, int], ...] = (
-    ("plain", 44), ("fragment", 10), ("absolute", 8), ("relative", 8), ("repeat", 6), ("query", 4),
-    ("query_reordered", 4), ("missing", 3), ("offsite", 4), ("mailto", 2), ("javascript", 2), ("anchor", 2),
+    ("plain", 44),
+    ("fragment", 10),
+    ("absolute", 8),
+    ("relative", 8),
+    ("repeat", 6),
+    ("query", 4),
+    ("query_reordered", 4),
+    ("missing", 3),
+    ("offsite", 4),
+    ("mailto", 2),
+    ("javascript", 2),
+    ("anchor", 2),
 )
 OFFSITE = ("http://offsite.invalid/", "https://example.com/out/")
 _WORDS = (
-    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod",
-    "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua", "crawler", "frontier",
-    "politeness", "robots", "canonical", "fetch", "parse", "queue", "shard", "lease", "ack", "redis", "worker",
-    "gateway", "proxy", "session", "request", "response", "header", "body", "chunk", "stream", "latency",
-    "throughput", "backlog", "café", "naïve", "über", "déjà", "señor", "smörgåsbord",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "incididunt",
+    "ut",
+    "labore",
+    "et",
+    "dolore",
+    "magna",
+    "aliqua",
+    "crawler",
+    "frontier",
+    "politeness",
+    "robots",
+    "canonical",
+    "fetch",
+    "parse",
+    "queue",
+    "shard",
+    "lease",
+    "ack",
+    "redis",
+    "worker",
+    "gateway",
+    "proxy",
+    "session",
+    "request",
+    "response",
+    "header",
+    "body",
+    "chunk",
+    "stream",
+    "latency",
+    "throughput",
+    "backlog",
+    "café",
+    "naïve",
+    "über",
+    "déjà",
+    "señor",
+    "smörgåsbord",
 )
 
 
@@ -217,7 +272,7 @@ def render(plan: Plan, i: int, origin: str, filler: str) -> bytes:
         f'<meta name="description" content="Benchmark page {i}"><link rel="stylesheet" href="/site.css">'
         f'</head><body><header id="top"><nav><ul>{nav}</ul></nav></header><main><article><h1>Page {i}</h1>'
     )
-    tail = '</article></main><footer><p>Generated for the crawl benchmark.</p></footer></body></html>\n'
+    tail = "</article></main><footer><p>Generated for the crawl benchmark.</p></footer></body></html>\n"
     rest = anchors[6:]
     paragraphs = 20 + i % 17
     budget = size - len(head.encode()) - len(tail) - sum(len(a) for a in rest) - paragraphs * 20
@@ -229,7 +284,7 @@ def render(plan: Plan, i: int, origin: str, filler: str) -> bytes:
         cut = len(text) // 2
         mine = rest[p::paragraphs]
         if p % 5 == 4:
-            body.append(f"<h2 id=\"s{p % 7}\">Section {p}</h2>")
+            body.append(f'<h2 id="s{p % 7}">Section {p}</h2>')
         body.append(f"<p>{text[:cut]} {' '.join(mine)} {text[cut:]}</p>")
     return (head + "".join(body) + tail).encode()
 
@@ -299,8 +354,11 @@ def ensure_site(cache_dir: Path, pages: int, seed: int, port: int) -> Site:
     }
     expected_path.write_text(json.dumps({u: s for u, s, _ in reach}))
     manifest_path.write_text(json.dumps(manifest, indent=1))
-    print(f"generated {total / 1e6:.0f} MB in {manifest['generated_in_s']}s; reachable from page 0: "
-          f"{len(reach)} ({statuses[200]} x 200, {statuses[404]} x 404)", flush=True)
+    print(
+        f"generated {total / 1e6:.0f} MB in {manifest['generated_in_s']}s; reachable from page 0: "
+        f"{len(reach)} ({statuses[200]} x 200, {statuses[404]} x 404)",
+        flush=True,
+    )
     return Site(www, manifest, {u: s for u, s, _ in reach})
 
 
@@ -319,6 +377,7 @@ def warm_page_cache(root: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ processes
+
 
 def become_subreaper() -> bool:
     """Orphaned descendants (the daemonized embedded Redis, a forkserver) are re-parented to us, so we reap them
@@ -435,8 +494,12 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(d)], stdin=subprocess.DEVNULL,
-                            stdout=open(d / "logs" / "stdout.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(d)],
+        stdin=subprocess.DEVNULL,
+        stdout=open(d / "logs" / "stdout.log", "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_port(port)
     except RuntimeError:
@@ -450,8 +513,22 @@ http {{
 def start_python_static(site: Site, port: int, processes: int, workdir: Path) -> Managed:
     log = open(workdir / "static-server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "serve-static", "--root", str(site.root), "--port", str(port),
-         "--processes", str(processes)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "serve-static",
+            "--root",
+            str(site.root),
+            "--port",
+            str(port),
+            "--processes",
+            str(processes),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     wait_port(port)
     return Managed("static", proc, port, {"impl": "aiohttp static (python)", "processes": processes})
 
@@ -491,8 +568,12 @@ LogLevel Error
 LogFile "{d}/tinyproxy.log"
 PidFile "{d}/tinyproxy.pid"
 """)
-    proc = subprocess.Popen([exe, "-d", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=open(d / "stdout.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [exe, "-d", "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=open(d / "stdout.log", "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
     wait_port(port)
     version = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.strip()
     return Managed("proxy", proc, port, {"impl": "tinyproxy", "version": version})
@@ -501,16 +582,33 @@ PidFile "{d}/tinyproxy.pid"
 def start_python_proxy(port: int, workdir: Path) -> Managed:
     log = open(workdir / "proxy-server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.proxy_server", "--port", str(port), "--user", PROXY_USER,
-         "--password", PROXY_PASSWORD], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "tests.support.proxy_server",
+            "--port",
+            str(port),
+            "--user",
+            PROXY_USER,
+            "--password",
+            PROXY_PASSWORD,
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     wait_port(port)
     return Managed("proxy", proc, port, {"impl": "tests.support.proxy_server (asyncio)"})
 
 
 def check_proxy(proxy_port: int, url: str) -> None:
     """The proxy must refuse us without credentials and serve the page with them."""
+
     def get(auth: bool) -> int:
-        proxy = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{proxy_port}" if auth else f"http://127.0.0.1:{proxy_port}"
+        proxy = (
+            f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{proxy_port}" if auth else f"http://127.0.0.1:{proxy_port}"
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
         try:
             with opener.open(url, timeout=10) as r:
@@ -518,6 +616,7 @@ def check_proxy(proxy_port: int, url: str) -> None:
                 return int(r.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
+
     if get(False) != 407:
         raise RuntimeError("the proxy answered without credentials: auth is not on")
     status = get(True)
@@ -532,14 +631,35 @@ def start_redis(workdir: Path, name: str) -> Managed:
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(d), "--daemonize", "no", "--maxmemory-policy", "noeviction", "--loglevel", "warning"],
-        stdin=subprocess.DEVNULL, stdout=open(d / "redis.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(d),
+            "--daemonize",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--loglevel",
+            "warning",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=open(d / "redis.log", "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
     wait_port(port)
     return Managed("redis", proc, port, {"url": f"redis://127.0.0.1:{port}/0"})
 
 
 # ------------------------------------------------------------------------------------------------ measuring
+
 
 @dataclass
 class Measurement:
@@ -631,9 +751,17 @@ def reap_strays(keep: set[int], timeout_s: float = 20.0) -> list[str]:
         time.sleep(0.05)
 
 
-def measure(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float, keep: set[int],
-            servers: list[Managed], redis: Managed | None = None,
-            extra: Callable[[], psutil.Process | None] = lambda: None, cwd: Path = ROOT) -> Measurement:
+def measure(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    timeout_s: float,
+    keep: set[int],
+    servers: list[Managed],
+    redis: Managed | None = None,
+    extra: Callable[[], psutil.Process | None] = lambda: None,
+    cwd: Path = ROOT,
+) -> Measurement:
     """Run one contender to completion and account for everything it costs."""
     m = Measurement(loadavg_before=os.getloadavg()[0])
     reap_strays(keep, 5)
@@ -644,8 +772,15 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: floa
     self0 = proc_cpu_s(psutil.Process())
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         sampler = Sampler(proc.pid, extra)
         sampler.start()
         try:
@@ -687,6 +822,7 @@ def _rss(m: Managed | None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ contenders
+
 
 def clean_env(src: Path = ROOT) -> dict[str, str]:
     """No proxy or CRAWL_* variables leak in; `src` (the crawl source tree to measure) comes first on the path."""
@@ -758,8 +894,18 @@ def contender_crawl_run(e: Env, run_dir: Path) -> tuple[Measurement, dict[str, A
     out = run_dir / "out"
     seeds = run_dir / "seeds.txt"
     seeds.write_text(e.site.start_url + "\n")
-    cmd = [sys.executable, "-m", "crawler", "run", str(seeds), "--home", str(home), "--output", str(out),
-           *crawl_flags(e)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "crawler",
+        "run",
+        str(seeds),
+        "--home",
+        str(home),
+        "--output",
+        str(out),
+        *crawl_flags(e),
+    ]
     pidfile = None
 
     def redis_proc() -> psutil.Process | None:
@@ -770,21 +916,45 @@ def contender_crawl_run(e: Env, run_dir: Path) -> tuple[Measurement, dict[str, A
                 pidfile = psutil.Process(int(path.read_text().strip()))
         return pidfile
 
-    m = measure(cmd, clean_env(e.args.crawl_src), run_dir / "log.txt", e.args.contender_timeout_s, e.keep, e.servers,
-                extra=redis_proc, cwd=e.args.crawl_src)
+    m = measure(
+        cmd,
+        clean_env(e.args.crawl_src),
+        run_dir / "log.txt",
+        e.args.contender_timeout_s,
+        e.keep,
+        e.servers,
+        extra=redis_proc,
+        cwd=e.args.crawl_src,
+    )
     m.cpu_redis_s = 0.0  # the embedded redis is our (subreaped) child: already inside cpu_tree_s
     urls, statuses = found_urls_jsonl(sorted(out.glob("*.jsonl")))
-    return m, {"urls": urls, "statuses": statuses, "crawl": crawl_log_metrics(run_dir / "log.txt"),
-               "embedded_redis_cpu_s_sampled": round(m.cpu_extra_sampled_s, 2)}
+    return m, {
+        "urls": urls,
+        "statuses": statuses,
+        "crawl": crawl_log_metrics(run_dir / "log.txt"),
+        "embedded_redis_cpu_s_sampled": round(m.cpu_extra_sampled_s, 2),
+    }
 
 
 def crawl_flags(e: Env) -> list[str]:
-    return ["--concurrency", str(e.args.concurrency), "--per-host-concurrency", "0", "--no-robots",
-            "--proxy", e.proxy_url, "--log-format", "json", "--log-interval", "1"]
+    return [
+        "--concurrency",
+        str(e.args.concurrency),
+        "--per-host-concurrency",
+        "0",
+        "--no-robots",
+        "--proxy",
+        e.proxy_url,
+        "--log-format",
+        "json",
+        "--log-interval",
+        "1",
+    ]
 
 
-def contender_crawl_worker(e: Env, run_dir: Path, cmd_prefix: list[str] | None = None,
-                           timeout_s: float | None = None) -> tuple[Measurement, dict[str, Any]]:
+def contender_crawl_worker(
+    e: Env, run_dir: Path, cmd_prefix: list[str] | None = None, timeout_s: float | None = None
+) -> tuple[Measurement, dict[str, Any]]:
     redis = start_redis(run_dir, "redis")
     e.keep.add(redis.proc.pid)
     try:
@@ -794,14 +964,38 @@ def contender_crawl_worker(e: Env, run_dir: Path, cmd_prefix: list[str] | None =
         src = e.args.crawl_src
         env = clean_env(src)
         url = redis.info["url"]
-        subprocess.run([sys.executable, "-m", "crawler", "enqueue", str(seeds), "--redis", url], cwd=src, env=env,
-                       check=True, capture_output=True, timeout=60)
-        cmd = [*(cmd_prefix or []), sys.executable, "-m", "crawler", "worker", "--redis", url, "--until-idle",
-               "--output", str(out), *crawl_flags(e)]
-        m = measure(cmd, env, run_dir / "log.txt", timeout_s or e.args.contender_timeout_s, e.keep, e.servers, redis,
-                    cwd=src)
-        stats = subprocess.run([sys.executable, "-m", "crawler", "stats", "--json", "--redis", url], cwd=src, env=env,
-                               capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "crawler", "enqueue", str(seeds), "--redis", url],
+            cwd=src,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        cmd = [
+            *(cmd_prefix or []),
+            sys.executable,
+            "-m",
+            "crawler",
+            "worker",
+            "--redis",
+            url,
+            "--until-idle",
+            "--output",
+            str(out),
+            *crawl_flags(e),
+        ]
+        m = measure(
+            cmd, env, run_dir / "log.txt", timeout_s or e.args.contender_timeout_s, e.keep, e.servers, redis, cwd=src
+        )
+        stats = subprocess.run(
+            [sys.executable, "-m", "crawler", "stats", "--json", "--redis", url],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         redis.stop()
         e.keep.discard(redis.proc.pid)
@@ -814,8 +1008,19 @@ def contender_crawl_worker(e: Env, run_dir: Path, cmd_prefix: list[str] | None =
 
 def contender_bare(e: Env, run_dir: Path, parse: str) -> tuple[Measurement, dict[str, Any]]:
     out = run_dir / "out.jsonl"
-    cmd = [sys.executable, str(ROOT / "scripts" / "bare_loop.py"), e.site.start_url, "--proxy", e.proxy_url,
-           "--concurrency", str(e.args.concurrency), "--parse", parse, "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bare_loop.py"),
+        e.site.start_url,
+        "--proxy",
+        e.proxy_url,
+        "--concurrency",
+        str(e.args.concurrency),
+        "--parse",
+        parse,
+        "--output",
+        str(out),
+    ]
     m = measure(cmd, clean_env(), run_dir / "log.txt", e.args.contender_timeout_s, e.keep, e.servers)
     urls, statuses = found_urls_jsonl([out]) if out.exists() else ([], Counter())
     summary: dict[str, Any] = {}
@@ -831,9 +1036,18 @@ def contender_scrapy(e: Env, run_dir: Path, use_redis: bool = True) -> tuple[Mea
         e.keep.add(redis.proc.pid)
     try:
         out = run_dir / "out.jsonl"
-        cmd = [sys.executable, str(ROOT / "scripts" / "scrapy_bench" / "run.py"), e.site.start_url,
-               "--proxy", e.proxy_url, "--concurrency", str(e.args.concurrency), "--output", str(out),
-               *(["--redis", redis.info["url"]] if redis else ["--memory-scheduler"])]
+        cmd = [
+            sys.executable,
+            str(ROOT / "scripts" / "scrapy_bench" / "run.py"),
+            e.site.start_url,
+            "--proxy",
+            e.proxy_url,
+            "--concurrency",
+            str(e.args.concurrency),
+            "--output",
+            str(out),
+            *(["--redis", redis.info["url"]] if redis else ["--memory-scheduler"]),
+        ]
         m = measure(cmd, clean_env(), run_dir / "log.txt", e.args.contender_timeout_s, e.keep, e.servers, redis)
     finally:
         if redis:
@@ -911,26 +1125,64 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("garbage collector", ("gc_collect",)),
     ("URL normalisation", ("crawler/urls.py", "urllib/parse.py", "hashlib")),
     ("HTML parsing (selectolax/lexbor)", ("selectolax", "lexbor", "crawler/parse.py", "codecs")),
-    ("parse-pool IPC (pickle, pipes)", ("concurrent/futures/process.py", "multiprocessing/", "pickle",
-                                        "workers/parse_pool.py", "_dataclass_getstate", "_dataclass_setstate")),
+    (
+        "parse-pool IPC (pickle, pipes)",
+        (
+            "concurrent/futures/process.py",
+            "multiprocessing/",
+            "pickle",
+            "workers/parse_pool.py",
+            "_dataclass_getstate",
+            "_dataclass_setstate",
+        ),
+    ),
     ("redis client", ("redis/", "crawler/frontier.py")),
     ("JSON + records + sink", ("json/", "crawler/records.py", "crawler/sinks.py", "dataclasses.py")),
-    ("aiohttp / yarl / aiohappyeyeballs (HTTP, connects)", ("aiohttp", "yarl", "multidict", "aiohappyeyeballs",
-                                                             "crawler/fetch.py", "socket.py")),
+    (
+        "aiohttp / yarl / aiohappyeyeballs (HTTP, connects)",
+        ("aiohttp", "yarl", "multidict", "aiohappyeyeballs", "crawler/fetch.py", "socket.py"),
+    ),
     ("tenacity (retry wrapper)", ("tenacity/",)),
     ("metrics / psutil", ("crawler/metrics.py", "psutil")),
     ("crawl pipeline logic", ("workers/", "crawler/")),
-    ("event loop (asyncio/uvloop)",
-     ("asyncio/", "uvloop", "selectors.py", "threading.py", "concurrent/futures/thread")),
+    (
+        "event loop (asyncio/uvloop)",
+        ("asyncio/", "uvloop", "selectors.py", "threading.py", "concurrent/futures/thread"),
+    ),
 )
 # Innermost native frames that mean "this thread is blocked, not on CPU" (py-spy's own idle detection misses
 # them inside containers): pipe reads, poll/epoll, futex waits (shown as bare libc addresses), condition waits.
-WAIT_LEAVES = frozenset({
-    "read", "__libc_read", "poll", "__poll", "ppoll", "epoll_wait", "epoll_pwait", "select", "pselect", "pselect6",
-    "pthread_cond_wait", "pthread_cond_timedwait", "__pthread_cond_wait", "__pthread_cond_timedwait", "sem_wait",
-    "sem_timedwait", "sem_clockwait", "nanosleep", "clock_nanosleep", "__futex_abstimed_wait_common", "syscall",
-    "accept", "accept4", "take_gil", "PyThread_acquire_lock_timed", "waitpid", "wait4",
-})
+WAIT_LEAVES = frozenset(
+    {
+        "read",
+        "__libc_read",
+        "poll",
+        "__poll",
+        "ppoll",
+        "epoll_wait",
+        "epoll_pwait",
+        "select",
+        "pselect",
+        "pselect6",
+        "pthread_cond_wait",
+        "pthread_cond_timedwait",
+        "__pthread_cond_wait",
+        "__pthread_cond_timedwait",
+        "sem_wait",
+        "sem_timedwait",
+        "sem_clockwait",
+        "nanosleep",
+        "clock_nanosleep",
+        "__futex_abstimed_wait_common",
+        "syscall",
+        "accept",
+        "accept4",
+        "take_gil",
+        "PyThread_acquire_lock_timed",
+        "waitpid",
+        "wait4",
+    }
+)
 
 
 def _is_native(frame: str) -> bool:
@@ -1009,15 +1261,19 @@ def summarise_profile(files: list[tuple[str, Path]]) -> dict[str, Any]:
         "wait_samples": dict(waits),
         "by_process": {p: {"samples": c, "share_pct": pct(c, total)} for p, c in by_proc.most_common()},
         "top_self": [{"function": f, "samples": c, "share_pct": pct(c, total)} for f, c in py_self.most_common(15)],
-        "top_native": [{"function": f, "samples": c, "share_pct": pct(c, total)}
-                       for f, c in native_self.most_common(10)],
+        "top_native": [
+            {"function": f, "samples": c, "share_pct": pct(c, total)} for f, c in native_self.most_common(10)
+        ],
         "top_self_by_process": {
             p: [{"function": f, "samples": c, "share_pct": pct(c, by_proc[p])} for f, c in fns.most_common(10)]
             for p, fns in by_proc_fn.items()
         },
         "by_area": [{"area": a, "samples": c, "share_pct": pct(c, total)} for a, c in by_cat.most_common()],
-        "inclusive_crawl": [{"function": f, "samples": c, "share_pct": pct(c, total)}
-                            for f, c in inclusive.most_common(40) if "<module>" not in f and "cli.py" not in f][:16],
+        "inclusive_crawl": [
+            {"function": f, "samples": c, "share_pct": pct(c, total)}
+            for f, c in inclusive.most_common(40)
+            if "<module>" not in f and "cli.py" not in f
+        ][:16],
         "by_area_by_process": {
             p: [{"area": a, "share_pct": pct(c, by_proc[p])} for a, c in cats.most_common()]
             for p, cats in by_proc_cat.items()
@@ -1051,9 +1307,23 @@ class PoolSpy(threading.Thread):
                             continue
                         out = Path(f"{self.out_prefix}-pool-{p.pid}.txt")
                         spy = subprocess.Popen(
-                            [self.pyspy, "record", "--format", "raw", "--rate", str(self.rate), *PYSPY_MODE,
-                             "-o", str(out), "--pid", str(p.pid)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            [
+                                self.pyspy,
+                                "record",
+                                "--format",
+                                "raw",
+                                "--rate",
+                                str(self.rate),
+                                *PYSPY_MODE,
+                                "-o",
+                                str(out),
+                                "--pid",
+                                str(p.pid),
+                            ],
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                         self.spies[p.pid] = (spy, out)
             self.stop_event.wait(0.05)
 
@@ -1108,6 +1378,7 @@ def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------------------------ report
 
+
 def code_identity(src: Path = ROOT) -> dict[str, Any]:
     """Which code was measured: HEAD, uncommitted files, and a hash of crawler/ + workers/ (read-only git)."""
     import hashlib
@@ -1128,10 +1399,15 @@ def code_identity(src: Path = ROOT) -> dict[str, Any]:
 def _git_state() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out["git_head"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                         text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "crawler", "workers"],
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        out["git_head"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "crawler", "workers"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
         out["dirty_code_files"] = [d.strip() for d in dirty if d.strip()]
     return out
 
@@ -1147,8 +1423,19 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     agg: dict[str, dict[str, Any]] = {}
     for name, rs in by.items():
         a: dict[str, Any] = {"runs": len(rs), "all_match": all(r["match"] for r in rs)}
-        for key in ("pages_found", "pages_expected", "wall_s", "pages_per_s", "cpu_s", "cpu_ms_per_page",
-                    "peak_rss_main_mb", "peak_rss_tree_mb", "peak_rss_redis_mb", "foreign_cores", "cpu_redis_s"):
+        for key in (
+            "pages_found",
+            "pages_expected",
+            "wall_s",
+            "pages_per_s",
+            "cpu_s",
+            "cpu_ms_per_page",
+            "peak_rss_main_mb",
+            "peak_rss_tree_mb",
+            "peak_rss_redis_mb",
+            "foreign_cores",
+            "cpu_redis_s",
+        ):
             vals = [r[key] for r in rs if r.get(key) is not None]
             a[key] = round(median(vals), 3) if vals else None
         a["pages_per_s_all"] = [r["pages_per_s"] for r in rs]
@@ -1185,8 +1472,16 @@ def targets(agg: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             continue
 
         def add(what: str, value: Any, limit: str, ok: bool | None, name: str = name) -> None:
-            out.append({"contender": name, "target": what, "value": value, "limit": limit,
-                        "met": ok, "verdict": "n/a" if ok is None else ("met" if ok else "NOT met")})
+            out.append(
+                {
+                    "contender": name,
+                    "target": what,
+                    "value": value,
+                    "limit": limit,
+                    "met": ok,
+                    "verdict": "n/a" if ok is None else ("met" if ok else "NOT met"),
+                }
+            )
 
         xs = a.get("x_scrapy_pages_per_s")
         add("pages/s vs Scrapy", xs, ">= 8x", None if xs is None else xs >= 8)
@@ -1237,13 +1532,19 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
         )
     crawl = [n for n in ("crawl-run", "crawl-worker", "bare-pool", "bare-inline") if n in agg]
     if crawl:
-        lines += ["", "| contender | event-loop lag p99 ms (whole run) | worst 1 s window lag p99 ms "
-                  "| parse_wait_share | self-reported peak RSS MB | Redis CPU s |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| contender | event-loop lag p99 ms (whole run) | worst 1 s window lag p99 ms "
+            "| parse_wait_share | self-reported peak RSS MB | Redis CPU s |",
+            "|---|---|---|---|---|---|",
+        ]
         for n in crawl:
             a = agg[n]
             redis_cpu = {"crawl-worker": f(a.get("cpu_redis_s"), 2), "crawl-run": "in tree"}.get(n, "-")
-            lines.append(f"| {n} | {f(a.get('loop_lag_p99_ms'))} | {f(a.get('loop_lag_p99_ms_worst_window'))} "
-                         f"| {f(a.get('parse_wait_share'), 3)} | {f(a.get('peak_rss_mb_self'))} | {redis_cpu} |")
+            lines.append(
+                f"| {n} | {f(a.get('loop_lag_p99_ms'))} | {f(a.get('loop_lag_p99_ms_worst_window'))} "
+                f"| {f(a.get('parse_wait_share'), 3)} | {f(a.get('peak_rss_mb_self'))} | {redis_cpu} |"
+            )
     if tgt:
         lines += ["", "| target | contender | value | limit | verdict |", "|---|---|---|---|---|"]
         for t in tgt:
@@ -1253,11 +1554,16 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
 
 def profile_markdown(p: dict[str, Any]) -> str:
     waits = ", ".join(f"{k}: {v}" for k, v in p.get("wait_samples", {}).items())
-    lines = [f"py-spy {' '.join(PYSPY_MODE)} at {PROFILE_RATE} Hz over one crawl-worker pass ({p['pages']} pages, "
-             f"{p['wall_s_under_profiler']} s under the profiler, {p['cpu_s_under_profiler']} CPU s): {p['samples']} "
-             f"on-CPU samples (blocked-thread samples left out: {waits}); raw collapsed stacks: "
-             + ", ".join(f"`{Path(r).name}`" for r in p["raw"]) + ".", "",
-             "| process | share of on-CPU samples |", "|---|---|"]
+    lines = [
+        f"py-spy {' '.join(PYSPY_MODE)} at {PROFILE_RATE} Hz over one crawl-worker pass ({p['pages']} pages, "
+        f"{p['wall_s_under_profiler']} s under the profiler, {p['cpu_s_under_profiler']} CPU s): {p['samples']} "
+        f"on-CPU samples (blocked-thread samples left out: {waits}); raw collapsed stacks: "
+        + ", ".join(f"`{Path(r).name}`" for r in p["raw"])
+        + ".",
+        "",
+        "| process | share of on-CPU samples |",
+        "|---|---|",
+    ]
     for proc, v in p["by_process"].items():
         lines.append(f"| {proc} | {v['share_pct']}% |")
     lines += ["", "| # | function (self time; native code charged to its Python caller) | share |", "|---|---|---|"]
@@ -1277,6 +1583,7 @@ def profile_markdown(p: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ main
 
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -1288,29 +1595,42 @@ def main(argv: list[str] | None = None) -> int:
         a = sp.parse_args(argv[1:])
         return serve_static(a.root, a.port, a.processes)
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pages", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=256)
-    ap.add_argument("--contenders", default=",".join(CONTENDERS),
-                    help="comma-separated, from " + ",".join(CONTENDERS + OPTIONAL_CONTENDERS))
+    ap.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help="comma-separated, from " + ",".join(CONTENDERS + OPTIONAL_CONTENDERS),
+    )
     ap.add_argument("--server", choices=("auto", "nginx", "python"), default="auto")
     ap.add_argument("--nginx-workers", type=int, default=1)
     ap.add_argument("--proxy", dest="proxy_impl", choices=("auto", "tinyproxy", "python"), default="auto")
     ap.add_argument("--site-port", type=int, default=18431, help="baked into the site's absolute links")
-    ap.add_argument("--cache-dir", type=Path,
-                    default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crawl-bench")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crawl-bench"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--budget-s", type=float, default=1500, help="start no new run after this many seconds")
-    ap.add_argument("--scrapy-runs", type=int, default=1,
-                    help="runs of the Scrapy contenders (slow: ~8 min per 20,000 pages on 2 busy cores)")
+    ap.add_argument(
+        "--scrapy-runs",
+        type=int,
+        default=1,
+        help="runs of the Scrapy contenders (slow: ~8 min per 20,000 pages on 2 busy cores)",
+    )
     ap.add_argument("--contender-timeout-s", type=float, default=0, help="0: 60 s + 60 ms per page")
-    ap.add_argument("--crawl-src", type=Path, default=ROOT,
-                    help="source tree whose crawler/ + workers/ the crawl contenders run (A/B against another commit: "
-                         "git archive COMMIT | tar -x -C DIR)")
+    ap.add_argument(
+        "--crawl-src",
+        type=Path,
+        default=ROOT,
+        help="source tree whose crawler/ + workers/ the crawl contenders run (A/B against another commit: "
+        "git archive COMMIT | tar -x -C DIR)",
+    )
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args(argv)
     args.crawl_src = args.crawl_src.resolve()
@@ -1379,11 +1699,13 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_contender(name, env, workdir / f"run{run}" / name)
                 r["run"] = run
                 results.append(r)
-                print(f"run {run} {name:13s} pages {r['pages_found']}/{r['pages_expected']}"
-                      f"{'' if r['match'] else ' MISMATCH'} wall {r['wall_s']:.2f}s {r['pages_per_s']:.0f}/s "
-                      f"cpu {r['cpu_s']:.2f}s ({r['cpu_ms_per_page']} ms/page) rss {r['peak_rss_main_mb']:.0f}/"
-                      f"{r['peak_rss_tree_mb']:.0f} MB foreign {r['foreign_cores']} cores exit {r['exit_code']}",
-                      flush=True)
+                print(
+                    f"run {run} {name:13s} pages {r['pages_found']}/{r['pages_expected']}"
+                    f"{'' if r['match'] else ' MISMATCH'} wall {r['wall_s']:.2f}s {r['pages_per_s']:.0f}/s "
+                    f"cpu {r['cpu_s']:.2f}s ({r['cpu_ms_per_page']} ms/page) rss {r['peak_rss_main_mb']:.0f}/"
+                    f"{r['peak_rss_tree_mb']:.0f} MB foreign {r['foreign_cores']} cores exit {r['exit_code']}",
+                    flush=True,
+                )
             runs_done = run
         if args.profile and "crawl-worker" in names:
             profile = run_profile(env, args.out, stamp)

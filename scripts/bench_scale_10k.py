@@ -42,12 +42,13 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (scripts/bench.py: process management and measurement)
 
 PAGE = (
-    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Slow {i}</title></head><body><h1>Slow page {i}</h1>"
-    "<p>Answered after {ms} ms.</p><p><a href=\"/slow/{ms}/{n}\">next</a></p></body></html>"
+    '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Slow {i}</title></head><body><h1>Slow page {i}</h1>'
+    '<p>Answered after {ms} ms.</p><p><a href="/slow/{ms}/{n}">next</a></p></body></html>'
 )
 
 
 # ------------------------------------------------------------------------------------------------ the server
+
 
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -93,8 +94,12 @@ async def serve_one(sock: socket.socket, index: int) -> None:
     while not stop.is_set() and os.getppid() == parent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
-    print(json.dumps({"event": "server_stats", "process": index, "pid": os.getpid(), "served": served,
-                      "peak_inflight": peak}), flush=True)
+    print(
+        json.dumps(
+            {"event": "server_stats", "process": index, "pid": os.getpid(), "served": served, "peak_inflight": peak}
+        ),
+        flush=True,
+    )
     await runner.cleanup()
 
 
@@ -152,14 +157,19 @@ def serve(port: int, processes: int) -> int:
 
 def start_server(port: int, processes: int, workdir: Path) -> bench.Managed:
     log = workdir / "server.log"
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port),
-                             "--processes", str(processes)], cwd=bench.ROOT, stdin=subprocess.DEVNULL,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port), "--processes", str(processes)],
+        cwd=bench.ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
     bench.wait_port(port)
     return bench.Managed("origin", proc, port, {"impl": f"aiohttp, {processes} processes", "log": str(log)})
 
 
 # ------------------------------------------------------------------------------------------------ the scenario
+
 
 def count_emfile(text: str) -> int:
     return sum(text.count(s) for s in ("Too many open files", "EMFILE"))
@@ -181,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=bench.ROOT / "bench-out")
     ap.add_argument("--timeout-s", type=float, default=600)
     ap.add_argument("--worker-args", default="", help="extra `crawl worker` flags, e.g. '--parse-workers 2'")
-    ap.add_argument("--profile", action="store_true",
-                    help="run the worker under py-spy (slower; for finding hot spots, not for the figures)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the worker under py-spy (slower; for finding hot spots, not for the figures)",
+    )
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args(argv)
 
@@ -207,14 +220,39 @@ def main(argv: list[str] | None = None) -> int:
         urls = workdir / "urls.txt"
         urls.write_text("".join(f"http://127.0.0.1:{port}/slow/{args.latency_ms}/{i}\n" for i in range(args.urls)))
         t0 = time.monotonic()
-        enq = subprocess.run([sys.executable, "-m", "crawler", "enqueue", str(urls), "--redis", redis.info["url"]],
-                             cwd=bench.ROOT, env=env, capture_output=True, text=True, timeout=300)
+        enq = subprocess.run(
+            [sys.executable, "-m", "crawler", "enqueue", str(urls), "--redis", redis.info["url"]],
+            cwd=bench.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         enqueue_s = time.monotonic() - t0
         print(f"enqueued {args.urls} URLs in {enqueue_s:.1f}s: {enq.stdout.strip()}", flush=True)
         out = workdir / "out"
-        cmd = [sys.executable, "-m", "crawler", "worker", "--redis", redis.info["url"], "--until-idle", "--no-follow",
-               "--concurrency", str(args.concurrency), "--per-host-concurrency", "0", "--no-robots",
-               "--output", str(out), "--log-format", "json", "--log-interval", "1", *args.worker_args.split()]
+        cmd = [
+            sys.executable,
+            "-m",
+            "crawler",
+            "worker",
+            "--redis",
+            redis.info["url"],
+            "--until-idle",
+            "--no-follow",
+            "--concurrency",
+            str(args.concurrency),
+            "--per-host-concurrency",
+            "0",
+            "--no-robots",
+            "--output",
+            str(out),
+            "--log-format",
+            "json",
+            "--log-interval",
+            "1",
+            *args.worker_args.split(),
+        ]
         print("$ crawl " + " ".join(cmd[3:]), flush=True)
         pool_spy = None
         if args.profile:
@@ -222,16 +260,33 @@ def main(argv: list[str] | None = None) -> int:
             if not pyspy:
                 raise SystemExit("py-spy not installed")
             raw = args.out / f"scale10k-profile-{stamp}-worker.txt"
-            cmd = [pyspy, "record", "--format", "raw", "--rate", str(bench.PROFILE_RATE), *bench.PYSPY_MODE,
-                   "-o", str(raw), "--", *cmd]
+            cmd = [
+                pyspy,
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                str(bench.PROFILE_RATE),
+                *bench.PYSPY_MODE,
+                "-o",
+                str(raw),
+                "--",
+                *cmd,
+            ]
             pool_spy = bench.PoolSpy(pyspy, args.out / f"scale10k-profile-{stamp}", bench.PROFILE_RATE)
             pool_spy.start()
         try:
             m = bench.measure(cmd, env, workdir / "worker.log", args.timeout_s, keep, [server], redis)
         finally:
             pool_files = pool_spy.finish() if pool_spy else []
-        stats = subprocess.run([sys.executable, "-m", "crawler", "stats", "--json", "--redis", redis.info["url"]],
-                               cwd=bench.ROOT, env=env, capture_output=True, text=True, timeout=60)
+        stats = subprocess.run(
+            [sys.executable, "-m", "crawler", "stats", "--json", "--redis", redis.info["url"]],
+            cwd=bench.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         if redis is not None:
             redis.stop()
@@ -268,11 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         "best_1s_window_pages_per_s": rates[-1] if rates else None,
         "median_1s_window_pages_per_s": rates[len(rates) // 2] if rates else None,
         "efficiency_sustained_pct": round(100 * pages / crawl["worker_elapsed_s"] / ideal, 1)
-        if crawl.get("worker_elapsed_s") else None,
+        if crawl.get("worker_elapsed_s")
+        else None,
         "efficiency_best_window_pct": round(100 * (rates[-1] if rates else 0) / ideal, 1),
         # Little's law backwards: requests actually at the server on average = throughput x server latency
         "mean_at_server": round(pages / crawl["worker_elapsed_s"] * args.latency_ms / 1000)
-        if crawl.get("worker_elapsed_s") else None,
+        if crawl.get("worker_elapsed_s")
+        else None,
         "peak_inflight_reported": max((w.get("inflight", 0) for w in windows), default=0),
         "server_peak_inflight_sum": sum(s["peak_inflight"] for s in server_stats),
         "server_served": sum(s["served"] for s in server_stats),
@@ -310,31 +367,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and raw.exists():
         files = [("worker process (event loop)", raw)] + [("parse pool process", f) for f in pool_files]
         prof = bench.summarise_profile(files)
-        prof.update(raw=[str(f) for _, f in files], pages=pages, wall_s_under_profiler=round(m.wall_s, 2),
-                    cpu_s_under_profiler=round(cpu, 2))
+        prof.update(
+            raw=[str(f) for _, f in files],
+            pages=pages,
+            wall_s_under_profiler=round(m.wall_s, 2),
+            cpu_s_under_profiler=round(cpu, 2),
+        )
         result["profile"] = prof
     path = args.out / f"scale10k-{stamp}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     (args.out / "scale10k-latest.json").write_text(json.dumps(result, indent=1, default=str))
     r = result
-    table = "\n".join([
-        f"{r['urls']} URLs at /slow/{r['latency_ms']}, `--concurrency {r['concurrency']}`, server: "
-        f"{servers[0].info['impl']} (peak {r['server_peak_inflight_sum']} requests in flight at the server); "
-        f"ideal (Little's law) {ideal:.0f} pages/s.",
-        "",
-        "| pages done | wall s | pages/s (wall) | pages/s (worker) | best 1 s window | median 1 s window "
-        "| vs ideal (sustained / best window) | tasks in flight (worker) | mean requests at the server "
-        "| latency p95 max ms | EMFILE (worker/server) | errors | CPU s (tree+Redis) "
-        "| CPU-ms/page | server CPU s | peak RSS main MB | loop lag p99 ms | foreign load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {r['pages_done']}/{r['urls']} | {r['wall_s']} | {r['pages_per_s']} | {r['pages_per_s_worker']} "
-        f"| {r['best_1s_window_pages_per_s']} | {r['median_1s_window_pages_per_s']} "
-        f"| {r['efficiency_sustained_pct']}% / {r['efficiency_best_window_pct']}% "
-        f"| {r['peak_inflight_reported']} | {r['mean_at_server']} (peak {r['server_peak_inflight_sum']}) "
-        f"| {r['latency_p95_ms_max']} | {r['emfile_worker']}/{r['emfile_server']} "
-        f"| {r['errors']} | {r['cpu_s']} | {r['cpu_ms_per_page']} | {r['server_cpu_s']} | {r['peak_rss_main_mb']} "
-        f"| {r['loop_lag_p99_ms']} | {r['foreign_cores']} |",
-    ])
+    table = "\n".join(
+        [
+            f"{r['urls']} URLs at /slow/{r['latency_ms']}, `--concurrency {r['concurrency']}`, server: "
+            f"{servers[0].info['impl']} (peak {r['server_peak_inflight_sum']} requests in flight at the server); "
+            f"ideal (Little's law) {ideal:.0f} pages/s.",
+            "",
+            "| pages done | wall s | pages/s (wall) | pages/s (worker) | best 1 s window | median 1 s window "
+            "| vs ideal (sustained / best window) | tasks in flight (worker) | mean requests at the server "
+            "| latency p95 max ms | EMFILE (worker/server) | errors | CPU s (tree+Redis) "
+            "| CPU-ms/page | server CPU s | peak RSS main MB | loop lag p99 ms | foreign load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| {r['pages_done']}/{r['urls']} | {r['wall_s']} | {r['pages_per_s']} | {r['pages_per_s_worker']} "
+            f"| {r['best_1s_window_pages_per_s']} | {r['median_1s_window_pages_per_s']} "
+            f"| {r['efficiency_sustained_pct']}% / {r['efficiency_best_window_pct']}% "
+            f"| {r['peak_inflight_reported']} | {r['mean_at_server']} (peak {r['server_peak_inflight_sum']}) "
+            f"| {r['latency_p95_ms_max']} | {r['emfile_worker']}/{r['emfile_server']} "
+            f"| {r['errors']} | {r['cpu_s']} | {r['cpu_ms_per_page']} | {r['server_cpu_s']} | {r['peak_rss_main_mb']} "
+            f"| {r['loop_lag_p99_ms']} | {r['foreign_cores']} |",
+        ]
+    )
     if result.get("profile"):
         table += "\n\n" + bench.profile_markdown(result["profile"])
     (args.out / f"scale10k-{stamp}.md").write_text(table + "\n")

@@ -30,8 +30,21 @@ def main() -> int:
         seeds = home / "seeds.txt"
         seeds.write_text(f"{site.url}/p/0\n")
         print(f"site: {site.url} ({args.pages} pages); embedded Redis under {home / '.crawl'}", flush=True)
-        cmd = [sys.executable, "-m", "crawler", "run", str(seeds), "--home", str(home / ".crawl"),
-               "--output", args.output, "--per-host-concurrency", "0", "--log-interval", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "crawler",
+            "run",
+            str(seeds),
+            "--home",
+            str(home / ".crawl"),
+            "--output",
+            args.output,
+            "--per-host-concurrency",
+            "0",
+            "--log-interval",
+            "1",
+        ]
         print("$ crawl " + " ".join(cmd[3:]), flush=True)
         code = subprocess.call(cmd)
         if code:

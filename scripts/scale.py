@@ -102,8 +102,9 @@ def read_compose() -> ComposeWorker:
     redis_cmd = redis_cmd.split() if isinstance(redis_cmd, str) else [str(a) for a in redis_cmd]
     assert redis_cmd[0] == "redis-server", redis_cmd
     example = ROOT / ".env.example"
-    return ComposeWorker([str(a) for a in worker["command"]], environment, redis_cmd[1:],
-                         env_file(example) if example.exists() else {})
+    return ComposeWorker(
+        [str(a) for a in worker["command"]], environment, redis_cmd[1:], env_file(example) if example.exists() else {}
+    )
 
 
 def worker_command(spec: ComposeWorker, output: Path, extra: list[str]) -> list[str]:
@@ -116,8 +117,11 @@ def worker_command(spec: ComposeWorker, output: Path, extra: list[str]) -> list[
 
 
 def worker_env(spec: ComposeWorker, redis_url: str, crawl_name: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith("CRAWL_") and k != "REDIS_URL" and "proxy" not in k.lower()}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CRAWL_") and k != "REDIS_URL" and "proxy" not in k.lower()
+    }
     env = {**base, "PYTHONUNBUFFERED": "1", **spec.env_file, **spec.environment}
     env["CRAWL_REDIS_URL"] = redis_url
     env.update(BENCH_ENV)
@@ -171,8 +175,15 @@ def kill_pids(procs: dict[int, psutil.Process]) -> None:
 
 
 def crawl_cli(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 60) -> str:
-    run = subprocess.run([sys.executable, "-m", "crawler", *args], env=env, cwd=cwd, capture_output=True,
-                         text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    run = subprocess.run(
+        [sys.executable, "-m", "crawler", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
     if run.returncode != 0:
         raise RuntimeError(f"crawl {' '.join(args)} exited {run.returncode}: {run.stderr.strip()}")
     return run.stdout
@@ -224,8 +235,13 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return (not self.timed_out and self.lost == 0 and self.unexpected == 0 and self.dead == 0
-                and all(c == 0 for i, c in enumerate(self.exit_codes) if not (self.killed_at_pages and i == 0)))
+        return (
+            not self.timed_out
+            and self.lost == 0
+            and self.unexpected == 0
+            and self.dead == 0
+            and all(c == 0 for i, c in enumerate(self.exit_codes) if not (self.killed_at_pages and i == 0))
+        )
 
 
 def count_lines(directory: Path) -> int:
@@ -259,9 +275,19 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
             return busy
 
 
-def run_once(label: str, n: int, spec: ComposeWorker, redis_url: str, site: RunningServer, redis_pid: int,
-             expected: set[str], work: Path, deadline_s: float, extra_flags: list[str],
-             kill_fraction: float | None = None) -> RunResult:
+def run_once(
+    label: str,
+    n: int,
+    spec: ComposeWorker,
+    redis_url: str,
+    site: RunningServer,
+    redis_pid: int,
+    expected: set[str],
+    work: Path,
+    deadline_s: float,
+    extra_flags: list[str],
+    kill_fraction: float | None = None,
+) -> RunResult:
     name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
     run_dir = work / name
     out = run_dir / "output"
@@ -287,8 +313,11 @@ def run_once(label: str, n: int, spec: ComposeWorker, redis_url: str, site: Runn
         for i in range(n):
             log = open(run_dir / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed in finally
             logs.append(log)
-            procs.append(subprocess.Popen(cmd, env=env, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=env, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            )
         kill_at = int(kill_fraction * len(expected)) if kill_fraction else None
         deadline = t0 + deadline_s
         while any(p.poll() is None for p in procs):
@@ -312,8 +341,10 @@ def run_once(label: str, n: int, spec: ComposeWorker, redis_url: str, site: Runn
                         tree.update({c.pid: c for c in victim.children(recursive=True)})
                     kill_pids(tree)  # the worker first, then its forkserver and parse processes: a `docker kill`
                     result.killed_at_pages = done
-                    say(f"  SIGKILLed worker pid {procs[0].pid} and {len(tree) - 1} parse processes "
-                        f"at {done:,} records ({done / len(expected):.0%})")
+                    say(
+                        f"  SIGKILLed worker pid {procs[0].pid} and {len(tree) - 1} parse processes "
+                        f"at {done:,} records ({done / len(expected):.0%})"
+                    )
             time.sleep(POLL_S)
         result.wall_s = time.monotonic() - t0
     finally:
@@ -351,18 +382,23 @@ def run_once(label: str, n: int, spec: ComposeWorker, redis_url: str, site: Runn
 
 
 # ------------------------------------------------------------------------------------------------ report
-def report(results: list[RunResult], expected: int, args: argparse.Namespace, spec: ComposeWorker,
-           example_cmd: list[str]) -> None:
+def report(
+    results: list[RunResult], expected: int, args: argparse.Namespace, spec: ComposeWorker, example_cmd: list[str]
+) -> None:
     ncpu = os.cpu_count() or 1
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         affinity = ncpu
     say("")
-    say(f"CPUs: os.cpu_count()={ncpu}, usable by this process={affinity}; "
-        f"{psutil.cpu_freq().current if psutil.cpu_freq() else '?'} MHz")
-    say(f"site: {args.pages:,} pages (--page-kb {args.page_kb}, --processes {args.site_processes}), "
-        f"{expected:,} reachable URLs from /p/0 (pages, query pages, 404s)")
+    say(
+        f"CPUs: os.cpu_count()={ncpu}, usable by this process={affinity}; "
+        f"{psutil.cpu_freq().current if psutil.cpu_freq() else '?'} MHz"
+    )
+    say(
+        f"site: {args.pages:,} pages (--page-kb {args.page_kb}, --processes {args.site_processes}), "
+        f"{expected:,} reachable URLs from /p/0 (pages, query pages, 404s)"
+    )
     say("worker command (compose `worker` service; --output replaced, --until-idle appended so workers exit):")
     say("  " + " ".join(example_cmd))
     env_shown = {**spec.env_file, **spec.environment, "CRAWL_REDIS_URL": "<local redis>", **BENCH_ENV}
@@ -376,8 +412,10 @@ def report(results: list[RunResult], expected: int, args: argparse.Namespace, sp
         flag = "" if r.ok else " FAILED"
         say(f"| {label}{flag} | {r.pages:,} | {r.wall_s:.1f} | {r.rate:,.0f} | {r.lost} | {r.duplicates} |")
     say("")
-    say("CPU seconds per component during each run (psutil; the parse pool includes the forkserver; other"
-        " processes = the machine's busy time minus the components, i.e. jobs this script did not start):")
+    say(
+        "CPU seconds per component during each run (psutil; the parse pool includes the forkserver; other"
+        " processes = the machine's busy time minus the components, i.e. jobs this script did not start):"
+    )
     say("")
     comps = list(results[0].cpu) if results else []
     say("| workers | " + " | ".join(comps) + " | total | machine busy |")
@@ -398,16 +436,20 @@ def report(results: list[RunResult], expected: int, args: argparse.Namespace, sp
         loop, parse, site, redis = (ms["worker event loops"], ms["parse pools"], ms["site server"], ms["redis"])
         total = loop + parse + site + redis
         label = f"{r.workers} (kill)" if r.killed_at_pages is not None else str(r.workers)
-        say(f"| {label} | {loop:.2f} | {parse:.2f} | {site:.2f} | {redis:.3f} | {total:.2f} "
-            f"| {1000 / loop:,.0f} pages/s | {ncpu * 1000 / total:,.0f} pages/s |")
+        say(
+            f"| {label} | {loop:.2f} | {parse:.2f} | {site:.2f} | {redis:.3f} | {total:.2f} "
+            f"| {1000 / loop:,.0f} pages/s | {ncpu * 1000 / total:,.0f} pages/s |"
+        )
     say("")
     for r in results:
         s = r.stats
         extra = f"; killed at {r.killed_at_pages:,} records" if r.killed_at_pages is not None else ""
-        say(f"{r.label}: exit codes {r.exit_codes}; stats done={s.get('done')} dead={s.get('dead')} "
+        say(
+            f"{r.label}: exit codes {r.exit_codes}; stats done={s.get('done')} dead={s.get('dead')} "
             f"queued={s.get('queued')} inflight={s.get('inflight')} retried={s.get('retried')}; "
             f"unexpected URLs={r.unexpected}; torn lines={r.torn_lines}{extra}"
-            + (" [TIMED OUT]" if r.timed_out else ""))
+            + (" [TIMED OUT]" if r.timed_out else "")
+        )
 
 
 def main() -> int:
@@ -420,8 +462,12 @@ def main() -> int:
     ap.add_argument("--kill-at", type=float, default=0.3, help="fraction of pages written before the kill")
     ap.add_argument("--kill-lease-ttl-s", type=float, default=5.0)
     ap.add_argument("--deadline-s", type=float, default=300.0, help="per run")
-    ap.add_argument("--quiet-wait-s", type=float, default=60.0,
-                    help="before each run, wait up to this long for the machine to be <25%% busy")
+    ap.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this long for the machine to be <25%% busy",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the outputs, logs and Redis files")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
@@ -435,8 +481,20 @@ def main() -> int:
         (work / "redis").mkdir()
         redis_proc, redis_url = start_redis(work / "redis", spec.redis_args)
         say(f"redis: {redis_url} pid {redis_proc.pid} ({' '.join(spec.redis_args)})")
-        site = start_server("tests.support.site_server", "--port", 0, "--pages", args.pages, "--seed", SEED,
-                            "--processes", args.site_processes, "--page-kb", args.page_kb, timeout_s=60)
+        site = start_server(
+            "tests.support.site_server",
+            "--port",
+            0,
+            "--pages",
+            args.pages,
+            "--seed",
+            SEED,
+            "--processes",
+            args.site_processes,
+            "--page-kb",
+            args.page_kb,
+            timeout_s=60,
+        )
         say(f"site: {site.url} pid {site.pid}")
         t = time.monotonic()
         expected = set(expected_pages(args.pages, SEED, site.url))
@@ -444,18 +502,34 @@ def main() -> int:
         for n in counts:
             say(f"run: {n} worker(s) (machine {wait_for_quiet(args.quiet_wait_s):.0%} busy before) ...")
             r = run_once(f"w{n}", n, spec, redis_url, site, redis_proc.pid, expected, work, args.deadline_s, [])
-            say(f"  {r.pages:,} records in {r.wall_s:.1f}s = {r.rate:,.0f} pages/s; lost={r.lost} "
-                f"duplicates={r.duplicates} exit={r.exit_codes}")
+            say(
+                f"  {r.pages:,} records in {r.wall_s:.1f}s = {r.rate:,.0f} pages/s; lost={r.lost} "
+                f"duplicates={r.duplicates} exit={r.exit_codes}"
+            )
             results.append(r)
         if args.kill_workers:
             n = args.kill_workers
             busy = wait_for_quiet(args.quiet_wait_s)
-            say(f"run: {n} workers, one SIGKILLed at {args.kill_at:.0%}, --lease-ttl-s {args.kill_lease_ttl_s:g} "
-                f"(machine {busy:.0%} busy before) ...")
-            r = run_once(f"kill{n}", n, spec, redis_url, site, redis_proc.pid, expected, work, args.deadline_s,
-                         ["--lease-ttl-s", f"{args.kill_lease_ttl_s:g}"], kill_fraction=args.kill_at)
-            say(f"  {r.pages:,} records in {r.wall_s:.1f}s; lost={r.lost} duplicates={r.duplicates} "
-                f"exit={r.exit_codes}")
+            say(
+                f"run: {n} workers, one SIGKILLed at {args.kill_at:.0%}, --lease-ttl-s {args.kill_lease_ttl_s:g} "
+                f"(machine {busy:.0%} busy before) ..."
+            )
+            r = run_once(
+                f"kill{n}",
+                n,
+                spec,
+                redis_url,
+                site,
+                redis_proc.pid,
+                expected,
+                work,
+                args.deadline_s,
+                ["--lease-ttl-s", f"{args.kill_lease_ttl_s:g}"],
+                kill_fraction=args.kill_at,
+            )
+            say(
+                f"  {r.pages:,} records in {r.wall_s:.1f}s; lost={r.lost} duplicates={r.duplicates} exit={r.exit_codes}"
+            )
             results.append(r)
         example = worker_command(spec, Path("<tmp>/output"), ["--until-idle"])
         report(results, len(expected), args, spec, ["crawl", *example[3:]])

@@ -46,8 +46,21 @@ class RedisServer:
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -97,7 +110,13 @@ def crawl_name() -> str:
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No proxy or CRAWL_* settings leak in from the machine (httpx does the same in its test suite)."""
     for var in list(os.environ):
-        if var.startswith("CRAWL_") or var.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "redis_url"):
+        if var.startswith("CRAWL_") or var.lower() in (
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+            "redis_url",
+        ):
             monkeypatch.delenv(var, raising=False)
 
 

@@ -47,22 +47,32 @@ class CrawlRun:
         raise AssertionError(f"no summary line in output:\n{self.stdout}\n{self.stderr}")
 
 
-def crawl(args: Sequence[str], env: Mapping[str, str] | None = None, timeout_s: float = 120,
-          cwd: Path | None = None) -> CrawlRun:
+def crawl(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout_s: float = 120, cwd: Path | None = None
+) -> CrawlRun:
     proc = subprocess.run(
         [sys.executable, "-m", "crawler", *args],
-        capture_output=True, text=True, timeout=timeout_s, env=crawl_env(env), cwd=cwd or REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=crawl_env(env),
+        cwd=cwd or REPO_ROOT,
         stdin=subprocess.DEVNULL,
     )
     return CrawlRun(proc.returncode, proc.stdout, proc.stderr)
 
 
-def spawn_crawl(args: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None,
-                cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn_crawl(
+    args: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
-        [sys.executable, "-m", "crawler", *args], stdout=out, stderr=subprocess.STDOUT, env=crawl_env(env),
-        cwd=cwd or REPO_ROOT, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "crawler", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=crawl_env(env),
+        cwd=cwd or REPO_ROOT,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -88,6 +98,29 @@ def stats(redis_url: str, crawl_name: str) -> dict[str, Any]:
     return data
 
 
+def enqueue(redis: Any, name: str, tmp_path: Path, urls: list[str]) -> None:
+    """`crawl enqueue` of `urls` through a file, as a user would; every URL must be new."""
+    f = tmp_path / "seeds.txt"
+    f.write_text("\n".join(urls) + "\n")
+    run = crawl(["enqueue", str(f), "--redis", redis.url, "--crawl", name])
+    assert run.returncode == 0, run.stderr
+    assert f"added={len(set(urls))} " in run.stdout, run.stdout
+
+
 def worker_args(redis_url: str, crawl_name: str, output: Path, *extra: str) -> list[str]:
-    return ["worker", "--redis", redis_url, "--crawl", crawl_name, "--output", str(output),
-            "--log-format", "json", "--log-interval", "1", "--parse-workers", "1", *extra]
+    return [
+        "worker",
+        "--redis",
+        redis_url,
+        "--crawl",
+        crawl_name,
+        "--output",
+        str(output),
+        "--log-format",
+        "json",
+        "--log-interval",
+        "1",
+        "--parse-workers",
+        "1",
+        *extra,
+    ]

@@ -30,8 +30,12 @@ def run_cli(args: Sequence[str], cwd: Path, timeout_s: float = 20, stdin: bytes 
     """Run `crawl`; a command that wrongly starts working and does not stop is SIGTERMed (by its PID) at the
     deadline, so a missing validation shows up as a failed assertion, not a hung test."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crawler", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, env=crawl_env(), cwd=cwd,
+        [sys.executable, "-m", "crawler", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        env=crawl_env(),
+        cwd=cwd,
     )
     try:
         out, err = proc.communicate(stdin, timeout=timeout_s)
@@ -200,8 +204,19 @@ def assert_usage_error(run: CrawlRun, keyword: str) -> None:
 
 
 def worker_cmd(redis_url: str, out: Path, *extra: str) -> list[str]:
-    return ["worker", "--redis", redis_url, "--crawl", "badflags", "--output", str(out), "--until-idle",
-            "--parse-workers", "1", *extra]
+    return [
+        "worker",
+        "--redis",
+        redis_url,
+        "--crawl",
+        "badflags",
+        "--output",
+        str(out),
+        "--until-idle",
+        "--parse-workers",
+        "1",
+        *extra,
+    ]
 
 
 def write(path: Path, text: str) -> str:
@@ -317,7 +332,10 @@ def test_bad_value_from_the_environment_is_refused_the_same_way(
     before = connections(admin)
     proc = subprocess.run(
         [sys.executable, "-m", "crawler", *worker_cmd(redis_server.url, tmp_path / "out")],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
         env=crawl_env({"CRAWL_CONCURRENCY": "0", "CRAWL_LOG_FORMAT": "json"}),
     )
     assert_usage_error(CrawlRun(proc.returncode, proc.stdout, proc.stderr), "--concurrency")

@@ -302,8 +302,13 @@ def test_dockerfile_entrypoint_is_the_crawl_console_script() -> None:
 def test_env_example_and_compose_environment_use_only_variables_the_cli_reads() -> None:
     known = cli_envvars()
     active, commented = env_example()
-    assert {"CRAWL_PROXY_URL", "CRAWL_CONCURRENCY", "CRAWL_PER_HOST_CONCURRENCY", "CRAWL_PROXY_MAX_CONNECTIONS",
-            "CRAWL_LOG_FORMAT"} <= set(active) | set(commented)
+    assert {
+        "CRAWL_PROXY_URL",
+        "CRAWL_CONCURRENCY",
+        "CRAWL_PER_HOST_CONCURRENCY",
+        "CRAWL_PROXY_MAX_CONNECTIONS",
+        "CRAWL_LOG_FORMAT",
+    } <= set(active) | set(commented)
     unknown = (set(active) | set(commented)) - known
     assert not unknown, f".env.example: variables no crawl command reads: {sorted(unknown)}"
     for name, svc in crawl_services():
@@ -386,7 +391,7 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_context() -> None:
 def healthcheck_script() -> str:
     final = dockerfile_stages()[-1]
     hc = next(a for k, a, _ in final if k == "HEALTHCHECK")
-    exe = exec_form(hc[hc.index("CMD") + 3:].strip())[0]
+    exe = exec_form(hc[hc.index("CMD") + 3 :].strip())[0]
     for k, a, body in final:
         if k == "COPY" and body is not None and a.split()[-1].endswith("/" + exe):
             return body
@@ -395,8 +400,15 @@ def healthcheck_script() -> str:
 
 def run_healthcheck(script: Path, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CRAWL_") and k != "REDIS_URL"}
-    return subprocess.run([sys.executable, str(script)], env={**base, **env}, cwd=cwd, capture_output=True,
-                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env={**base, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_healthcheck_passes_only_with_a_live_heartbeat_from_this_host(

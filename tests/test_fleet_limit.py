@@ -25,8 +25,9 @@ def slow_site() -> Iterator[RunningServer]:
 def crawl_with_three_workers(
     redis: RedisServer, name: str, tmp_path: Path, site: RunningServer, *cap: str
 ) -> tuple[dict[str, int], list[dict[str, object]]]:
-    with start_server("tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password",
-                      PROXY_PASSWORD) as proxy:
+    with start_server(
+        "tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+    ) as proxy:
         gateway = proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")
         seeds = tmp_path / "seeds.txt"
         seeds.write_text("".join(f"{site.url}/slow/150?n={i}\n" for i in range(URLS)))
@@ -34,11 +35,27 @@ def crawl_with_three_workers(
         procs: list[subprocess.Popen[bytes]] = []
         try:
             for i in range(3):
-                procs.append(spawn_crawl(
-                    worker_args(redis.url, name, tmp_path / "out", "--until-idle", "--no-robots", "--concurrency",
-                                "8", "--per-host-concurrency", "0", "--proxy", gateway, "--worker-id", f"w{i}", *cap),
-                    log=tmp_path / f"w{i}.log",
-                ))
+                procs.append(
+                    spawn_crawl(
+                        worker_args(
+                            redis.url,
+                            name,
+                            tmp_path / "out",
+                            "--until-idle",
+                            "--no-robots",
+                            "--concurrency",
+                            "8",
+                            "--per-host-concurrency",
+                            "0",
+                            "--proxy",
+                            gateway,
+                            "--worker-id",
+                            f"w{i}",
+                            *cap,
+                        ),
+                        log=tmp_path / f"w{i}.log",
+                    )
+                )
             for p in procs:
                 assert p.wait(timeout=120) == 0, (tmp_path / "w0.log").read_text()[-3000:]
         finally:

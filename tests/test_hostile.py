@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RedisServer
-from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, read_records, stats, worker_args
+from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, enqueue, read_records, stats, worker_args
 from tests.support.hostile_server import CP1251_TITLE, LATIN1_TITLE, PDF_BYTES, PNG_BYTES
 from tests.support.servers import RunningServer, start_server
 
@@ -44,14 +44,6 @@ def fetch_body(url: str) -> bytes:
     with opener.open(url, timeout=60) as resp:
         data: bytes = resp.read()
     return data
-
-
-def enqueue(redis: RedisServer, name: str, tmp_path: Path, urls: list[str]) -> None:
-    f = tmp_path / "seeds.txt"
-    f.write_text("\n".join(urls) + "\n")
-    run = crawl(["enqueue", str(f), "--redis", redis.url, "--crawl", name])
-    assert run.returncode == 0, run.stderr
-    assert f"added={len(urls)} " in run.stdout, run.stdout
 
 
 def dead_entries(redis: RedisServer, name: str) -> dict[str, dict[str, Any]]:
@@ -97,9 +89,22 @@ def test_every_hostile_endpoint_ends_in_one_terminal_state_with_bounded_memory(
     started = time.monotonic()
     run = crawl(
         worker_args(
-            redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--no-follow",
-            "--concurrency", "100", "--per-host-concurrency", "0", "--max-body-bytes", str(MAX_BODY),
-            "--timeout", "5", "--retries", "1",
+            redis_server.url,
+            crawl_name,
+            out,
+            "--until-idle",
+            "--no-robots",
+            "--no-follow",
+            "--concurrency",
+            "100",
+            "--per-host-concurrency",
+            "0",
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--timeout",
+            "5",
+            "--retries",
+            "1",
         ),
         timeout_s=WORKER_BOUND_S + 30,
     )
@@ -181,17 +186,45 @@ def test_flaky_gateway_drops_and_502s_are_retried_until_every_page_is_done(
 ) -> None:
     with (
         start_server("tests.support.site_server", "--port", 0, "--pages", FLAKY_PAGES, "--seed", 5) as site,
-        start_server("tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD,
-                     "--drop-rate", "0.2", "--fail-rate", "0.2", "--seed", 1) as proxy,
+        start_server(
+            "tests.support.proxy_server",
+            "--port",
+            0,
+            "--user",
+            PROXY_USER,
+            "--password",
+            PROXY_PASSWORD,
+            "--drop-rate",
+            "0.2",
+            "--fail-rate",
+            "0.2",
+            "--seed",
+            1,
+        ) as proxy,
     ):
         urls = [f"{site.url}/p/{i}" for i in range(FLAKY_PAGES)]
         enqueue(redis_server, crawl_name, tmp_path, urls)
         out = tmp_path / "out"
         proxy_url = proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")
         run = crawl(
-            worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--no-follow",
-                        "--concurrency", "32", "--per-host-concurrency", "0", "--retries", str(FLAKY_RETRIES),
-                        "--timeout", "10", "--proxy", proxy_url),
+            worker_args(
+                redis_server.url,
+                crawl_name,
+                out,
+                "--until-idle",
+                "--no-robots",
+                "--no-follow",
+                "--concurrency",
+                "32",
+                "--per-host-concurrency",
+                "0",
+                "--retries",
+                str(FLAKY_RETRIES),
+                "--timeout",
+                "10",
+                "--proxy",
+                proxy_url,
+            ),
             timeout_s=55,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

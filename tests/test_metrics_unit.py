@@ -18,13 +18,43 @@ from hypothesis import strategies as st
 from crawler.metrics import RING, Window, WorkerMetrics, format_line, monitor_loop_lag, percentile
 
 SNAPSHOT_KEYS = {
-    "worker", "window_s", "pages", "pages_total", "pages_per_s", "pages_per_s_total", "mb_per_s", "status", "errors",
-    "retries", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "inflight", "local_queue",
-    "parse_backlog_bytes", "loop_lag_p99_ms", "rss_mb", "proxy_success_rate", "leased_idle", "parse_wait_share",
+    "worker",
+    "window_s",
+    "pages",
+    "pages_total",
+    "pages_per_s",
+    "pages_per_s_total",
+    "mb_per_s",
+    "status",
+    "errors",
+    "retries",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "inflight",
+    "local_queue",
+    "parse_backlog_bytes",
+    "loop_lag_p99_ms",
+    "rss_mb",
+    "proxy_success_rate",
+    "leased_idle",
+    "parse_wait_share",
 }
 SUMMARY_KEYS = {
-    "event", "worker", "elapsed_s", "pages", "pages_per_s", "bytes", "status", "errors", "retries", "dead",
-    "released", "loop_lag_p99_ms", "peak_rss_mb", "proxy_success_rate",
+    "event",
+    "worker",
+    "elapsed_s",
+    "pages",
+    "pages_per_s",
+    "bytes",
+    "status",
+    "errors",
+    "retries",
+    "dead",
+    "released",
+    "loop_lag_p99_ms",
+    "peak_rss_mb",
+    "proxy_success_rate",
 }
 
 

@@ -243,8 +243,10 @@ def test_workers_lists_live_workers_and_forgets_stopped_and_killed_ones(
     ttl = Settings().heartbeat_ttl_s  # no CLI flag sets it: a SIGKILLed worker is forgotten after the default
     ids = {"a", "b"}
     procs = {
-        wid: spawn_crawl(worker_args(redis_server.url, crawl_name, tmp_path / wid, "--worker-id", wid,
-                                     "--log-interval", "0.5"), log=tmp_path / f"{wid}.log")
+        wid: spawn_crawl(
+            worker_args(redis_server.url, crawl_name, tmp_path / wid, "--worker-id", wid, "--log-interval", "0.5"),
+            log=tmp_path / f"{wid}.log",
+        )
         for wid in sorted(ids)
     }
     children_a: list[psutil.Process] = []
@@ -289,8 +291,20 @@ def test_workers_lists_live_workers_and_forgets_stopped_and_killed_ones(
 def test_sigkilled_worker_leaves_no_processes_behind(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path
 ) -> None:
-    w = spawn_crawl(worker_args(redis_server.url, crawl_name, tmp_path / "out", "--worker-id", "k",
-                                "--log-interval", "0.5", "--parse-workers", "2"), log=tmp_path / "w.log")
+    w = spawn_crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            tmp_path / "out",
+            "--worker-id",
+            "k",
+            "--log-interval",
+            "0.5",
+            "--parse-workers",
+            "2",
+        ),
+        log=tmp_path / "w.log",
+    )
     children: list[psutil.Process] = []
     try:
         wait_until(lambda: live_workers(redis_server, crawl_name), timeout_s=20, interval_s=0.1)
@@ -314,9 +328,22 @@ def test_metrics_endpoint_during_and_after_a_crawl(
     enqueue(redis_server, crawl_name, tmp_path, urls)
     port = free_port()
     out = tmp_path / "out"
-    w = spawn_crawl(worker_args(redis_server.url, crawl_name, out, "--no-follow", "--no-robots",
-                                "--metrics-port", str(port), "--concurrency", "16", "--log-interval", "0.5"),
-                    log=tmp_path / "w.log")
+    w = spawn_crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            out,
+            "--no-follow",
+            "--no-robots",
+            "--metrics-port",
+            str(port),
+            "--concurrency",
+            "16",
+            "--log-interval",
+            "0.5",
+        ),
+        log=tmp_path / "w.log",
+    )
     try:
         # during the crawl
         def counting() -> Samples | None:
@@ -325,9 +352,16 @@ def test_metrics_endpoint_during_and_after_a_crawl(
 
         mid = wait_until(counting, timeout_s=30, interval_s=0.05)
         assert mid is not None
-        for name in ("crawl_pages_total", "crawl_bytes_total", "crawl_fetch_seconds_bucket",
-                     "crawl_fetch_seconds_count", "crawl_fetch_seconds_sum", "crawl_inflight",
-                     "crawl_parse_backlog_bytes", "crawl_loop_lag_seconds"):
+        for name in (
+            "crawl_pages_total",
+            "crawl_bytes_total",
+            "crawl_fetch_seconds_bucket",
+            "crawl_fetch_seconds_count",
+            "crawl_fetch_seconds_sum",
+            "crawl_inflight",
+            "crawl_parse_backlog_bytes",
+            "crawl_loop_lag_seconds",
+        ):
             assert name in mid, f"{name} missing from /metrics: {sorted(mid)}"
         assert 0 < total(mid, "crawl_pages_total") < n, "scraped too late to see the crawl in progress"
         wait_until(lambda: (m := scrape(port)) is not None and total(m, "crawl_inflight") > 0, timeout_s=10)
@@ -395,8 +429,20 @@ def test_dead_letters_are_not_counted_as_pages(
     port = free_port()
     out = tmp_path / "out"
     log = tmp_path / "w.log"
-    w = spawn_crawl(worker_args(redis_server.url, crawl_name, out, "--no-follow", "--no-robots", "--retries", "0",
-                                "--metrics-port", str(port)), log=log)
+    w = spawn_crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            out,
+            "--no-follow",
+            "--no-robots",
+            "--retries",
+            "0",
+            "--metrics-port",
+            str(port),
+        ),
+        log=log,
+    )
     try:
         wait_until(lambda: (s := stats(redis_server.url, crawl_name))["done"] + s["dead"] == 6, timeout_s=30)
         s = stats(redis_server.url, crawl_name)

@@ -67,7 +67,7 @@ def test_links_are_capped_and_counted() -> None:
         ("<title>café</title>".encode("latin-1"), "iso-8859-1", "café"),
         ('<meta charset="windows-1251"><title>Привет</title>'.encode("cp1251"), None, "Привет"),
         ("<title>café</title>".encode("latin-1"), "utf-8", "caf\ufffd"),  # a lying header: replaced, no error
-        ("<title>ok</title>".encode(), "no-such-charset", "ok"),
+        (b"<title>ok</title>", "no-such-charset", "ok"),
         (b"<title>\xff\xfe broken <<< </title><div><p><b>", None, "\ufffd\ufffd broken <<<"),
     ],
 )
@@ -78,8 +78,12 @@ def test_charsets_never_raise(body: bytes, header: str | None, title: str) -> No
 
 @pytest.mark.parametrize(
     ("encoding", "compress"),
-    [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", lambda b: zlib.compress(b)[2:-4]),
-     ("br", brotli.compress)],
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda b: zlib.compress(b)[2:-4]),
+        ("br", brotli.compress),
+    ],
 )
 def test_compressed_bodies_and_bombs(encoding: str, compress: object) -> None:
     fn = compress  # type: ignore[assignment]

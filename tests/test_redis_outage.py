@@ -46,8 +46,9 @@ def outage_seen(log: Path) -> bool:
     """The worker failed to lease and to ack, and its back-off has grown to 1.6 s: Redis has been away for
     more than a second and a half, past redis-py's own few reconnect attempts."""
     lines = warnings(log)
-    return (any("while acking" in ln for ln in lines)
-            and any("while leasing" in ln and "retrying in 1.6s" in ln for ln in lines))
+    return any("while acking" in ln for ln in lines) and any(
+        "while leasing" in ln and "retrying in 1.6s" in ln for ln in lines
+    )
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -60,15 +61,29 @@ def test_worker_survives_a_redis_restart_and_loses_nothing(
     assert crawl(["enqueue", str(f), "--redis", private_redis.url, "--crawl", crawl_name]).returncode == 0
     out, log = tmp_path / "out", tmp_path / "worker.log"
     port = private_redis.port
-    w = spawn_crawl(worker_args(private_redis.url, crawl_name, out, "--no-robots", "--no-follow",
-                                "--lease-ttl-s", "30", "--concurrency", "16", "--per-host-concurrency", "4"),
-                    log=log)
+    w = spawn_crawl(
+        worker_args(
+            private_redis.url,
+            crawl_name,
+            out,
+            "--no-robots",
+            "--no-follow",
+            "--lease-ttl-s",
+            "30",
+            "--concurrency",
+            "16",
+            "--per-host-concurrency",
+            "4",
+        ),
+        log=log,
+    )
     try:
         # Stop Redis while fetches are in flight: their results are written and then cannot be acked (a fetch
         # that ends now is committed at least 20 ms later, after the group-commit delay), so the outage hits
         # both leasing and acking.
-        wait_until(lambda: count_lines(out) >= STOP_AFTER and hostile.stats()["in_flight"] > 0,
-                   timeout_s=30, interval_s=0.005)
+        wait_until(
+            lambda: count_lines(out) >= STOP_AFTER and hostile.stats()["in_flight"] > 0, timeout_s=30, interval_s=0.005
+        )
         # SIGTERM: a clean shutdown; SIGKILL: a crash (appendfsync always: every acknowledged write is on disk)
         private_redis.stop(how)
         at_stop = count_lines(out)
@@ -81,11 +96,16 @@ def test_worker_survives_a_redis_restart_and_loses_nothing(
         assert private_redis.port == port
         private_redis.start()  # same port, same directory: the AOF brings the frontier back
         try:
-            wait_until(lambda: stats(private_redis.url, crawl_name)["done"] >= PAGES or w.poll() is not None,
-                       timeout_s=40, interval_s=0.2)
+            wait_until(
+                lambda: stats(private_redis.url, crawl_name)["done"] >= PAGES or w.poll() is not None,
+                timeout_s=40,
+                interval_s=0.2,
+            )
         except TimeoutError:
-            pytest.fail(f"the crawl did not finish after Redis came back: {stats(private_redis.url, crawl_name)}\n"
-                        f"{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"the crawl did not finish after Redis came back: {stats(private_redis.url, crawl_name)}\n"
+                f"{log.read_text()[-4000:]}"
+            )
         assert w.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
         w.send_signal(signal.SIGTERM)
         code = w.wait(timeout=30)
@@ -122,9 +142,24 @@ def test_sigterm_while_redis_is_down_exits_within_a_bound_and_loses_nothing(
     f.write_text("\n".join(urls) + "\n")
     assert crawl(["enqueue", str(f), "--redis", private_redis.url, "--crawl", crawl_name]).returncode == 0
     out, log = tmp_path / "out", tmp_path / "worker.log"
-    w = spawn_crawl(worker_args(private_redis.url, crawl_name, out, "--no-robots", "--no-follow", "--grace-s", "2",
-                                "--lease-ttl-s", "3", "--concurrency", "16", "--per-host-concurrency", "0"),
-                    log=log)
+    w = spawn_crawl(
+        worker_args(
+            private_redis.url,
+            crawl_name,
+            out,
+            "--no-robots",
+            "--no-follow",
+            "--grace-s",
+            "2",
+            "--lease-ttl-s",
+            "3",
+            "--concurrency",
+            "16",
+            "--per-host-concurrency",
+            "0",
+        ),
+        log=log,
+    )
     try:
         wait_until(lambda: count_lines(out) >= STOP_AFTER, timeout_s=30, interval_s=0.005)
         private_redis.stop(signal.SIGKILL)
@@ -137,9 +172,23 @@ def test_sigterm_while_redis_is_down_exits_within_a_bound_and_loses_nothing(
             w.kill()
             w.wait(timeout=10)
     private_redis.start()
-    run = crawl(worker_args(private_redis.url, crawl_name, tmp_path / "out2", "--until-idle", "--no-robots",
-                            "--no-follow", "--lease-ttl-s", "3", "--concurrency", "32", "--per-host-concurrency", "0"),
-                timeout_s=120)
+    run = crawl(
+        worker_args(
+            private_redis.url,
+            crawl_name,
+            tmp_path / "out2",
+            "--until-idle",
+            "--no-robots",
+            "--no-follow",
+            "--lease-ttl-s",
+            "3",
+            "--concurrency",
+            "32",
+            "--per-host-concurrency",
+            "0",
+        ),
+        timeout_s=120,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     got = {r["url"] for r in read_records(out) + read_records(tmp_path / "out2")}
     assert got == set(urls)

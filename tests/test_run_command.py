@@ -29,8 +29,20 @@ def test_crawl_run_on_the_embedded_redis_and_leaves_no_daemon(tmp_path: Path, si
     seeds = tmp_path / "seeds.txt"
     seeds.write_text(site.url + "/p/0\n")
     try:
-        run = crawl(["run", str(seeds), "--home", str(home), "--output", str(tmp_path / "out"),
-                     "--per-host-concurrency", "0", "--log-interval", "1"])
+        run = crawl(
+            [
+                "run",
+                str(seeds),
+                "--home",
+                str(home),
+                "--output",
+                str(tmp_path / "out"),
+                "--per-host-concurrency",
+                "0",
+                "--log-interval",
+                "1",
+            ]
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "added=1 duplicates=0 invalid=0" in run.stdout
         records = read_records(tmp_path / "out")
@@ -55,8 +67,20 @@ def test_max_pages_and_extraction_rules(
     f = tmp_path / "seeds.txt"
     f.write_text(site.url + "/p/0\n")
     assert crawl(["enqueue", str(f), "--redis", redis_server.url, "--crawl", crawl_name]).returncode == 0
-    run = crawl(worker_args(redis_server.url, crawl_name, tmp_path / "out", "--max-pages", "25", "--extract",
-                            str(rules), "--concurrency", "4", "--no-robots"))
+    run = crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            tmp_path / "out",
+            "--max-pages",
+            "25",
+            "--extract",
+            str(rules),
+            "--concurrency",
+            "4",
+            "--no-robots",
+        )
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     records = read_records(tmp_path / "out")
     assert len(records) == 25

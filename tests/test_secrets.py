@@ -42,8 +42,9 @@ def servers() -> Iterator[tuple[RunningServer, RunningServer, RunningServer]]:
     with (
         start_server("tests.support.site_server", "--port", 0, "--pages", 30, "--seed", 11) as site,
         start_server("tests.support.hostile_server", "--port", 0) as hostile,
-        start_server("tests.support.proxy_server", "--port", 0, "--user", PROXY_USER,
-                     "--password", PROXY_PASSWORD) as proxy,
+        start_server(
+            "tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+        ) as proxy,
     ):
         yield site, hostile, proxy
 
@@ -109,9 +110,11 @@ def test_no_password_appears_in_any_output(
     t.run("enqueue", crawl(["enqueue", seeds(tmp_path / "a.txt", first), "--redis", redis_url, "--crawl", "sa"]))
     metrics_port = free_port()
     log = tmp_path / "worker-json.log"
-    w = spawn_crawl(worker_args(redis_url, "sa", tmp_path / "out-json", *common, "--metrics-port", str(metrics_port)),
-                    log=log)
+    w = spawn_crawl(
+        worker_args(redis_url, "sa", tmp_path / "out-json", *common, "--metrics-port", str(metrics_port)), log=log
+    )
     try:
+
         def settled() -> bool:
             run = crawl(["stats", "--json", "--redis", redis_url, "--crawl", "sa"])
             s = json.loads(run.stdout) if run.returncode == 0 else {}
@@ -123,8 +126,11 @@ def test_no_password_appears_in_any_output(
         assert "crawl_pages_total" in metrics
         workers_json = t.run("workers --json", crawl(["workers", "--json", "--redis", redis_url, "--crawl", "sa"]))
         assert workers_json.returncode == 0 and json.loads(workers_json.stdout), workers_json.stdout
-        assert any(p["proxy"].endswith(f":***@{proxy.url[len('http://'):]}")
-                   for w_ in json.loads(workers_json.stdout) for p in w_["proxies"]), workers_json.stdout
+        assert any(
+            p["proxy"].endswith(f":***@{proxy.url[len('http://') :]}")
+            for w_ in json.loads(workers_json.stdout)
+            for p in w_["proxies"]
+        ), workers_json.stdout
         t.run("workers", crawl(["workers", "--redis", redis_url, "--crawl", "sa"]))
         w.send_signal(signal.SIGTERM)
         assert w.wait(timeout=30) == 0, log.read_text()[-3000:]
@@ -139,9 +145,28 @@ def test_no_password_appears_in_any_output(
 
     # 2. `crawl run` with text logs
     second = urls("b")
-    run2 = t.run("run text", crawl(["run", seeds(tmp_path / "b.txt", second), "--redis", redis_url, "--crawl", "sb",
-                                    "--output", str(tmp_path / "out-text"), "--log-format", "text",
-                                    "--log-interval", "1", "--parse-workers", "1", *common]))
+    run2 = t.run(
+        "run text",
+        crawl(
+            [
+                "run",
+                seeds(tmp_path / "b.txt", second),
+                "--redis",
+                redis_url,
+                "--crawl",
+                "sb",
+                "--output",
+                str(tmp_path / "out-text"),
+                "--log-format",
+                "text",
+                "--log-interval",
+                "1",
+                "--parse-workers",
+                "1",
+                *common,
+            ]
+        ),
+    )
     assert run2.returncode == 0, run2.stderr[-3000:]
     assert "done:" in run2.stderr
 
@@ -161,11 +186,23 @@ def test_no_password_appears_in_any_output(
         ("stats, Redis down", ["stats", "--redis", unreachable]),
         ("enqueue, Redis down", ["enqueue", str(tmp_path / "a.txt"), "--redis", unreachable]),
         ("worker, Redis down", ["worker", "--redis", unreachable, "--output", str(tmp_path / "o-down")]),
-        ("stats, wrong user", ["stats", "--redis", f"redis://nobody:{REDIS_PASSWORD}@127.0.0.1:{private_redis.port}/0"]),
+        (
+            "stats, wrong user",
+            ["stats", "--redis", f"redis://nobody:{REDIS_PASSWORD}@127.0.0.1:{private_redis.port}/0"],
+        ),
         ("malformed Redis URL", ["stats", "--redis", f"redis://:{REDIS_PASSWORD}@127.0.0.1:99999/0"]),
-        ("proxy without port", ["worker", "--redis", redis_url, "--proxy", f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1"]),
-        ("proxy bad port", ["worker", "--redis", redis_url, "--proxy", f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:x"]),
-        ("proxy bad scheme", ["worker", "--redis", redis_url, "--proxy", f"socks5://{PROXY_USER}:{PROXY_PASSWORD}@h:1"]),
+        (
+            "proxy without port",
+            ["worker", "--redis", redis_url, "--proxy", f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1"],
+        ),
+        (
+            "proxy bad port",
+            ["worker", "--redis", redis_url, "--proxy", f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:x"],
+        ),
+        (
+            "proxy bad scheme",
+            ["worker", "--redis", redis_url, "--proxy", f"socks5://{PROXY_USER}:{PROXY_PASSWORD}@h:1"],
+        ),
     ]:
         r = t.run(label, crawl(args, timeout_s=60))
         assert r.returncode == 2 and "crawl: error:" in r.stderr, (label, r.returncode, r.stderr[-2000:])
@@ -173,12 +210,43 @@ def test_no_password_appears_in_any_output(
 
     # 5. the gateway refuses the credentials: 407s, the worker stops with exit 3
     bad_gateway = proxy.url.replace("http://", f"http://{PROXY_USER}:{WRONG_PROXY_PASSWORD}@")
-    t.run("enqueue c", crawl(["enqueue", seeds(tmp_path / "c.txt", [f"{site.url}/p/{i}" for i in range(10)]),
-                              "--redis", redis_url, "--crawl", "sc"]))
+    t.run(
+        "enqueue c",
+        crawl(
+            [
+                "enqueue",
+                seeds(tmp_path / "c.txt", [f"{site.url}/p/{i}" for i in range(10)]),
+                "--redis",
+                redis_url,
+                "--crawl",
+                "sc",
+            ]
+        ),
+    )
     for fmt in ("json", "text"):
-        r = t.run(f"407 {fmt}", crawl(["worker", "--redis", redis_url, "--crawl", "sc", "--until-idle", "--no-robots",
-                                        "--proxy", bad_gateway, "--log-format", fmt, "--parse-workers", "1",
-                                        "--output", str(tmp_path / f"out-407-{fmt}")], timeout_s=60))
+        r = t.run(
+            f"407 {fmt}",
+            crawl(
+                [
+                    "worker",
+                    "--redis",
+                    redis_url,
+                    "--crawl",
+                    "sc",
+                    "--until-idle",
+                    "--no-robots",
+                    "--proxy",
+                    bad_gateway,
+                    "--log-format",
+                    fmt,
+                    "--parse-workers",
+                    "1",
+                    "--output",
+                    str(tmp_path / f"out-407-{fmt}"),
+                ],
+                timeout_s=60,
+            ),
+        )
         assert r.returncode == 3 and "407" in r.stdout + r.stderr, (r.returncode, r.stderr[-2000:])
 
     # 6. every file any command wrote, and what the crawler stored in Redis (the append-only file)
@@ -196,8 +264,10 @@ def test_no_password_appears_in_any_output(
 def test_settings_repr_masks_both_passwords() -> None:
     s = Settings(
         redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0",
-        proxies=(f"http://{PROXY_USER}-session-{{session}}:{PROXY_PASSWORD}@gw.example:8000",
-                 f"http://{PROXY_USER}:{PROXY_PASSWORD}@gw2.example:8000"),
+        proxies=(
+            f"http://{PROXY_USER}-session-{{session}}:{PROXY_PASSWORD}@gw.example:8000",
+            f"http://{PROXY_USER}:{PROXY_PASSWORD}@gw2.example:8000",
+        ),
     )
     for text in (repr(s), str(s), f"{s}", repr(ProxyPool(s.proxies))):
         assert PROXY_PASSWORD not in text and REDIS_PASSWORD not in text, text

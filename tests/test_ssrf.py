@@ -21,7 +21,7 @@ from aiohttp import web
 from crawler.ssrf import is_private_address
 from crawler.urls import normalize
 from tests.conftest import RedisServer
-from tests.helpers import crawl, read_records, stats, worker_args
+from tests.helpers import crawl, enqueue, read_records, stats, worker_args
 from tests.support.servers import RunningServer, start_server
 
 # ------------------------------------------------------------------------------------------------ unit tests
@@ -101,16 +101,19 @@ def make_app() -> web.Application:
 
     async def seed_private(request: web.Request) -> web.Response:
         p = port(request)
-        return page("seed", [
-            "http://169.254.169.254/latest/meta-data",
-            "http://10.0.0.1/",
-            f"http://localhost:{p}/x/local",
-            "/redirect?to=http://169.254.169.254/latest/meta-data/iam",
-            "/redirect?to=http://10.0.0.2/",
-            f"/redirect?to=http://localhost:{p}/x/redirected",
-            f"/redirect?to=http://[::1]:{p}/x/v6",
-            f"/redirect?to=http://[::ffff:127.0.0.1]:{p}/x/mapped",
-        ])
+        return page(
+            "seed",
+            [
+                "http://169.254.169.254/latest/meta-data",
+                "http://10.0.0.1/",
+                f"http://localhost:{p}/x/local",
+                "/redirect?to=http://169.254.169.254/latest/meta-data/iam",
+                "/redirect?to=http://10.0.0.2/",
+                f"/redirect?to=http://localhost:{p}/x/redirected",
+                f"/redirect?to=http://[::1]:{p}/x/v6",
+                f"/redirect?to=http://[::ffff:127.0.0.1]:{p}/x/mapped",
+            ],
+        )
 
     async def seed_local(request: web.Request) -> web.Response:
         p = port(request)
@@ -119,13 +122,16 @@ def make_app() -> web.Application:
     async def seed_numeric(request: web.Request) -> web.Response:
         p = port(request)
         # 2130706433, 127.1 and 0x7f.1 all mean 127.0.0.1 to inet_aton
-        return page("seed numeric", [
-            f"http://2130706433:{p}/x/decimal",
-            f"/redirect?to=http://2130706433:{p}/x/decimal-redirect",
-            f"/redirect?to=http://127.1:{p}/x/short-redirect",
-            f"http://0x7f.1:{p}/x/hex",
-            f"/redirect?to=http://0x7f.1:{p}/x/hex-redirect",
-        ])
+        return page(
+            "seed numeric",
+            [
+                f"http://2130706433:{p}/x/decimal",
+                f"/redirect?to=http://2130706433:{p}/x/decimal-redirect",
+                f"/redirect?to=http://127.1:{p}/x/short-redirect",
+                f"http://0x7f.1:{p}/x/hex",
+                f"/redirect?to=http://0x7f.1:{p}/x/hex-redirect",
+            ],
+        )
 
     async def redirect(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": request.query["to"]})
@@ -168,18 +174,15 @@ def hits(server: RunningServer) -> dict[str, int]:
     return data
 
 
-def enqueue(redis: RedisServer, name: str, tmp_path: Path, urls: list[str]) -> None:
-    f = tmp_path / "seeds.txt"
-    f.write_text("\n".join(urls) + "\n")
-    run = crawl(["enqueue", str(f), "--redis", redis.url, "--crawl", name])
-    assert run.returncode == 0, run.stderr
-
-
 def run_crawl(redis: RedisServer, name: str, out: Path, *extra: str) -> tuple[dict[str, dict[str, Any]], float]:
     started = time.monotonic()
     # --timeout 30: a real connection to a black-holed address would take that long; a refused one is instant
-    run = crawl(worker_args(redis.url, name, out, "--until-idle", "--timeout", "30", "--retries", "0",
-                            "--max-depth", "1", *extra), timeout_s=90)
+    run = crawl(
+        worker_args(
+            redis.url, name, out, "--until-idle", "--timeout", "30", "--retries", "0", "--max-depth", "1", *extra
+        ),
+        timeout_s=90,
+    )
     elapsed = time.monotonic() - started
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = read_records(out)
@@ -201,8 +204,16 @@ def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed"])
     before = hits(pages)
     records, elapsed = run_crawl(
-        redis_server, crawl_name, tmp_path / "out", "--no-robots",
-        "--allow-domain", "169.254.169.254", "--allow-domain", "10.0.0.1", "--allow-domain", "localhost",
+        redis_server,
+        crawl_name,
+        tmp_path / "out",
+        "--no-robots",
+        "--allow-domain",
+        "169.254.169.254",
+        "--allow-domain",
+        "10.0.0.1",
+        "--allow-domain",
+        "localhost",
     )
     literal = ["http://169.254.169.254/latest/meta-data", "http://10.0.0.1/"]
     resolved = [f"http://localhost:{port}/x/local"]
@@ -235,8 +246,15 @@ def test_allow_private_networks_fetches_the_same_private_name(
     port = base.rsplit(":", 1)[1]
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed-local"])
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--no-robots", "--allow-domain", "localhost",
-                           "--allow-private-networks")
+    records, _ = run_crawl(
+        redis_server,
+        crawl_name,
+        tmp_path / "out",
+        "--no-robots",
+        "--allow-domain",
+        "localhost",
+        "--allow-private-networks",
+    )
     local = records[f"http://localhost:{port}/x/local"]
     assert local["status"] == 200 and local["error"] is None and local["title"] == "X local", local
     red = records[f"{base}/redirect?to=http://localhost:{port}/x/redirected"]
@@ -270,8 +288,16 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
     port = base.rsplit(":", 1)[1]
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed-numeric"])
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--no-robots",
-                           "--allow-domain", "2130706433", "--allow-domain", "0x7f.1")
+    records, _ = run_crawl(
+        redis_server,
+        crawl_name,
+        tmp_path / "out",
+        "--no-robots",
+        "--allow-domain",
+        "2130706433",
+        "--allow-domain",
+        "0x7f.1",
+    )
     dead = {e["url"]: e for e in map(json.loads, dead_json(redis_server, crawl_name).splitlines())}
     targets = [
         f"http://2130706433:{port}/x/decimal",

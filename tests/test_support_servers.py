@@ -63,9 +63,7 @@ def with_creds(proxy_url: str, user: str = "U", password: str = "P") -> str:
 def canon(url: str) -> str:
     """Independent re-implementation of the site's canonical form (no fragment, params sorted by key)."""
     parts = urlsplit(url)
-    query = (
-        "&".join(sorted(parts.query.split("&"), key=lambda kv: kv.split("=", 1)[0])) if parts.query else ""
-    )
+    query = "&".join(sorted(parts.query.split("&"), key=lambda kv: kv.split("=", 1)[0])) if parts.query else ""
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
@@ -113,9 +111,7 @@ def test_proxy_forwards_with_keep_alive(proxy: RunningServer, site: RunningServe
 
 def test_proxy_records_sticky_sessions(proxy: RunningServer, site: RunningServer) -> None:
     for session_id in ("abc", "zz-9"):
-        status, _, _ = asyncio.run(
-            fetch(f"{site.url}/p/1", proxy=with_creds(proxy.url, f"U-session-{session_id}"))
-        )
+        status, _, _ = asyncio.run(fetch(f"{site.url}/p/1", proxy=with_creds(proxy.url, f"U-session-{session_id}")))
         assert status == 200
     status, _, _ = asyncio.run(fetch(f"{site.url}/p/1", proxy=with_creds(proxy.url, "V-session-abc")))
     assert status == 407
@@ -161,9 +157,7 @@ def test_proxy_connect_tunnel_to_https_site(proxy: RunningServer, tmp_path: Path
     args = ("--port", 0, "--pages", 10, "--seed", 1, "--tls-cert", cert_path, "--tls-key", key_path)
     with start_server(SITE, *args, ssl_context=client_ctx) as tls_site:
         assert tls_site.url.startswith("https://127.0.0.1:")
-        status, body, _ = asyncio.run(
-            fetch(f"{tls_site.url}/p/0", proxy=with_creds(proxy.url), ssl_ctx=client_ctx)
-        )
+        status, body, _ = asyncio.run(fetch(f"{tls_site.url}/p/0", proxy=with_creds(proxy.url), ssl_ctx=client_ctx))
         assert status == 200 and b"<title>Page 0</title>" in body
         assert f'href="{tls_site.url}/p/'.encode() in body or b'href="/p/' in body
         with pytest.raises(aiohttp.ClientHttpProxyError) as info:

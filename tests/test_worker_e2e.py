@@ -15,6 +15,7 @@ from tests.helpers import (
     PROXY_USER,
     count_lines,
     crawl,
+    enqueue,
     read_records,
     spawn_crawl,
     stats,
@@ -29,7 +30,9 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[RunningServer]:
-    with start_server("tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD) as p:
+    with start_server(
+        "tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+    ) as p:
         yield p
 
 
@@ -39,8 +42,9 @@ def proxy_url(p: RunningServer) -> str:
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[RunningServer]:
-    with start_server("tests.support.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED,
-                      "--disallow", "/private/") as s:
+    with start_server(
+        "tests.support.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED, "--disallow", "/private/"
+    ) as s:
         yield s
 
 
@@ -50,21 +54,26 @@ def hostile() -> Iterator[RunningServer]:
         yield h
 
 
-def enqueue(redis: RedisServer, name: str, tmp_path: Path, urls: list[str]) -> None:
-    f = tmp_path / "seeds.txt"
-    f.write_text("\n".join(urls) + "\n")
-    run = crawl(["enqueue", str(f), "--redis", redis.url, "--crawl", name])
-    assert run.returncode == 0, run.stderr
-
-
 def test_crawl_through_authenticating_proxy_finds_exactly_the_reachable_pages(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path, site: RunningServer, proxy: RunningServer
 ) -> None:
     enqueue(redis_server, crawl_name, tmp_path, [site.url + "/p/0"])
     out = tmp_path / "out"
     before = proxy.stats()["requests"]
-    run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--concurrency", "16",
-                            "--proxy", proxy_url(proxy), "--per-host-concurrency", "0"))
+    run = crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            out,
+            "--until-idle",
+            "--concurrency",
+            "16",
+            "--proxy",
+            proxy_url(proxy),
+            "--per-host-concurrency",
+            "0",
+        )
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     records = read_records(out)
     expected = expected_pages(PAGES, SEED, site.url, disallow=["/private/"])
@@ -97,8 +106,9 @@ def test_sequential_crawl_records_breadth_first_depths(
     with start_server("tests.support.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED) as site:
         enqueue(redis_server, crawl_name, tmp_path, [site.url + "/p/0"])
         out = tmp_path / "out"
-        run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--concurrency", "1",
-                                "--max-depth", "3"))
+        run = crawl(
+            worker_args(redis_server.url, crawl_name, out, "--until-idle", "--concurrency", "1", "--max-depth", "3")
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         expected = {u: v for u, v in expected_pages(PAGES, SEED, site.url).items() if v[2] <= 3}
     got = {r["url"]: r["depth"] for r in read_records(out)}
@@ -115,14 +125,27 @@ def test_https_through_connect(
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
     cert.private_key_pem.write_to_path(str(key_pem))
     ca.cert_pem.write_to_path(str(ca_pem))
-    with start_server("tests.support.site_server", "--port", 0, "--pages", 30, "--seed", 3,
-                      "--tls-cert", cert_pem, "--tls-key", key_pem) as tls_site:
+    with start_server(
+        "tests.support.site_server",
+        "--port",
+        0,
+        "--pages",
+        30,
+        "--seed",
+        3,
+        "--tls-cert",
+        cert_pem,
+        "--tls-key",
+        key_pem,
+    ) as tls_site:
         assert tls_site.url.startswith("https://")
         enqueue(redis_server, crawl_name, tmp_path, [tls_site.url + "/p/0"])
         out = tmp_path / "out"
         before = proxy.stats()["connects"]
-        run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--proxy", proxy_url(proxy)),
-                    env={"SSL_CERT_FILE": str(ca_pem)})
+        run = crawl(
+            worker_args(redis_server.url, crawl_name, out, "--until-idle", "--proxy", proxy_url(proxy)),
+            env={"SSL_CERT_FILE": str(ca_pem)},
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         expected = expected_pages(30, 3, tls_site.url)
         records = read_records(out)
@@ -142,7 +165,9 @@ def test_retries_end_done_with_their_attempts(
     }
     enqueue(redis_server, crawl_name, tmp_path, list(urls))
     out = tmp_path / "out"
-    run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--proxy", proxy_url(proxy)))
+    run = crawl(
+        worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--proxy", proxy_url(proxy))
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     records = {r["url"]: r for r in read_records(out)}
     assert set(records) == set(urls)
@@ -160,8 +185,11 @@ def test_body_cap_and_compression_bomb_are_errors_with_bounded_memory(
     urls = [f"{h}/big/50", f"{h}/big-chunked/50", f"{h}/bomb/gzip/1000", f"{h}/bomb/br/1000", f"{h}/bomb/deflate/1000"]
     enqueue(redis_server, crawl_name, tmp_path, urls)
     out = tmp_path / "out"
-    run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots",
-                            "--max-body-bytes", str(2 * 1024 * 1024)))
+    run = crawl(
+        worker_args(
+            redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--max-body-bytes", str(2 * 1024 * 1024)
+        )
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     records = {r["url"]: r for r in read_records(out)}
     assert set(records) == set(urls)
@@ -175,8 +203,20 @@ def test_slow_drip_is_stopped_by_the_total_timeout(
 ) -> None:
     url = f"{hostile.url}/drip/60"
     enqueue(redis_server, crawl_name, tmp_path, [url])
-    run = crawl(worker_args(redis_server.url, crawl_name, tmp_path / "out", "--until-idle", "--no-robots",
-                            "--timeout", "2", "--retries", "0"), timeout_s=40)
+    run = crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            tmp_path / "out",
+            "--until-idle",
+            "--no-robots",
+            "--timeout",
+            "2",
+            "--retries",
+            "0",
+        ),
+        timeout_s=40,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     dead = crawl(["dead", "--json", "--redis", redis_server.url, "--crawl", crawl_name])
     assert '"kind": "timeout"' in dead.stdout and url in dead.stdout
@@ -189,8 +229,21 @@ def test_sigkill_one_worker_and_another_finishes_with_nothing_lost(
     urls = [f"{hostile.url}/slow/100?n={i}" for i in range(300)]
     enqueue(redis_server, crawl_name, tmp_path, urls)
     out_a, out_b = tmp_path / "a", tmp_path / "b"
-    a = spawn_crawl(worker_args(redis_server.url, crawl_name, out_a, "--concurrency", "8", "--no-robots",
-                                "--lease-ttl-s", "2", "--per-host-concurrency", "0"), log=tmp_path / "a.log")
+    a = spawn_crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            out_a,
+            "--concurrency",
+            "8",
+            "--no-robots",
+            "--lease-ttl-s",
+            "2",
+            "--per-host-concurrency",
+            "0",
+        ),
+        log=tmp_path / "a.log",
+    )
     try:
         wait_until(lambda: count_lines(out_a) >= 30, timeout_s=60)
         a.send_signal(signal.SIGKILL)
@@ -200,8 +253,21 @@ def test_sigkill_one_worker_and_another_finishes_with_nothing_lost(
             a.kill()
     held = stats(redis_server.url, crawl_name)["inflight"]
     assert held > 0, "the killed worker held no leases: the test proves nothing"
-    run = crawl(worker_args(redis_server.url, crawl_name, out_b, "--until-idle", "--concurrency", "32",
-                            "--no-robots", "--lease-ttl-s", "2", "--per-host-concurrency", "0"))
+    run = crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            out_b,
+            "--until-idle",
+            "--concurrency",
+            "32",
+            "--no-robots",
+            "--lease-ttl-s",
+            "2",
+            "--per-host-concurrency",
+            "0",
+        )
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     got = Counter(r["url"] for r in read_records(out_a) + read_records(out_b))
     assert set(got) == set(urls)
@@ -215,8 +281,21 @@ def test_sigterm_finishes_in_flight_work_and_hands_back_the_rest(
     urls = [f"{hostile.url}/slow/200?n={i}" for i in range(400)]
     enqueue(redis_server, crawl_name, tmp_path, urls)
     out = tmp_path / "out"
-    w = spawn_crawl(worker_args(redis_server.url, crawl_name, out, "--concurrency", "16", "--no-robots",
-                                "--lease-ttl-s", "60", "--per-host-concurrency", "0"), log=tmp_path / "w.log")
+    w = spawn_crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            out,
+            "--concurrency",
+            "16",
+            "--no-robots",
+            "--lease-ttl-s",
+            "60",
+            "--per-host-concurrency",
+            "0",
+        ),
+        log=tmp_path / "w.log",
+    )
     try:
         wait_until(lambda: count_lines(out) >= 20, timeout_s=60)
         w.send_signal(signal.SIGTERM)
@@ -229,12 +308,27 @@ def test_sigterm_finishes_in_flight_work_and_hands_back_the_rest(
     first = read_records(out)
     assert s["done"] == len(first) and s["queued"] == 400 - len(first)
     # a second worker picks up exactly the rest, at once (lease ttl is 60 s: no waiting for expiry)
-    run = crawl(worker_args(redis_server.url, crawl_name, tmp_path / "out2", "--until-idle", "--concurrency", "64",
-                            "--no-robots", "--per-host-concurrency", "0"), timeout_s=50)
+    run = crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            tmp_path / "out2",
+            "--until-idle",
+            "--concurrency",
+            "64",
+            "--no-robots",
+            "--per-host-concurrency",
+            "0",
+        ),
+        timeout_s=50,
+    )
     assert run.returncode == 0
     got = Counter(r["url"] for r in first + read_records(tmp_path / "out2"))
     final = stats(redis_server.url, crawl_name)
-    assert set(urls) - set(got) == set() and set(got) - set(urls) == set(), (final, crawl(["dead", "--json", "--redis", redis_server.url, "--crawl", crawl_name]).stdout)
+    assert set(urls) - set(got) == set() and set(got) - set(urls) == set(), (
+        final,
+        crawl(["dead", "--json", "--redis", redis_server.url, "--crawl", crawl_name]).stdout,
+    )
     assert [u for u, n in got.items() if n > 1] == []
 
 
@@ -243,8 +337,20 @@ def test_event_loop_stays_responsive_while_parsing_1mb_pages(
 ) -> None:
     urls = [f"{hostile.url}/big-page/1024?n={i}" for i in range(60)]
     enqueue(redis_server, crawl_name, tmp_path, urls)
-    run = crawl(worker_args(redis_server.url, crawl_name, tmp_path / "out", "--until-idle", "--no-robots",
-                            "--no-follow", "--concurrency", "16", "--per-host-concurrency", "0"))
+    run = crawl(
+        worker_args(
+            redis_server.url,
+            crawl_name,
+            tmp_path / "out",
+            "--until-idle",
+            "--no-robots",
+            "--no-follow",
+            "--concurrency",
+            "16",
+            "--per-host-concurrency",
+            "0",
+        )
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     records = read_records(tmp_path / "out")
     assert len(records) == 60 and all(r["status"] == 200 and r["bytes"] >= 1024 * 1024 for r in records)
@@ -257,8 +363,10 @@ def test_gateway_407_never_marks_done_and_stops_the_worker(
 ) -> None:
     enqueue(redis_server, crawl_name, tmp_path, [site.url + f"/p/{i}" for i in range(20)])
     bad = proxy.url.replace("http://", f"http://{PROXY_USER}:wrong-password@")
-    run = crawl(worker_args(redis_server.url, crawl_name, tmp_path / "out", "--until-idle", "--no-robots",
-                            "--proxy", bad), timeout_s=60)
+    run = crawl(
+        worker_args(redis_server.url, crawl_name, tmp_path / "out", "--until-idle", "--no-robots", "--proxy", bad),
+        timeout_s=60,
+    )
     assert run.returncode == 3
     assert "407" in run.stdout + run.stderr
     assert "wrong-password" not in run.stdout + run.stderr

@@ -400,8 +400,9 @@ class Pipeline:
             if result is not None:
                 err["status"] = result.status
             return Outcome(lease, Action.DEAD, attempts, error=err)
-        record = self._record(lease, attempts, result, page, decision.reason or (page.error if page else None),
-                              last.proxy)
+        record = self._record(
+            lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
+        )
         links: list[NewLink] = []
         if page is not None and page.follow and (self.s.max_depth is None or lease.depth < self.s.max_depth):
             for fp, host, url in page.follow:

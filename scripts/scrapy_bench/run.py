@@ -22,8 +22,11 @@ def main() -> int:
     ap.add_argument("start")
     ap.add_argument("--proxy", default=None)
     ap.add_argument("--redis", default=None, help="scrapy-redis scheduler + dupefilter in this Redis")
-    ap.add_argument("--memory-scheduler", action="store_true",
-                    help="reference only: Scrapy's own in-memory scheduler and dupefilter instead of scrapy-redis")
+    ap.add_argument(
+        "--memory-scheduler",
+        action="store_true",
+        help="reference only: Scrapy's own in-memory scheduler and dupefilter instead of scrapy-redis",
+    )
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--output", default="scrapy-out.jsonl")
     args = ap.parse_args()
@@ -41,13 +44,31 @@ def main() -> int:
     elapsed = time.monotonic() - t0
     stats = crawler.stats.get_stats() if crawler.stats else {}
     pages = int(stats.get("response_received_count", 0))
-    keep = ("response_received_count", "item_scraped_count", "downloader/request_count", "scheduler/enqueued/redis",
-            "scheduler/enqueued/memory", "dupefilter/filtered",
-            "finish_reason", "log_count/ERROR", "retry/count", "downloader/response_status_count/200",
-            "downloader/response_status_count/404")
-    print(json.dumps({"event": "summary", "pages": pages, "elapsed_s": round(elapsed, 3),
-                      "pages_per_s": round(pages / elapsed, 1) if elapsed else 0,
-                      "stats": {k: str(v) for k, v in stats.items() if k in keep}}), flush=True)
+    keep = (
+        "response_received_count",
+        "item_scraped_count",
+        "downloader/request_count",
+        "scheduler/enqueued/redis",
+        "scheduler/enqueued/memory",
+        "dupefilter/filtered",
+        "finish_reason",
+        "log_count/ERROR",
+        "retry/count",
+        "downloader/response_status_count/200",
+        "downloader/response_status_count/404",
+    )
+    print(
+        json.dumps(
+            {
+                "event": "summary",
+                "pages": pages,
+                "elapsed_s": round(elapsed, 3),
+                "pages_per_s": round(pages / elapsed, 1) if elapsed else 0,
+                "stats": {k: str(v) for k, v in stats.items() if k in keep},
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -117,9 +117,7 @@ def run_prefork(
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 run_loop(
-                    lambda: serve_app(
-                        make_app(), sock, ssl_context, watch_parent=parent, runner_kwargs=runner_kwargs
-                    ),
+                    lambda: serve_app(make_app(), sock, ssl_context, watch_parent=parent, runner_kwargs=runner_kwargs),
                     use_uvloop=use_uvloop,
                 )
             except BaseException:

@@ -266,9 +266,7 @@ def make_app() -> web.Application:
         )
 
     async def charset_lying(request: web.Request) -> web.Response:
-        return web.Response(
-            body=_LATIN1_HTML.encode("latin-1"), headers={"Content-Type": "text/html; charset=utf-8"}
-        )
+        return web.Response(body=_LATIN1_HTML.encode("latin-1"), headers={"Content-Type": "text/html; charset=utf-8"})
 
     async def charset_meta(request: web.Request) -> web.Response:
         return web.Response(body=_CP1251_HTML.encode("cp1251"), headers={"Content-Type": "text/html"})
@@ -341,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = bind_socket(args.host, args.port)
     # handler_cancellation: a client that gives up on /hang or /drip really ends that handler, so
     # in_flight drops back and nothing lingers until shutdown.
-    return run_prefork(
-        make_app, sock, None, 1, use_uvloop=False, runner_kwargs={"handler_cancellation": True}
-    )
+    return run_prefork(make_app, sock, None, 1, use_uvloop=False, runner_kwargs={"handler_cancellation": True})
 
 
 if __name__ == "__main__":

@@ -174,9 +174,7 @@ def wants_keep_alive(msg: Message, version: str) -> bool:
     return "close" not in tokens
 
 
-def simple_response(
-    status: int, reason: str, *, keep_alive: bool, extra: str = "", body: bytes = b""
-) -> bytes:
+def simple_response(status: int, reason: str, *, keep_alive: bool, extra: str = "", body: bytes = b"") -> bytes:
     head = (
         f"HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: {len(body)}\r\n"
         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
@@ -538,9 +536,7 @@ class ProxyServer:
             return await self._answer(conn, framing, keep, 502, "Bad Gateway")
         return None
 
-    async def _serve_connect(
-        self, conn: _ClientConnection, msg: Message, framing: Framing, keep: bool
-    ) -> bool:
+    async def _serve_connect(self, conn: _ClientConnection, msg: Message, framing: Framing, keep: bool) -> bool:
         self._stats.connects += 1
         gated = await self._gate(conn, msg, framing, keep)
         if gated is not None:
@@ -581,9 +577,7 @@ class ProxyServer:
 
         await asyncio.gather(pipe(c_reader, u_writer), pipe(u_reader, c_writer))
 
-    async def _serve_forward(
-        self, conn: _ClientConnection, msg: Message, framing: Framing, keep: bool
-    ) -> bool:
+    async def _serve_forward(self, conn: _ClientConnection, msg: Message, framing: Framing, keep: bool) -> bool:
         self._stats.requests += 1
         gated = await self._gate(conn, msg, framing, keep)
         if gated is not None:

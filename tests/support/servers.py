@@ -167,9 +167,7 @@ def start_server(
         stderr = stderr_path.read_text(errors="replace")
         with contextlib.suppress(OSError):
             stderr_path.unlink()
-        return ServerStartError(
-            f"{' '.join(cmd)}: {reason} (exit code {proc.returncode})\n--- stderr ---\n{stderr}"
-        )
+        return ServerStartError(f"{' '.join(cmd)}: {reason} (exit code {proc.returncode})\n--- stderr ---\n{stderr}")
 
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
@@ -185,17 +183,13 @@ def start_server(
             raise fail(f"exited before READY; stdout: {seen!r}")
         if line.startswith("READY "):
             ready.set()
-            server = RunningServer(
-                line.split(" ", 1)[1].strip(), proc, stderr_path, tail, reader, ssl_context
-            )
+            server = RunningServer(line.split(" ", 1)[1].strip(), proc, stderr_path, tail, reader, ssl_context)
             _RUNNING.add(server)
             return server
         seen.append(line)
 
 
-def fetch_json(
-    url: str, *, timeout_s: float = 5.0, ssl_context: ssl.SSLContext | None = None
-) -> dict[str, Any]:
+def fetch_json(url: str, *, timeout_s: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """GET a JSON document with urllib, ignoring ``*_PROXY`` environment variables."""
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if url.startswith("https:"):

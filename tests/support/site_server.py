@@ -224,9 +224,7 @@ def render(spec: PageSpec, page_kb: int, salt: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=8192)
-def _render_cached(
-    path: str, pages: int, seed: int, origin: str, private: bool, page_kb: int
-) -> tuple[int, bytes]:
+def _render_cached(path: str, pages: int, seed: int, origin: str, private: bool, page_kb: int) -> tuple[int, bytes]:
     spec = resolve(path, pages, seed, origin, private)
     salt = sum(path.encode())
     return spec.status, render(spec, page_kb, salt)
