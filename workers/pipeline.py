@@ -312,7 +312,11 @@ class Pipeline:
             try:
                 outcome = await self._process(lease)
             except asyncio.CancelledError:
-                raise  # the lease stays in `held` and is released by the final commit
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # this task is being stopped: the lease stays in `held`, released by the final commit
+                # a cancellation that is not ours (a shared robots.txt fetch was cancelled): hand the URL back
+                outcome = Outcome(lease, Action.RELEASE, lease.attempts)
             except (
                 RedisError,
                 OSError,
