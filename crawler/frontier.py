@@ -45,6 +45,13 @@ def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
     return b"".join(fp for fp, _ in pairs), "\n".join(e for _, e in pairs)
 
 
+def _link_blobs(links: Sequence[NewLink]) -> tuple[bytes, str]:
+    return _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in links)
+
+
+_Call = tuple[str, list[str], list[Any]]  # a script call: name, keys, args without the crawl prefix
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead."""
@@ -129,27 +136,47 @@ class Frontier:
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=list(keys), args=[self.keys.prefix, *args], client=client)
 
+    # Each operation's script call is built once, here; the single-operation methods run it alone and `settle`
+    # runs several on one pipeline. A call is (script name, keys, args without the prefix).
+    def _add_call(self, fps: bytes, entries: str, front: bool = False) -> _Call:
+        k = self.keys
+        return "add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), fps, entries]
+
+    def _ack_call(self, done: Sequence[Lease], links: Sequence[NewLink]) -> _Call:
+        k = self.keys
+        fps, entries = _link_blobs(links)
+        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done), fps, entries]
+        return "ack", [k.leases, k.host_inflight, k.hosts, k.seen, k.stats], args
+
+    def _release_call(self, leases: Sequence[Lease]) -> _Call:
+        k = self.keys
+        return (
+            "release",
+            [k.leases, k.host_inflight, k.hosts, k.stats],
+            [now_ms(), self._phc, *(x.member for x in leases)],
+        )
+
+    def _defer_call(self, items: Sequence[tuple[Lease, float, int]]) -> _Call:
+        k = self.keys
+        args: list[Any] = [now_ms(), self._phc]
+        for ls, due_s, attempts in items:
+            args += [ls.member, int(due_s * 1000), attempts]
+        return "defer", [k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args
+
+    def _dead_call(self, items: Sequence[tuple[Lease, int, dict[str, Any]]]) -> _Call:
+        k = self.keys
+        args: list[Any] = [now_ms(), self._phc]
+        for ls, attempts, err in items:
+            args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
+        return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args
+
     # -- adding ---------------------------------------------------------------------------------------------
     async def add(self, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> int:
         """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently."""
         fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
         if not fps:
             return 0
-        k = self.keys
-        return int(await self._run("add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), fps, entries]))
-
-    async def add_in(
-        self,
-        pipe: Any,
-        urls: Iterable[NormalizedURL],
-        depth: int = 0,
-        front: bool = False,
-        seed: bool = False,
-    ) -> list[bool]:
-        """Queue an add on a pipeline; see `add_prepared_in`."""
-        urls = list(urls)
-        fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
-        return await self.add_prepared_in(pipe, fps, entries, {n.host for n in urls}, front, seed)
+        return int(await self._run(*self._add_call(fps, entries, front)))
 
     async def add_prepared_in(
         self, pipe: Any, fps: bytes, entries: str, hosts: set[str], front: bool = False, seed: bool = False
@@ -161,16 +188,13 @@ class Frontier:
         """
         if not fps:
             return []
-        k = self.keys
         kinds = []
         if seed:
             from crawler.ssrf import bare_host
 
-            pipe.sadd(k.seed_hosts, *{bare_host(h) for h in hosts})
+            pipe.sadd(self.keys.seed_hosts, *{bare_host(h) for h in hosts})
             kinds.append(False)
-        await self._scripts["add"](
-            keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), int(front), fps, entries], client=pipe
-        )
+        await self._run(*self._add_call(fps, entries, front), client=pipe)
         return [*kinds, True]
 
     # -- leasing --------------------------------------------------------------------------------------------
@@ -200,12 +224,6 @@ class Frontier:
         return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in lost]
 
     # -- settling -------------------------------------------------------------------------------------------
-    def _ack_call(self, done: Sequence[Lease], links: Sequence[NewLink]) -> tuple[list[str], list[Any]]:
-        k = self.keys
-        fps, entries = _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in links)
-        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done), fps, entries]
-        return [k.leases, k.host_inflight, k.hosts, k.seen, k.stats], args
-
     async def ack(self, done: Sequence[Lease], links: Sequence[NewLink] = ()) -> tuple[int, int]:
         """Mark leases done and add the batch's new links. Returns (acked, links added).
 
@@ -215,42 +233,20 @@ class Frontier:
         """
         if not done and not links:
             return 0, 0
-        keys, args = self._ack_call(done, links)
-        acked, added = await self._run("ack", keys, args)
+        acked, added = await self._run(*self._ack_call(done, links))
         return int(acked), int(added)
 
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give leases back to the front of their queues without counting an attempt."""
-        if not leases:
-            return 0
-        k = self.keys
-        return int(
-            await self._run(
-                "release",
-                [k.leases, k.host_inflight, k.hosts, k.stats],
-                [now_ms(), self._phc, *(x.member for x in leases)],
-            )
-        )
+        return int(await self._run(*self._release_call(leases))) if leases else 0
 
     async def defer(self, items: Sequence[tuple[Lease, float, int]]) -> int:
         """Retry later: (lease, due_epoch_s, attempts made so far). Counted in `retried`."""
-        if not items:
-            return 0
-        k = self.keys
-        args: list[Any] = [now_ms(), self._phc]
-        for ls, due_s, attempts in items:
-            args += [ls.member, int(due_s * 1000), attempts]
-        return int(await self._run("defer", [k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args))
+        return int(await self._run(*self._defer_call(items))) if items else 0
 
     async def dead(self, items: Sequence[tuple[Lease, int, dict[str, Any]]]) -> int:
         """Dead-letter (lease, attempts, error) items; error is a small JSON-able dict (kind, message, status)."""
-        if not items:
-            return 0
-        k = self.keys
-        args: list[Any] = [now_ms(), self._phc]
-        for ls, attempts, err in items:
-            args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
-        return int(await self._run("dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args))
+        return int(await self._run(*self._dead_call(items))) if items else 0
 
     async def settle(
         self,
@@ -264,49 +260,25 @@ class Frontier:
 
         Returns how many leases were acked (owned at the time).
         """
-        k = self.keys
+        calls: list[_Call] = []
+        if done or links:
+            # links past the first chunk go in separate add calls: one script must not hold Redis for long
+            calls.append(self._ack_call(done, links[:LINKS_PER_CALL]))
+            for start in range(LINKS_PER_CALL, len(links), LINKS_PER_CALL):
+                calls.append(self._add_call(*_link_blobs(links[start : start + LINKS_PER_CALL])))
+        if deferred:
+            calls.append(self._defer_call(deferred))
+        if dead:
+            calls.append(self._dead_call(dead))
+        if released:
+            calls.append(self._release_call(released))
+        if not calls:
+            return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            acked_index = -1
-            calls = 0
-            if done or links:
-                # links past the first chunk go in separate add calls: one script must not hold Redis for long
-                keys, args = self._ack_call(done, links[:LINKS_PER_CALL])
-                await self._scripts["ack"](keys=keys, args=[k.prefix, *args], client=pipe)
-                acked_index = calls
-                calls += 1
-                for start in range(LINKS_PER_CALL, len(links), LINKS_PER_CALL):
-                    chunk = links[start : start + LINKS_PER_CALL]
-                    fps, entries = _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in chunk)
-                    await self._scripts["add"](
-                        keys=[k.seen, k.hosts, k.stats], args=[k.prefix, now_ms(), 0, fps, entries], client=pipe
-                    )
-                    calls += 1
-            if deferred:
-                args = [k.prefix, now_ms(), self._phc]
-                for ls, due_s, attempts in deferred:
-                    args += [ls.member, int(due_s * 1000), attempts]
-                await self._scripts["defer"](
-                    keys=[k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args=args, client=pipe
-                )
-                calls += 1
-            if dead:
-                args = [k.prefix, now_ms(), self._phc]
-                for ls, attempts, err in dead:
-                    args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
-                await self._scripts["dead"](
-                    keys=[k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args=args, client=pipe
-                )
-                calls += 1
-            if released:
-                args = [k.prefix, now_ms(), self._phc, *(x.member for x in released)]
-                await self._scripts["release"](
-                    keys=[k.leases, k.host_inflight, k.hosts, k.stats], args=args, client=pipe
-                )
-                calls += 1
-            if not calls:
-                return 0
+            for call in calls:
+                await self._run(*call, client=pipe)
             results = await pipe.execute()
-        return int(results[acked_index][0]) if acked_index >= 0 else 0
+        return int(results[0][0]) if done or links else 0
 
     async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
         """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead)."""
