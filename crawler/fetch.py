@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -31,10 +31,11 @@ from crawler.errors import (
 from crawler.fleet import FleetSlots
 from crawler.proxies import ProxyChoice
 from crawler.settings import Settings
-from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache, is_private_address, literal_ip
+from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache
 
 CHUNK = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
@@ -153,27 +154,36 @@ class Fetcher:
     def __repr__(self) -> str:
         return f"Fetcher(max_body_bytes={self.settings.max_body_bytes}, timeout_s={self.settings.timeout_s})"
 
-    async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
-        """One attempt. Redirects are followed here, hop by hop, so each target passes the SSRF guard."""
-        s = self.settings
-        started = time.monotonic()
+    @contextlib.asynccontextmanager
+    async def _open(
+        self, url: str, proxy: ProxyChoice | None, max_redirects: int
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int]]:
+        """GET `url` under the fleet slot, the total deadline and the error translation, following redirects here,
+        hop by hop, so every target passes the SSRF guard. Yields (final response, redirects followed)."""
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_errors(proxy is not None))
             # a hard outer deadline too: sock_read resets on every byte, so only a total deadline stops a drip
-            async with asyncio.timeout(s.timeout_s + 1.0):
+            async with asyncio.timeout(self.settings.timeout_s + 1.0):
                 target = URL(url, encoded=True)
-                for hop in range(s.max_redirects + 1):
+                for hop in range(max_redirects + 1):
                     async with self.session.get(
                         target, proxy=proxy.url if proxy else None, allow_redirects=False
                     ) as resp:
                         location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
-                        if location is None or s.max_redirects == 0:
-                            return await self._result(url, resp, proxy, started, hop)
+                        if location is None or max_redirects == 0:
+                            yield resp, hop
+                            return
                         here = resp.url
-                    if hop == s.max_redirects:
+                    if hop == max_redirects:
                         break
                     target = await self._next_hop(here, location)
-                raise TooManyRedirects(f"more than {s.max_redirects} redirects")
+                raise TooManyRedirects(f"more than {max_redirects} redirects")
+
+    async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
+        """One attempt, redirects included."""
+        started = time.monotonic()
+        async with self._open(url, proxy, self.settings.max_redirects) as (resp, redirects):
+            return await self._result(url, resp, proxy, started, redirects)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _next_hop(self, here: URL, location: str) -> URL:
@@ -184,12 +194,7 @@ class Fetcher:
         if target.scheme not in ("http", "https") or not target.host:
             raise InvalidTarget(f"redirect to a {target.scheme or 'relative'} URL")
         host = target.host.lower()
-        if (
-            self.trust is not None
-            and literal_ip(host)
-            and is_private_address(host)
-            and not await self.trust.trusted(host)
-        ):
+        if self.trust is not None and await self.trust.refuses(host):
             raise BlockedAddress(f"redirect to private address {host}")
         return target
 
@@ -234,24 +239,19 @@ class Fetcher:
         from crawler.parse import decompress
 
         try:
-            async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
-                stack.enter_context(translate_errors(proxy is not None))
-                async with asyncio.timeout(self.settings.timeout_s + 1.0):
-                    async with self.session.get(
-                        URL(url, encoded=True), proxy=proxy.url if proxy else None, max_redirects=5
-                    ) as resp:
-                        buf = bytearray()
-                        async for chunk in resp.content.iter_chunked(CHUNK):
-                            buf += chunk
-                            if len(buf) >= cap:
-                                break
-                        if proxy is not None and resp.status == 407:
-                            return 0, b""
-                        try:
-                            body = decompress(bytes(buf), resp.headers.get("Content-Encoding", ""), cap)
-                        except Exception:
-                            body = b""
-                        return resp.status, body
+            async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
+                buf = bytearray()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    buf += chunk
+                    if len(buf) >= cap:
+                        break
+                if proxy is not None and resp.status == 407:
+                    return 0, b""
+                try:
+                    body = decompress(bytes(buf), resp.headers.get("Content-Encoding", ""), cap)
+                except Exception:
+                    body = b""
+                return resp.status, body
         except BlockedAddress:
             raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
         except FetchError:

@@ -62,6 +62,11 @@ class TrustCache:
         # host -> lookup in progress: a thousand fetch tasks asking about one new host cost one Redis call
         self._pending: dict[str, asyncio.Task[bool]] = {}
 
+    async def refuses(self, host: str) -> bool:
+        """The literal-address check: a private IP literal that is not a seed host. (Names are checked on their
+        resolved addresses by GuardedResolver.)"""
+        return literal_ip(host) is not None and is_private_address(host) and not await self.trusted(host)
+
     async def trusted(self, host: str) -> bool:
         hit = self._cache.get(host)
         if hit is not None:

@@ -50,3 +50,40 @@ def test_malformed_redis_url_never_shows_its_password(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         validate_redis_url(url)
     assert "ss-word" not in str(info.value) and "'p" not in str(info.value)
+
+
+def test_robots_redirect_to_a_private_literal_is_blocked_not_fetched() -> None:
+    """robots.txt is fetched through the same hop-by-hop redirect code as pages, so its redirects pass the guard."""
+    from aiohttp import web
+
+    from crawler.errors import BlockedAddress
+    from crawler.fetch import Fetcher, make_session
+    from crawler.settings import Settings
+    from crawler.ssrf import TrustCache
+
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "http://169.254.169.254/robots.txt"})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/robots.txt", robots)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        settings = Settings(timeout_s=5)
+
+        async def seed_only(host: str) -> bool:
+            return host == "127.0.0.1"
+
+        trust = TrustCache(seed_only)
+        try:
+            async with make_session(settings, trust) as session:
+                fetcher = Fetcher(session, settings, trust=trust)
+                with pytest.raises(BlockedAddress):
+                    await fetcher.fetch_small(f"http://127.0.0.1:{port}/robots.txt", None)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

@@ -38,7 +38,7 @@ from crawler.retry import Action, Decision, decide
 from crawler.robots import RobotsCache
 from crawler.settings import Settings
 from crawler.sinks import JsonlSink
-from crawler.ssrf import TrustCache, bare_host, is_private_address, literal_ip
+from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, host_of, normalize
 from workers.parse_pool import ParsePool
 
@@ -349,10 +349,8 @@ class Pipeline:
         return Outcome(lease, Action.DONE, lease.attempts, record=self._record(lease, lease.attempts, error=error))
 
     async def _process(self, lease: Lease) -> Outcome:
-        if self.trust is not None:
-            host = bare_host(host_of(lease.url))
-            if literal_ip(host) and is_private_address(host) and not await self.trust.trusted(host):
-                return self._unfetched(lease, "blocked_address")
+        if self.trust is not None and await self.trust.refuses(bare_host(host_of(lease.url))):
+            return self._unfetched(lease, "blocked_address")
         if self.robots is not None:
             try:
                 allowed = await self.robots.allowed(lease.url)
