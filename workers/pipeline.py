@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Coroutine
@@ -48,7 +50,7 @@ COMMIT_INTERVAL_S = 0.02  # group commit: a batch of results is flushed and acke
 COMMIT_MAX = 512
 PROXY_AUTH_FATAL = 5  # consecutive 407s that stop the worker: the credentials are wrong
 ROBOTS_RETRY_S = 60.0
-RECLAIM_BATCH = 1000  # Frontier.reclaim's default limit
+RECLAIM_BATCH = 1000  # expired leases reclaimed per script call
 SEEN_CACHE = 200_000  # recent fingerprints kept locally so known links are not sent to Redis again
 
 
@@ -299,8 +301,7 @@ class Pipeline:
 
     async def _wait_capacity(self, wait_s: float) -> None:
         self._capacity.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._capacity.wait(), wait_s)
+        await self._pause(wait_s, self._capacity)
 
     # -- fetching -------------------------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
@@ -317,10 +318,8 @@ class Pipeline:
                     raise  # this task is being stopped: the lease stays in `held`, released by the final commit
                 # a cancellation that is not ours (a shared robots.txt fetch was cancelled): hand the URL back
                 outcome = Outcome(lease, Action.RELEASE, lease.attempts)
-            except (
-                RedisError,
-                OSError,
-            ) as exc:  # Redis away mid-fetch (robots, SSRF trust): not the URL's fault
+            except (RedisError, OSError) as exc:
+                # Redis away mid-fetch (robots, SSRF trust): not the URL's fault
                 self.say(
                     f"Redis error while processing a URL ({exc.__class__.__name__}); handing it back",
                     "warning",
@@ -610,13 +609,13 @@ class Pipeline:
 
     async def _reclaim_loop(self) -> None:
         while not await self._pause(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), self.stopping):
+            requeued = dead = 0
             try:
-                requeued, dead = await self.frontier.reclaim(self.s.max_attempts)
-                total_r, total_d = requeued, dead
-                while requeued + dead >= RECLAIM_BATCH and not self.stopping.is_set():  # a big fleet died
-                    requeued, dead = await self.frontier.reclaim(self.s.max_attempts)
-                    total_r, total_d = total_r + requeued, total_d + dead
-                requeued, dead = total_r, total_d
+                while True:  # batch after batch while they come back full: a big fleet died
+                    r, d = await self.frontier.reclaim(self.s.max_attempts, RECLAIM_BATCH)
+                    requeued, dead = requeued + r, dead + d
+                    if r + d < RECLAIM_BATCH or self.stopping.is_set():
+                        break
             except (RedisError, OSError):
                 continue
             if requeued or dead:
@@ -634,9 +633,6 @@ class Pipeline:
             await self._heartbeat(snap)
 
     async def _heartbeat(self, snap: dict[str, Any] | None) -> None:
-        import os
-        import socket
-
         if snap is None:
             snap = self.metrics.snapshot(self.proxies.success_rate(), reset=False)
         info = {
