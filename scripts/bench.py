@@ -451,15 +451,9 @@ class Managed:
         return out
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
+        from tests.support.servers import stop_process
+
+        stop_process(self.proc, timeout_s)
 
 
 def start_nginx(site: Site, port: int, workers: int, workdir: Path) -> Managed:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from crawler.connection import redis_server_binary
+from tests.support.servers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,13 +84,8 @@ class RedisServer:
         raise RuntimeError("redis-server did not answer within 15 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process(self.proc, 15, sig)
         self.proc = None
 
 

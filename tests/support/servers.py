@@ -77,15 +77,7 @@ class RunningServer:
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM the server's pid, wait up to ``timeout_s``, then SIGKILL that pid; return the exit code."""
         _RUNNING.discard(self)
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
+        stop_process(self.proc, timeout_s)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._reader.join(timeout=1.0)
@@ -106,6 +98,19 @@ class RunningServer:
 
 
 _RUNNING: set[RunningServer] = set()
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to a process we started (by its PID), wait up to `timeout_s`, then SIGKILL it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=timeout_s)
 
 
 @atexit.register
