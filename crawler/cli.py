@@ -169,7 +169,7 @@ def stats(as_json: bool, **common: Any) -> None:
 
 async def _stats(settings: Settings, as_json: bool) -> int:
     from crawler.connection import open_redis
-    from crawler.monitor import crawl_snapshot, format_snapshot
+    from crawler.views import crawl_snapshot, format_snapshot
 
     async with open_redis(settings.redis_url, settings.home) as redis:
         snap = await crawl_snapshot(redis, settings.crawl_name)
@@ -544,7 +544,7 @@ def workers(as_json: bool, **common: Any) -> None:
 
 async def _workers(settings: Settings, as_json: bool) -> int:
     from crawler.connection import open_redis
-    from crawler.monitor import live_workers
+    from crawler.heartbeat import live_workers
 
     async with open_redis(settings.redis_url, settings.home) as redis:
         rows = await live_workers(redis, settings.crawl_name)
@@ -567,7 +567,7 @@ async def _workers(settings: Settings, as_json: bool) -> int:
 def top(interval: float, **common: Any) -> None:
     """Live view of the crawl: rates, queue, workers, proxies. q or Ctrl-C quits."""
     settings = _settings(**common)
-    from crawler.monitor import run_top
+    from crawler.views import run_top
 
     sys.exit(run_async(run_top(settings, interval)))
 

@@ -28,7 +28,7 @@ from crawler.errors import (
     ProxyError,
     TooManyRedirects,
 )
-from crawler.fleet import FleetSlots
+from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
 from crawler.settings import Settings
 from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache
@@ -138,7 +138,7 @@ class Fetcher:
         self,
         session: aiohttp.ClientSession,
         settings: Settings,
-        slots: FleetSlots | None = None,
+        slots: GatewaySlots | None = None,
         trust: TrustCache | None = None,
     ) -> None:
         self.session = session

@@ -619,7 +619,7 @@ def check_proxy(proxy_port: int, url: str) -> None:
 
 
 def start_redis(workdir: Path, name: str) -> Managed:
-    from crawler.connection import redis_server_binary
+    from crawler.embedded import redis_server_binary
 
     port = free_port()
     d = workdir / name

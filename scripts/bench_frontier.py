@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-from crawler.connection import redis_server_binary
+from crawler.embedded import redis_server_binary
 from crawler.keys import CrawlKeys
 
 REPO = Path(__file__).resolve().parents[1]

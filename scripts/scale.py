@@ -52,7 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crawler.connection import redis_server_binary  # noqa: E402
+from crawler.embedded import redis_server_binary  # noqa: E402
 from tests.support.servers import RunningServer, start_server  # noqa: E402
 from tests.support.site_server import expected_pages  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler.connection import redis_server_binary
+from crawler.embedded import redis_server_binary
 from tests.support.servers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from crawler.connection import stop_embedded_server
+from crawler.embedded import stop_embedded_server
 from crawler.frontier import Frontier, now_ms
 from crawler.urls import normalize
 from tests.conftest import crawl_cmd

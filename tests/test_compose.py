@@ -416,7 +416,7 @@ def test_healthcheck_passes_only_with_a_live_heartbeat_from_this_host(
 ) -> None:
     from redis.asyncio import Redis
 
-    from crawler.monitor import publish_heartbeat
+    from crawler.heartbeat import publish_heartbeat
 
     script = tmp_path / "crawl-healthcheck"
     script.write_text(healthcheck_script())

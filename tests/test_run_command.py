@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler.connection import EmbeddedPaths, stop_embedded_server
+from crawler.embedded import EmbeddedPaths, stop_embedded_server
 from crawler.records import Record
 from crawler.sinks import JsonlSink
 from tests.conftest import RedisServer

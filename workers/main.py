@@ -17,8 +17,8 @@ from typing import Any
 from crawler.connection import open_redis
 from crawler.errors import ConfigError, CrawlError
 from crawler.fetch import Fetcher, make_session
-from crawler.fleet import FleetSlots
 from crawler.frontier import Frontier, Politeness
+from crawler.gateway_slots import GatewaySlots
 from crawler.metrics import WorkerMetrics
 from crawler.proxies import ProxyPool
 from crawler.redact import scrub
@@ -101,7 +101,7 @@ async def _main(settings: Settings, out: Any) -> int:
             metrics.restart_clock()
             trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
             slots = (
-                FleetSlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)
+                GatewaySlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)
                 if settings.proxy_max_connections is not None
                 else None
             )

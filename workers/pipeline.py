@@ -30,8 +30,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from crawler.errors import BlockedAddress, FetchError
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Frontier, Lease, NewLink
+from crawler.heartbeat import publish_heartbeat, remove_heartbeat
 from crawler.metrics import WorkerMetrics, format_line, monitor_loop_lag
-from crawler.monitor import publish_heartbeat, remove_heartbeat
 from crawler.parse import ParsedPage, ParseTask
 from crawler.proxies import ProxyPool
 from crawler.records import Record

@@ -26,7 +26,7 @@ from crawler.keys import CrawlKeys
 LINGER_S = 0.05
 
 
-class FleetSlots:
+class GatewaySlots:
     def __init__(self, redis: aioredis.Redis, crawl_name: str, limit: int, hold_s: float) -> None:
         self.redis = redis
         self.keys = CrawlKeys(crawl_name)
@@ -41,7 +41,7 @@ class FleetSlots:
         self._releases: set[asyncio.Task[None]] = set()  # linger tasks, kept referenced until done
 
     def __repr__(self) -> str:
-        return f"FleetSlots(limit={self.limit}, held={self.held}, waits={self.waits})"
+        return f"GatewaySlots(limit={self.limit}, held={self.held}, waits={self.waits})"
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

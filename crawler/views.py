@@ -13,14 +13,13 @@ import os
 import signal
 import sys
 import termios
-import time
 import tty
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from crawler.frontier import Frontier
-from crawler.keys import CrawlKeys
+from crawler.heartbeat import live_workers
 from crawler.settings import Settings
 
 
@@ -56,35 +55,6 @@ def format_snapshot(s: dict[str, Any]) -> str:
         f"deferred={s['deferred']} inflight={s['inflight']} retried={s['retried']}\n"
         f"pages/s: {s['pages_per_s_10s']:.1f} (10s) {s['pages_per_s']:.1f} (60s)  eta={eta}  workers={s['workers']}"
     )
-
-
-async def publish_heartbeat(redis: aioredis.Redis, crawl_name: str, info: dict[str, Any], ttl_s: float) -> None:
-    keys = CrawlKeys(crawl_name)
-    now = time.time()
-    wid = str(info["id"])
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.worker(wid), json.dumps(info, separators=(",", ":")), px=int(ttl_s * 1000))
-        pipe.zadd(keys.workers, {wid: now})
-        pipe.zremrangebyscore(keys.workers, "-inf", now - ttl_s)  # bounded: forget the dead
-        await pipe.execute()
-
-
-async def remove_heartbeat(redis: aioredis.Redis, crawl_name: str, worker_id: str) -> None:
-    keys = CrawlKeys(crawl_name)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.delete(keys.worker(worker_id))
-        pipe.zrem(keys.workers, worker_id)
-        await pipe.execute()
-
-
-async def live_workers(redis: aioredis.Redis, crawl_name: str) -> list[dict[str, Any]]:
-    """Workers whose heartbeat has not expired; a SIGKILLed worker disappears within the heartbeat TTL."""
-    keys = CrawlKeys(crawl_name)
-    ids = await redis.zrange(keys.workers, 0, -1)
-    if not ids:
-        return []
-    vals = await redis.mget([keys.worker(i.decode() if isinstance(i, bytes) else str(i)) for i in ids])
-    return sorted((json.loads(v) for v in vals if v), key=lambda w: str(w.get("id")))
 
 
 async def run_top(settings: Settings, interval: float) -> int:
