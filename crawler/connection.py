@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +28,19 @@ from crawler.errors import ConfigError, RedisUnavailable
 from crawler.redact import redact_url
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+
+@contextlib.contextmanager
+def redis_errors(what: str) -> Iterator[None]:
+    """The Redis boundary: redis-py's errors (and the OSErrors its sockets raise) become RedisUnavailable.
+
+    Used by every module that talks to Redis (frontier, heartbeat, gateway slots), so callers above handle one
+    error type. The cause is kept for the log; the message names the operation, never the URL's password.
+    """
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(f"Redis unavailable during {what} ({exc.__class__.__name__})") from exc
 
 
 def validate_redis_url(url: str) -> None:
@@ -69,7 +82,7 @@ async def _connected(url: str, name: str) -> aioredis.Redis:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc.__class__.__name__}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc.__class__.__name__}") from exc
     return client
 
 

@@ -2,7 +2,9 @@
 
     CrawlError
     ├── ConfigError            bad settings or input: one-line message, exit status 2
-    ├── RedisUnavailable       the frontier cannot be reached (the worker backs off and reconnects)
+    ├── RedisUnavailable       Redis cannot be reached or failed mid-call: the one error of the frontier's edge
+    │                          (`crawler.connection.redis_errors` translates redis-py's errors, keeping the cause);
+    │                          the worker backs off (`crawler.backoff`) and reconnects, never spends an attempt
     └── FetchError             one fetch attempt failed; `kind` is the stable label in records and metrics
         ├── ConnectError       "connect": refused, reset, DNS, TLS
         ├── FetchTimeout       "timeout": total or read deadline passed
@@ -14,7 +16,8 @@
         ├── InvalidTarget      "invalid_url": a URL (or redirect target) the HTTP client refuses
         └── BlockedAddress     "blocked_address": a private or loopback target refused by the SSRF guard
 
-The retry policy (`crawler.retry`) matches only these classes.
+The retry policy (`crawler.retry`) matches only these classes. Translations keep the cause (`raise ... from exc`),
+so a log can show the chain while records show only the stable `kind`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ class ConfigError(CrawlError):
 
 
 class RedisUnavailable(CrawlError):
-    """The frontier's Redis cannot be reached (message carries the redacted URL)."""
+    """The frontier's Redis cannot be reached (message carries the redacted URL, never a password)."""
+
+    @property
+    def cause_name(self) -> str:
+        """The class of the translated error (ConnectionError, TimeoutError, ...), for one-line warnings."""
+        return type(self.__cause__).__name__ if self.__cause__ is not None else "unreachable"
 
 
 class FetchError(CrawlError):

@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from crawler.connection import redis_errors
 from crawler.keys import CrawlKeys
 from crawler.urls import NormalizedURL
 
@@ -82,6 +83,43 @@ class NewLink:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferral:
+    """Retry later: the lease, when it is due (epoch s), and the attempts made so far."""
+
+    lease: Lease
+    due_s: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Give up: the lease, the attempts made, and the last error (a small JSON-able dict: kind, status, ...)."""
+
+    lease: Lease
+    attempts: int
+    error: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Everything one commit settles, in one round trip (`Frontier.settle`)."""
+
+    done: Sequence[Lease] = ()
+    links: Sequence[NewLink] = ()
+    deferred: Sequence[Deferral] = ()
+    dead: Sequence[DeadLetter] = ()
+    released: Sequence[Lease] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.done or self.links or self.deferred or self.dead or self.released)
+
+    @property
+    def leases(self) -> list[Lease]:
+        """Every lease this settlement ends (acked, deferred, dead or handed back)."""
+        return [*self.done, *(d.lease for d in self.deferred), *(d.lease for d in self.dead), *self.released]
+
+
+@dataclass(frozen=True, slots=True)
 class Counters:
     enqueued: int
     queued: int
@@ -134,7 +172,8 @@ class Frontier:
         return self.politeness.per_host_concurrency
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
-        return await self._scripts[name](keys=list(keys), args=[self.keys.prefix, *args], client=client)
+        with redis_errors(name):  # the frontier's edge: callers see RedisUnavailable only
+            return await self._scripts[name](keys=list(keys), args=[self.keys.prefix, *args], client=client)
 
     # Each operation's script call is built once, here; the single-operation methods run it alone and `settle`
     # runs several on one pipeline. A call is (script name, keys, args without the prefix).
@@ -156,18 +195,18 @@ class Frontier:
             [now_ms(), self._phc, *(x.member for x in leases)],
         )
 
-    def _defer_call(self, items: Sequence[tuple[Lease, float, int]]) -> _Call:
+    def _defer_call(self, items: Sequence[Deferral]) -> _Call:
         k = self.keys
         args: list[Any] = [now_ms(), self._phc]
-        for ls, due_s, attempts in items:
-            args += [ls.member, int(due_s * 1000), attempts]
+        for d in items:
+            args += [d.lease.member, int(d.due_s * 1000), d.attempts]
         return "defer", [k.leases, k.host_inflight, k.hosts, k.deferred, k.stats], args
 
-    def _dead_call(self, items: Sequence[tuple[Lease, int, dict[str, Any]]]) -> _Call:
+    def _dead_call(self, items: Sequence[DeadLetter]) -> _Call:
         k = self.keys
         args: list[Any] = [now_ms(), self._phc]
-        for ls, attempts, err in items:
-            args += [ls.member, attempts, json.dumps(err, separators=(",", ":"))]
+        for d in items:
+            args += [d.lease.member, d.attempts, json.dumps(d.error, separators=(",", ":"))]
         return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args
 
     # -- adding ---------------------------------------------------------------------------------------------
@@ -240,45 +279,40 @@ class Frontier:
         """Give leases back to the front of their queues without counting an attempt."""
         return int(await self._run(*self._release_call(leases))) if leases else 0
 
-    async def defer(self, items: Sequence[tuple[Lease, float, int]]) -> int:
-        """Retry later: (lease, due_epoch_s, attempts made so far). Counted in `retried`."""
+    async def defer(self, items: Sequence[Deferral]) -> int:
+        """Retry later (each due at its time, with the attempts made so far). Counted in `retried`."""
         return int(await self._run(*self._defer_call(items))) if items else 0
 
-    async def dead(self, items: Sequence[tuple[Lease, int, dict[str, Any]]]) -> int:
-        """Dead-letter (lease, attempts, error) items; error is a small JSON-able dict (kind, message, status)."""
+    async def dead(self, items: Sequence[DeadLetter]) -> int:
+        """Dead-letter leases with their attempts and last error (a small JSON-able dict: kind, message, status)."""
         return int(await self._run(*self._dead_call(items))) if items else 0
 
-    async def settle(
-        self,
-        done: Sequence[Lease],
-        links: Sequence[NewLink],
-        deferred: Sequence[tuple[Lease, float, int]],
-        dead: Sequence[tuple[Lease, int, dict[str, Any]]],
-        released: Sequence[Lease] = (),
-    ) -> int:
+    async def settle(self, s: Settlement) -> int:
         """ack + defer + dead + release of one commit in a single round trip (a pipeline of script calls).
 
-        Returns how many leases were acked (owned at the time).
+        Returns how many leases were acked (owned at the time). Raises RedisUnavailable when Redis is away; the
+        settlement may then be applied again as a whole: every script ignores leases it no longer holds.
         """
         calls: list[_Call] = []
-        if done or links:
+        if s.done or s.links:
             # links past the first chunk go in separate add calls: one script must not hold Redis for long
-            calls.append(self._ack_call(done, links[:LINKS_PER_CALL]))
-            for start in range(LINKS_PER_CALL, len(links), LINKS_PER_CALL):
-                calls.append(self._add_call(*_link_blobs(links[start : start + LINKS_PER_CALL])))
-        if deferred:
-            calls.append(self._defer_call(deferred))
-        if dead:
-            calls.append(self._dead_call(dead))
-        if released:
-            calls.append(self._release_call(released))
+            calls.append(self._ack_call(s.done, s.links[:LINKS_PER_CALL]))
+            for start in range(LINKS_PER_CALL, len(s.links), LINKS_PER_CALL):
+                calls.append(self._add_call(*_link_blobs(s.links[start : start + LINKS_PER_CALL])))
+        if s.deferred:
+            calls.append(self._defer_call(s.deferred))
+        if s.dead:
+            calls.append(self._dead_call(s.dead))
+        if s.released:
+            calls.append(self._release_call(s.released))
         if not calls:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                await self._run(*call, client=pipe)
-            results = await pipe.execute()
-        return int(results[0][0]) if done or links else 0
+        with redis_errors("settle"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    await self._run(*call, client=pipe)
+                results = await pipe.execute()
+        return int(results[0][0]) if s.done or s.links else 0
 
     async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
         """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead)."""
@@ -291,16 +325,18 @@ class Frontier:
         return int(requeued), int(dead)
 
     async def is_seed_host(self, host: str) -> bool:
-        return bool(await self.redis.sismember(self.keys.seed_hosts, host))
+        with redis_errors("seed host check"):
+            return bool(await self.redis.sismember(self.keys.seed_hosts, host))
 
     # -- reading --------------------------------------------------------------------------------------------
     async def counters(self) -> Counters:
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.stats)
-            pipe.zcard(k.deferred)
-            pipe.zcard(k.leases)
-            stats, deferred, inflight = await pipe.execute()
+        with redis_errors("counters"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(k.stats)
+                pipe.zcard(k.deferred)
+                pipe.zcard(k.leases)
+                stats, deferred, inflight = await pipe.execute()
         s = {(a.decode() if isinstance(a, bytes) else a): int(b) for a, b in stats.items()}
         return Counters(
             enqueued=s.get("enqueued", 0),
@@ -315,7 +351,8 @@ class Frontier:
     async def pages_per_s(self, window_s: int = 60) -> float:
         """Crawl-wide pages/s over the last `window_s` complete seconds, from the per-second buckets."""
         now_s = int(time.time())
-        vals = await self.redis.mget([self.keys.rate(now_s - i) for i in range(1, window_s + 1)])
+        with redis_errors("rates"):
+            vals = await self.redis.mget([self.keys.rate(now_s - i) for i in range(1, window_s + 1)])
         oldest = max((i for i, v in enumerate(vals, start=1) if v), default=0)
         if not oldest:
             return 0.0

@@ -18,8 +18,10 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from crawler.backoff import Backoff
+from crawler.connection import redis_errors
+from crawler.errors import RedisUnavailable
 from crawler.frontier import now_ms
 from crawler.keys import CrawlKeys
 
@@ -46,17 +48,16 @@ class GatewaySlots:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         token = f"{self._prefix}-{next(self._ids)}"
-        delay = 0.005
+        poll = Backoff(first_s=0.005, cap_s=0.1)  # a full fleet and an absent Redis are waited out alike
         while True:
-            try:
-                args: list[Any] = [self.keys.prefix, now_ms(), now_ms() + int(self.hold_s * 1000), token, self.limit]
+            args: list[Any] = [self.keys.prefix, now_ms(), now_ms() + int(self.hold_s * 1000), token, self.limit]
+            # Redis away: wait like a full fleet, never exceed the cap
+            with contextlib.suppress(RedisUnavailable), redis_errors("gateway slot"):
                 if await self._take(keys=[self.keys.proxy_slots], args=args):
                     break
-            except (RedisError, OSError):
-                pass  # Redis away: wait like a full fleet, never exceed the cap
             self.waits += 1
-            await asyncio.sleep(delay)
-            delay = min(0.1, delay * 1.5)
+            poll.failed()
+            await poll.wait()
         self.held += 1
         try:
             yield
@@ -68,5 +69,5 @@ class GatewaySlots:
 
     async def _release(self, token: str) -> None:
         await asyncio.sleep(LINGER_S)
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisUnavailable), redis_errors("gateway slot release"):
             await self.redis.zrem(self.keys.proxy_slots, token)

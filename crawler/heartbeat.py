@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from crawler.connection import redis_errors
 from crawler.keys import CrawlKeys
 
 
@@ -19,19 +20,21 @@ async def publish_heartbeat(redis: aioredis.Redis, crawl_name: str, info: dict[s
     keys = CrawlKeys(crawl_name)
     now = time.time()
     wid = str(info["id"])
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.worker(wid), json.dumps(info, separators=(",", ":")), px=int(ttl_s * 1000))
-        pipe.zadd(keys.workers, {wid: now})
-        pipe.zremrangebyscore(keys.workers, "-inf", now - ttl_s)  # bounded: forget the dead
-        await pipe.execute()
+    with redis_errors("heartbeat"):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.worker(wid), json.dumps(info, separators=(",", ":")), px=int(ttl_s * 1000))
+            pipe.zadd(keys.workers, {wid: now})
+            pipe.zremrangebyscore(keys.workers, "-inf", now - ttl_s)  # bounded: forget the dead
+            await pipe.execute()
 
 
 async def remove_heartbeat(redis: aioredis.Redis, crawl_name: str, worker_id: str) -> None:
     keys = CrawlKeys(crawl_name)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.delete(keys.worker(worker_id))
-        pipe.zrem(keys.workers, worker_id)
-        await pipe.execute()
+    with redis_errors("heartbeat removal"):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.worker(worker_id))
+            pipe.zrem(keys.workers, worker_id)
+            await pipe.execute()
 
 
 async def live_workers(redis: aioredis.Redis, crawl_name: str) -> list[dict[str, Any]]:

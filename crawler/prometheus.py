@@ -32,12 +32,12 @@ class PromMetrics:
         self.server, self.thread = start_http_server(port, addr=addr, registry=r)
         self.port = self.server.server_port
 
-    def bind(self, pipeline: Any) -> None:
-        """Gauges read live from the pipeline at scrape time."""
-        self.inflight.set_function(lambda: pipeline.metrics.inflight)
-        self.parse_backlog.set_function(lambda: pipeline.parse_pool.backlog)
-        self.local_queue.set_function(lambda: pipeline.queue.qsize())
-        self.held.set_function(lambda: len(pipeline.held))
+    def bind(self, engine: Any) -> None:
+        """Gauges read live from the worker's engine (workers/engine.py) at scrape time."""
+        self.inflight.set_function(lambda: engine.tasks.busy)
+        self.parse_backlog.set_function(lambda: engine.parse_pool.backlog)
+        self.local_queue.set_function(lambda: engine.leaser.queue.qsize())
+        self.held.set_function(lambda: len(engine.leaser.book))
 
     def page(self, status_class: str, nbytes: int, latency_ms: float, error: str | None) -> None:
         self.pages.labels(status_class).inc()

@@ -11,6 +11,12 @@
 | body too large, redirect loop, blocked,   | DONE with `error` set (permanent: retrying cannot help)  |
 | a URL the HTTP client refuses             |                                                          |
 | any retryable outcome on the last attempt | DEAD with the last error                                 |
+| retries left after the in-process tries   | RETRY_LATER in 1-2 s through the frontier (`conclude`)    |
+| robots.txt unreachable                    | RETRY_LATER in 60 s, naming the cause (`robots_unreachable`) |
+| five 407s in a row                        | the worker stops with exit 3 (`ProxyAuthStreak`)          |
+
+The worker executes decisions; it never makes them. Infrastructure faults (Redis away, a gateway that is down)
+are not outcomes of a URL and never reach this module: their leases are handed back without an attempt.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import enum
 import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from crawler.errors import (
     BlockedAddress,
@@ -32,6 +40,8 @@ from crawler.errors import (
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 RETRY_AFTER_CAP_S = 3600.0
+ROBOTS_RETRY_S = 60.0  # RFC 9309 2.3.1.3: an unreachable robots.txt means "not now"
+PROXY_AUTH_FATAL = 5  # consecutive 407s that stop the worker: the credentials are wrong
 
 
 class Action(enum.Enum):
@@ -89,32 +99,79 @@ def decide(
 ) -> Decision:
     """Classify the outcome of attempt number `attempts` (1-based) of a URL allowed `max_attempts` in total."""
     rng = rng or random.Random()
-    last = attempts >= max_attempts
     if isinstance(error, ProxyAuthError) or (via_proxy and status == 407):
         return Decision(Action.RELEASE, "proxy_auth", ban=True)
+    if isinstance(error, _PERMANENT):
+        return Decision(Action.DONE, error.kind)
     if error is not None:
-        if isinstance(error, _PERMANENT):
-            return Decision(Action.DONE, error.kind)
-        if last:
-            return Decision(Action.DEAD, error.kind)
-        return Decision(Action.RETRY_NOW, error.kind, ban=True)
-    assert status is not None
-    if status == 429 or (status == 503 and retry_after):
-        if last:
-            return Decision(Action.DEAD, f"http_{status}")
+        wanted = Decision(Action.RETRY_NOW, error.kind, ban=True)
+    elif status == 429 or (status == 503 and retry_after):
         wait = parse_retry_after(retry_after, now_epoch_s)
-        return Decision(
-            Action.RETRY_LATER,
-            f"http_{status}",
-            wait if wait is not None else backoff_s(attempts, rng),
-            ban=status == 429,
-        )
-    if status in (502, 503, 504):
-        if last:
-            return Decision(Action.DEAD, f"http_{status}")
-        return Decision(Action.RETRY_NOW, f"http_{status}", ban=True)
-    if via_proxy and (status == 403 or banned_body):
-        if last:
-            return Decision(Action.DONE, "banned")  # keep what we saw: the site may really say 403
-        return Decision(Action.RETRY_NOW, "banned", ban=True)
-    return Decision(Action.DONE)
+        delay = wait if wait is not None else backoff_s(attempts, rng)
+        wanted = Decision(Action.RETRY_LATER, f"http_{status}", delay, ban=status == 429)
+    elif status in (502, 503, 504):
+        wanted = Decision(Action.RETRY_NOW, f"http_{status}", ban=True)
+    elif via_proxy and (status == 403 or banned_body):
+        wanted = Decision(Action.RETRY_NOW, "banned", ban=True)
+    else:
+        return Decision(Action.DONE)
+    if attempts < max_attempts:
+        return wanted
+    # the last attempt: a block keeps what we saw (the site may really say 403); everything else is dead
+    return Decision(Action.DONE if wanted.reason == "banned" else Action.DEAD, wanted.reason)
+
+
+def conclude(decision: Decision, attempts: int, max_attempts: int, rng: random.Random) -> Decision:
+    """The final decision for a lease once the in-process tries are over.
+
+    A RETRY_NOW left over (in-process tries ran out with attempts to spare) goes through the frontier in 1-2 s; a
+    RETRY_LATER on the last attempt is DEAD. Everything else stands.
+    """
+    if decision.action is Action.RETRY_NOW:
+        decision = Decision(Action.RETRY_LATER, decision.reason, 1.0 + rng.random(), decision.ban)
+    if decision.action is Action.RETRY_LATER and attempts >= max_attempts:
+        return Decision(Action.DEAD, decision.reason)
+    return decision
+
+
+def robots_unreachable(cause: FetchError | None, attempts: int, max_attempts: int, rng: random.Random) -> Decision:
+    """robots.txt could not be read: the decision for the URL waiting on it.
+
+    With no answer at all (`cause`: connection refused, timeout, ...), the site is as unreachable for the page as
+    for robots.txt: decided like a failed fetch of the page, so the record or dead letter names the real cause.
+    A 5xx answer means "not now" (RFC 9309 2.3.1.3): the URL is retried later.
+    """
+    if cause is not None:
+        return decide(status=None, error=cause, attempts=attempts, max_attempts=max_attempts, rng=rng)
+    return conclude(Decision(Action.RETRY_LATER, "robots_unreachable", ROBOTS_RETRY_S), attempts, max_attempts, rng)
+
+
+class ProxyAuthStreak:
+    """Counts consecutive 407s from the gateway: after PROXY_AUTH_FATAL in a row the credentials are wrong."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def observe(self, decision: Decision) -> bool:
+        """Record one final decision; True when the streak says stop (exit 3)."""
+        if decision.action is Action.RELEASE and decision.reason == "proxy_auth":
+            self.count += 1
+        else:
+            self.count = 0
+        return self.count >= PROXY_AUTH_FATAL
+
+
+class RetryNow(Exception):
+    """Raised inside the in-process retry loop to ask tenacity for another try (carries nothing)."""
+
+
+def in_process_retrying(tries: int) -> AsyncRetrying:
+    """The schedule of in-process retries (each with a fresh proxy session): short, jittered, bounded."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(tries),
+        wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type(RetryNow),
+        reraise=True,
+    )

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from crawler.embedded import stop_embedded_server
-from crawler.frontier import Frontier, now_ms
+from crawler.frontier import DeadLetter, Frontier, now_ms
 from crawler.urls import normalize
 from tests.conftest import crawl_cmd
 
@@ -205,7 +205,7 @@ def test_dead_list_and_requeue(redis_server: Any, crawl_name: str, tmp_path: Pat
             await f.add([normalize("http://example.com/gone"), normalize("http://example.com/fine")], depth=2)
             leases, _ = await f.lease(2, "t", 30)
             gone = next(ls for ls in leases if ls.url.endswith("/gone"))
-            assert await f.dead([(gone, 4, err)]) == 1
+            assert await f.dead([DeadLetter(gone, 4, err)]) == 1
             assert await f.ack([ls for ls in leases if ls is not gone]) == (1, 0)
             return gone.url
         finally:

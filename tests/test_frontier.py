@@ -18,7 +18,17 @@ import pytest
 import redis.asyncio as aioredis
 
 import crawler.frontier as frontier_mod
-from crawler.frontier import Counters, Frontier, Lease, NewLink, Politeness, now_ms
+from crawler.frontier import (
+    Counters,
+    DeadLetter,
+    Deferral,
+    Frontier,
+    Lease,
+    NewLink,
+    Politeness,
+    Settlement,
+    now_ms,
+)
 from crawler.urls import NormalizedURL, normalize
 
 pytestmark = pytest.mark.timeout(60)
@@ -169,7 +179,7 @@ def test_defer_respects_due_time(redis_server: Any, crawl_name: str) -> None:
             await f.add(urls("a.example", 2))
             (later, soon), _ = await f.lease(2, "c1", LONG_TTL_S)
             future_s = time.time() + 3600
-            assert await f.defer([(later, future_s, 1)]) == 1
+            assert await f.defer([Deferral(later, future_s, 1)]) == 1
             await check(f, queued=0, deferred=1, inflight=1)
             # not leasable before its due time; next_due says when it will be
             got, next_due = await f.lease(10, "c1", LONG_TTL_S)
@@ -177,13 +187,13 @@ def test_defer_respects_due_time(redis_server: Any, crawl_name: str) -> None:
             assert next_due == int(future_s * 1000)
 
             past_s = time.time() - 10
-            assert await f.defer([(soon, past_s, 2)]) == 1
+            assert await f.defer([Deferral(soon, past_s, 2)]) == 1
             c = await check(f, deferred=2, inflight=0)
             assert c.retried == 2
             got, _ = await f.lease(10, "c1", LONG_TTL_S)
             assert [(ls.url, ls.attempts) for ls in got] == [(soon.url, 2)]  # the due one only
             await check(f, deferred=1, inflight=1, queued=0)
-            assert await f.defer([(soon, past_s, 2)]) == 0  # a stale lease cannot be deferred again
+            assert await f.defer([Deferral(soon, past_s, 2)]) == 0  # a stale lease cannot be deferred again
 
             # time passes for the far one (its due time moves into the past): now it is leasable
             entry = f"0 1 {later.url}"
@@ -202,8 +212,8 @@ def test_dead_letter_and_requeue(redis_server: Any, crawl_name: str) -> None:
             leases, _ = await f.lease(3, "c1", LONG_TTL_S)
             err = {"kind": "http", "status": 404, "message": "not found here"}
             before = now_ms()
-            assert await f.dead([(leases[0], 4, err)]) == 1
-            assert await f.dead([(leases[0], 4, err)]) == 0  # not owned any more
+            assert await f.dead([DeadLetter(leases[0], 4, err)]) == 1
+            assert await f.dead([DeadLetter(leases[0], 4, err)]) == 0  # not owned any more
             await check(f, dead=1, inflight=2)
             entries = await f.dead_entries()
             assert len(entries) == 1
@@ -320,15 +330,17 @@ def test_settle_in_one_round_trip(redis_server: Any, crawl_name: str) -> None:
             await f.add(urls("a.example", 4))
             a, b, c, d = (await f.lease(4, "c1", LONG_TTL_S))[0]
             acked = await f.settle(
-                done=[a],
-                links=[NewLink.of(normalize("http://z.example/"), 1)],
-                deferred=[(b, time.time() + 3600, 1)],
-                dead=[(c, 3, {"kind": "http", "status": 410})],
-                released=[d],
+                Settlement(
+                    done=[a],
+                    links=[NewLink.of(normalize("http://z.example/"), 1)],
+                    deferred=[Deferral(b, time.time() + 3600, 1)],
+                    dead=[DeadLetter(c, 3, {"kind": "http", "status": 410})],
+                    released=[d],
+                )
             )
             assert acked == 1
             await check(f, enqueued=5, done=1, deferred=1, dead=1, queued=2, inflight=0)
-            assert await f.settle([], [], [], []) == 0
+            assert await f.settle(Settlement()) == 0
 
     asyncio.run(main())
 

@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from crawler.frontier import Frontier, Lease, NewLink, Politeness, now_ms
+from crawler.frontier import DeadLetter, Deferral, Frontier, Lease, NewLink, Politeness, now_ms
 from crawler.urls import normalize
 
 pytestmark = pytest.mark.timeout(120)
@@ -189,7 +189,7 @@ class FrontierMachine(RuleBasedStateMachine):
     def defer(self, picks: list[int], past: bool) -> None:
         chosen = self._pick(self._held(), picks)
         due_s = time.time() + (-5 if past else 3600)
-        assert self.run(self.f.defer([(ls, due_s, ls.attempts + 1) for ls in chosen])) == len(chosen)
+        assert self.run(self.f.defer([Deferral(ls, due_s, ls.attempts + 1) for ls in chosen])) == len(chosen)
         for ls in chosen:
             del self.held[ls.url]
             self.attempts[ls.url] = ls.attempts + 1
@@ -198,7 +198,7 @@ class FrontierMachine(RuleBasedStateMachine):
     def dead(self, picks: list[int]) -> None:
         chosen = self._pick(self._held(), picks)
         err = {"kind": "http", "status": 404, "message": "gone for good"}
-        assert self.run(self.f.dead([(ls, ls.attempts + 1, err) for ls in chosen])) == len(chosen)
+        assert self.run(self.f.dead([DeadLetter(ls, ls.attempts + 1, err) for ls in chosen])) == len(chosen)
         for ls in chosen:
             del self.held[ls.url]
         entries = {e.url: e for e in self.run(self.f.dead_entries())}
@@ -247,8 +247,8 @@ class FrontierMachine(RuleBasedStateMachine):
             return
         assert self.run(self.f.ack(self.lost)) == (0, 0)
         assert self.run(self.f.release(self.lost)) == 0
-        assert self.run(self.f.defer([(ls, time.time(), 1) for ls in self.lost])) == 0
-        assert self.run(self.f.dead([(ls, 1, {"kind": "x"}) for ls in self.lost])) == 0
+        assert self.run(self.f.defer([Deferral(ls, time.time(), 1) for ls in self.lost])) == 0
+        assert self.run(self.f.dead([DeadLetter(ls, 1, {"kind": "x"}) for ls in self.lost])) == 0
 
     @rule()
     def requeue_dead(self) -> None:

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from crawler.connection import validate_redis_url
 from crawler.errors import ConfigError
-from crawler.frontier import LINKS_PER_CALL, Frontier, NewLink
+from crawler.frontier import LINKS_PER_CALL, Frontier, NewLink, Settlement
 from crawler.proxies import parse_proxy_url
 from crawler.redact import redact_url, url_password
 from crawler.urls import normalize
@@ -26,7 +26,7 @@ def test_settle_splits_a_huge_link_batch_and_loses_none(redis_server: RedisServe
             await f.add([normalize("http://seed.example/")])
             leases, _ = await f.lease(1, "w", 30)
             links = [NewLink.of(normalize(f"http://h{i % 50}.example/p/{i}"), 1) for i in range(n_links)]
-            acked = await f.settle(leases, links, [], [])
+            acked = await f.settle(Settlement(leases, links))
             c = await f.counters()
             assert acked == 1 and c.consistent
             assert c.enqueued == 1 + n_links and c.queued == n_links and c.done == 1

@@ -1,1 +1,1 @@
-"""The worker process: event loop, pipeline, parse pool, signals."""
+"""The worker process as stages: engine, leaser, processing, committer, housekeeping; parse pool, signals."""

@@ -1,4 +1,4 @@
-"""The worker process: uvloop, resources, the pipeline, and a clean exit code.
+"""The worker process: uvloop, resources, the engine and its stages, and a clean exit code.
 
 Exit codes: 0 stopped cleanly (signal, --until-idle, --max-pages), 2 configuration or Redis unreachable at start,
 3 the gateway refused our credentials repeatedly.
@@ -26,8 +26,8 @@ from crawler.settings import Settings
 from crawler.sinks import JsonlSink
 from crawler.ssrf import TrustCache
 from workers import signals
+from workers.engine import Engine
 from workers.parse_pool import ParsePool
-from workers.pipeline import Pipeline
 
 PARSE_BACKLOG_BYTES = 32 * 1024 * 1024
 FDS_PER_FETCH = 2  # the connection, plus headroom for DNS, Redis, the parse pool's pipes
@@ -110,7 +110,7 @@ async def _main(settings: Settings, out: Any) -> int:
             except OSError as exc:
                 raise ConfigError(f"--output {settings.output_dir}: {exc.strerror or exc}") from None
             async with make_session(settings, trust) as session:
-                pipeline = Pipeline(
+                engine = Engine(
                     settings,
                     frontier,
                     Fetcher(session, settings, slots, trust),
@@ -121,15 +121,15 @@ async def _main(settings: Settings, out: Any) -> int:
                     out,
                     trust,
                 )
-                signals.install(asyncio.get_running_loop(), pipeline.stop)
+                signals.install(asyncio.get_running_loop(), engine.stop)
                 if metrics.prom is not None:
-                    metrics.prom.bind(pipeline)
-                    pipeline.say(f"Prometheus metrics on http://0.0.0.0:{metrics.prom.port}/metrics")
-                pipeline.say(
+                    metrics.prom.bind(engine)
+                    engine.say(f"Prometheus metrics on http://0.0.0.0:{metrics.prom.port}/metrics")
+                engine.say(
                     f"worker {settings.worker_id} started: crawl={settings.crawl_name} "
                     f"concurrency={settings.concurrency} parse_workers={settings.parse_workers} "
                     f"proxies={len(settings.proxies)} output={settings.output_dir}"
                 )
-                return await pipeline.run()
+                return await engine.run()
     finally:
         parse_pool.close()

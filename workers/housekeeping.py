@@ -1,0 +1,125 @@
+"""Beside the stages: renew held leases, reclaim expired ones, publish the heartbeat, print throughput lines.
+
+Each loop leaves when its event is set (never needs cancelling mid-call); errors from Redis are expected here
+(an outage), so each loop just tries again at its next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from crawler.backoff import pause
+from crawler.errors import RedisUnavailable
+from crawler.frontier import Frontier
+from crawler.heartbeat import publish_heartbeat
+from crawler.metrics import WorkerMetrics
+from crawler.proxies import ProxyPool
+from crawler.settings import Settings
+from workers.leaser import LeaseBook
+
+RECLAIM_BATCH = 1000  # expired leases reclaimed per script call
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        settings: Settings,
+        frontier: Frontier,
+        book: LeaseBook,
+        metrics: WorkerMetrics,
+        proxies: ProxyPool,
+        status: Callable[[], dict[str, Any]],
+        emit: Callable[[dict[str, Any]], None],
+        say: Callable[[str, str], None],
+    ) -> None:
+        self.s = settings
+        self.frontier = frontier
+        self.book = book
+        self.metrics = metrics
+        self.proxies = proxies
+        self._status = status  # the engine's live gauges for the heartbeat (inflight, parse backlog)
+        self._emit = emit
+        self._say = say
+        self._rng = random.Random()
+
+    async def renew(self, until: asyncio.Event) -> None:
+        """Extend every held lease each ttl/3, through the grace period too."""
+        interval = self.s.lease_ttl_s / 3
+        while not await pause(interval, until):
+            held = self.book.leases()
+            try:
+                lost = await self.frontier.renew(held, self.s.lease_ttl_s)
+            except RedisUnavailable:
+                continue
+            # a lease settled (acked, deferred...) while the renew was in flight is not lost: it is just gone
+            really_lost = [ls for ls in lost if self.book.owns(ls.member)]
+            if really_lost:
+                self._say(
+                    f"{len(really_lost)} leases were reclaimed by others while held (this worker stalled?)",
+                    "warning",
+                )
+
+    async def reclaim(self, until: asyncio.Event) -> None:
+        """Return expired leases of dead workers to the frontier, batch after batch while they come back full."""
+        while not await pause(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), until):
+            requeued = dead = 0
+            try:
+                while True:
+                    r, d = await self.frontier.reclaim(self.s.max_attempts, RECLAIM_BATCH)
+                    requeued, dead = requeued + r, dead + d
+                    if r + d < RECLAIM_BATCH or until.is_set():
+                        break
+            except RedisUnavailable:
+                continue
+            if requeued or dead:
+                self._say(
+                    f"reclaimed {requeued} expired leases ({dead} dead-lettered after their last attempt)", "info"
+                )
+
+    async def report(self, until: asyncio.Event) -> None:
+        """A throughput line every --log-interval, a heartbeat every heartbeat TTL / 3."""
+        interval = min(self.s.log_interval_s, self.s.heartbeat_ttl_s / 3)
+        next_line = time.monotonic() + self.s.log_interval_s
+        while not await pause(interval, until):
+            snap = None
+            if time.monotonic() >= next_line:
+                next_line += self.s.log_interval_s
+                snap = self.metrics.snapshot(self.proxies.success_rate())
+                self._emit(snap)
+            await self._heartbeat(snap)
+
+    async def _heartbeat(self, snap: dict[str, Any] | None) -> None:
+        if snap is None:
+            snap = self.metrics.snapshot(self.proxies.success_rate(), reset=False)
+        info = {
+            "id": self.s.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": round(time.time() - (time.monotonic() - self.metrics.started), 1),
+            "last_seen": round(time.time(), 1),
+            "pages": self.metrics.pages,
+            "pages_per_s": snap["pages_per_s"],
+            "rss_mb": snap["rss_mb"],
+            "proxy_success_rate": snap["proxy_success_rate"],
+            "errors": dict(self.metrics.errors),
+            "proxies": [
+                {
+                    "proxy": st.redacted,
+                    "health": st.health,
+                    "requests": st.requests,
+                    "failures": st.failures,
+                    "rotations": st.rotations,
+                }
+                for st in self.proxies.states
+            ],
+            **self._status(),
+        }
+        with contextlib.suppress(RedisUnavailable):  # an outage: the next beat tries again
+            await publish_heartbeat(self.frontier.redis, self.s.crawl_name, info, self.s.heartbeat_ttl_s)

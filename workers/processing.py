@@ -1,0 +1,324 @@
+"""Stage 2, processing one lease: SSRF guard, robots.txt, fetch attempts as `crawler.retry` decides, parse.
+
+`FetchTasks` runs `concurrency` tasks, each taking a lease from the leaser's queue and handing one `Outcome` to
+the committer. `Processor.process` is the whole life of one lease in this worker; it never decides a retry
+itself (the policy is `crawler.retry`), and it never lets an error escape without an outcome: a Redis outage
+mid-lease hands the URL back without an attempt, a bug dead-letters it with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crawler import retry
+from crawler.errors import BlockedAddress, FetchError, RedisUnavailable
+from crawler.fetch import Fetcher, FetchResult
+from crawler.frontier import Lease, NewLink
+from crawler.metrics import WorkerMetrics
+from crawler.parse import ParsedPage, ParseTask
+from crawler.proxies import ProxyPool
+from crawler.records import Record
+from crawler.redact import scrub
+from crawler.retry import Action, Decision
+from crawler.robots import RobotsCache
+from crawler.settings import Settings
+from crawler.ssrf import TrustCache, bare_host
+from crawler.urls import InvalidURL, host_of, normalize
+from workers.outcomes import Outcome
+from workers.parse_pool import ParsePool
+from workers.seen_cache import SeenCache
+
+log = logging.getLogger("crawl.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One fetch attempt: what came back, what the policy decided, through which gateway (redacted)."""
+
+    result: FetchResult | None
+    page: ParsedPage | None
+    decision: Decision
+    proxy: str | None
+
+
+class Processor:
+    """Turns one lease into one outcome. Owns the retry RNG, the 407 streak and the seen-link cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fetcher: Fetcher,
+        parse_pool: ParsePool,
+        proxies: ProxyPool,
+        metrics: WorkerMetrics,
+        trust: TrustCache | None,
+        on_fatal: Callable[[str, int], None],
+        say: Callable[[str, str], None],
+    ) -> None:
+        self.s = settings
+        self.fetcher = fetcher
+        self.parse_pool = parse_pool
+        self.proxies = proxies
+        self.metrics = metrics
+        self.trust = trust  # SSRF guard: None with --allow-private-networks
+        self.robots = RobotsCache(self._fetch_robots, settings.user_agent) if settings.robots else None
+        self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
+        self._on_fatal = on_fatal
+        self._say = say
+        self._rng = random.Random()
+        self._auth_streak = retry.ProxyAuthStreak()
+        self._secrets = settings.secrets()
+
+    def __repr__(self) -> str:
+        return f"Processor(robots={self.robots!r}, seen={self.seen!r}, auth_streak={self._auth_streak.count})"
+
+    async def process(self, lease: Lease) -> Outcome:
+        """The outcome of one lease; raises only CancelledError (the caller decides what that means)."""
+        try:
+            return await self._process(lease)
+        except RedisUnavailable as exc:  # Redis away mid-lease (robots, SSRF trust): not the URL's fault
+            self.seen.clear()
+            self._say(f"Redis unavailable while processing a URL ({exc.cause_name}); handing it back", "warning")
+            return Outcome(lease, Action.RELEASE, lease.attempts)
+        except Exception as exc:  # a bug must not lose the URL: dead-letter it with the error
+            log.exception("unexpected error processing %s", lease.url)
+            self.metrics.dead_letter("internal")
+            err = {"kind": "internal", "message": scrub(repr(exc), self._secrets)[:300]}
+            return Outcome(lease, Action.DEAD, lease.attempts + 1, error=err)
+
+    async def _process(self, lease: Lease) -> Outcome:
+        if self.trust is not None and await self.trust.refuses(bare_host(host_of(lease.url))):
+            return self._unfetched(lease, "blocked_address")
+        if self.robots is not None:
+            try:
+                allowed = await self.robots.allowed(lease.url)
+            except BlockedAddress:
+                return self._unfetched(lease, "blocked_address")
+            if allowed is None:
+                decision = retry.robots_unreachable(None, lease.attempts + 1, self.s.max_attempts, self._rng)
+                return self._finish(lease, lease.attempts + 1, Attempt(None, None, decision, None))
+            if not allowed:
+                return self._unfetched(lease, "robots_disallowed")
+        attempts, last = await self._attempts(lease)
+        return self._finish(lease, attempts, last)
+
+    async def _attempts(self, lease: Lease) -> tuple[int, Attempt]:
+        """The first attempt, then (the rare path) tenacity's in-process retries, each with a fresh session."""
+        attempts = lease.attempts + 1
+        last = await self._attempt(lease, attempts)
+        if last.decision.action is not Action.RETRY_NOW or attempts >= self.s.max_attempts:
+            return attempts, last
+        try:
+            async for attempt in retry.in_process_retrying(self.s.max_attempts - attempts):
+                with attempt:
+                    attempts += 1
+                    last = await self._attempt(lease, attempts)
+                    if last.decision.action is Action.RETRY_NOW:
+                        raise retry.RetryNow
+        except retry.RetryNow:
+            pass  # in-process tries exhausted: `last` holds the final attempt
+        return attempts, last
+
+    def _finish(self, lease: Lease, attempts: int, last: Attempt) -> Outcome:
+        """Execute the policy's final decision: a record, a deferral, a dead letter, or a hand-back."""
+        decision = retry.conclude(last.decision, attempts, self.s.max_attempts, self._rng)
+        if self._auth_streak.observe(decision):
+            self._on_fatal(f"{self._auth_streak.count} consecutive 407s from the gateway: bad proxy credentials", 3)
+        prom = self.metrics.prom
+        if decision.action is Action.RELEASE:
+            self._say(
+                "the proxy gateway answered 407 Proxy Authentication Required: check the credentials "
+                f"of {', '.join(st.redacted for st in self.proxies.states)}",
+                "error",
+            )
+            if prom is not None:
+                prom.outcome(decision.action.value)
+            return Outcome(lease, Action.RELEASE, attempts)
+        result = last.result
+        if decision.action is Action.RETRY_LATER:
+            self.metrics.attempt_error(decision.reason or "retry")
+            if prom is not None:
+                prom.outcome(decision.action.value)
+            err = self._error(decision, result)
+            return Outcome(lease, Action.RETRY_LATER, attempts, due_s=time.time() + decision.delay_s, error=err)
+        if decision.action is Action.DEAD:
+            self.metrics.dead_letter(decision.reason or "unknown")  # counts the dead outcome once
+            return Outcome(lease, Action.DEAD, attempts, error=self._error(decision, result))
+        page = last.page
+        record = self._record(
+            lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
+        )
+        return Outcome(lease, Action.DONE, attempts, record=record, links=self._new_links(lease, page))
+
+    def _error(self, decision: Decision, result: FetchResult | None) -> dict[str, Any]:
+        err: dict[str, Any] = {"kind": decision.reason or "unknown"}
+        if result is not None:
+            err["status"] = result.status
+        return err
+
+    def _new_links(self, lease: Lease, page: ParsedPage | None) -> list[NewLink]:
+        if page is None or not page.follow or (self.s.max_depth is not None and lease.depth >= self.s.max_depth):
+            return []
+        return [NewLink(fp, host, url, lease.depth + 1) for fp, host, url in page.follow if self.seen.add(fp)]
+
+    def _unfetched(self, lease: Lease, error: str) -> Outcome:
+        """Done without a fetch (robots, SSRF guard): a record saying why."""
+        return Outcome(lease, Action.DONE, lease.attempts, record=self._record(lease, lease.attempts, error=error))
+
+    async def _attempt(self, lease: Lease, attempts: int) -> Attempt:
+        choice = self.proxies.choose()
+        result: FetchResult | None = None
+        error: FetchError | None = None
+        page: ParsedPage | None = None
+        try:
+            result = await self.fetcher.fetch(lease.url, choice)
+        except FetchError as exc:
+            error = exc
+        if result is not None and result.body is not None and result.is_html and 200 <= result.status < 600:
+            page = await self._parse(lease, result)
+        decision = retry.decide(
+            status=result.status if result else None,
+            error=error,
+            attempts=attempts,
+            max_attempts=self.s.max_attempts,
+            retry_after=result.retry_after if result else None,
+            now_epoch_s=time.time(),
+            via_proxy=choice is not None,
+            banned_body=page is not None and page.banned,
+            rng=self._rng,
+        )
+        if choice is not None:
+            ok = decision.action is Action.DONE and error is None and (result is None or result.status < 500)
+            self.proxies.report(choice, ok, decision.ban)
+        if decision.action is Action.RETRY_NOW:
+            self.metrics.attempt_error(decision.reason or "retry")
+            if self.metrics.prom is not None:
+                self.metrics.prom.outcome(decision.action.value)
+        return Attempt(result, page, decision, choice.redacted if choice is not None else None)
+
+    async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
+        assert result.body is not None
+        try:
+            final = normalize(result.final_url).url
+        except InvalidURL:
+            final = lease.url
+        task = ParseTask(
+            body=result.body,
+            url=lease.url,
+            final_url=final,
+            content_encoding=result.content_encoding,
+            header_charset=result.charset,
+            max_bytes=self.s.max_body_bytes,
+            max_links=self.s.max_links_per_page,
+            keep_tracking=self.s.keep_tracking_params,
+            follow=self.s.follow,
+            allow_domains=self.s.allow_domains,
+            rules=self.s.extract_rules,
+            ban_markers=self.s.ban_markers,
+        )
+        t0 = time.monotonic()
+        page = await self.parse_pool.parse(task)
+        self.metrics.window.parse_wait_ms += (time.monotonic() - t0) * 1000
+        self.metrics.parse_backlog_bytes = self.parse_pool.backlog
+        return page
+
+    def _record(
+        self,
+        lease: Lease,
+        attempts: int,
+        result: FetchResult | None = None,
+        page: ParsedPage | None = None,
+        error: str | None = None,
+        proxy: str | None = None,
+    ) -> Record:
+        rec = build_record(lease, attempts, self.s.worker_id, result, page, error, proxy)
+        if result is not None:
+            self.metrics.window.fetch_ms += result.elapsed_ms
+        self.metrics.page(rec.status, rec.bytes or 0, result.elapsed_ms if result else 0.0, error)
+        return rec
+
+    async def _fetch_robots(self, url: str) -> tuple[int, bytes]:
+        return await self.fetcher.fetch_small(url, self.proxies.choose())
+
+
+def build_record(
+    lease: Lease,
+    attempts: int,
+    worker_id: str,
+    result: FetchResult | None,
+    page: ParsedPage | None,
+    error: str | None,
+    proxy: str | None,
+) -> Record:
+    """The one place a lease, its last fetch and its parsed page become an output record."""
+    nbytes = (page.size if page is not None else result.bytes) if result is not None else None
+    return Record(
+        url=lease.url,
+        final_url=result.final_url if result else None,
+        status=result.status if result else None,
+        depth=lease.depth,
+        fetched_at=round(time.time(), 3),
+        elapsed_ms=result.elapsed_ms if result else None,
+        bytes=nbytes,
+        content_type=(result.content_type or None) if result else None,
+        title=page.title if page else None,
+        links=page.links if page else [],
+        error=error,
+        attempts=attempts,
+        proxy=proxy,  # already redacted
+        worker=worker_id,
+        links_total=page.links_total if page else 0,
+        truncated_links=bool(page and page.links_total > len(page.links)),
+        canonical=page.canonical if page else None,
+        noindex=page.noindex if page else False,
+        nofollow=page.nofollow if page else False,
+        text_length=page.text_length if page else None,
+        charset=page.charset if page else None,
+        redirects=result.redirects if result else 0,
+        data=page.data if page else None,
+    )
+
+
+class FetchTasks:
+    """`concurrency` tasks: lease from the queue -> `Processor.process` -> the committer. Tracks how many are busy."""
+
+    def __init__(self, processor: Processor, queue: asyncio.Queue[Lease], deliver: Callable[[Outcome], None]) -> None:
+        self.processor = processor
+        self.queue = queue
+        self._deliver = deliver
+        self.busy = 0
+        self.idle = asyncio.Event()  # set whenever no fetch is in flight
+        self.idle.set()
+
+    def __repr__(self) -> str:
+        return f"FetchTasks(busy={self.busy}, queued={self.queue.qsize()})"
+
+    async def run_one(self) -> None:
+        """One fetch task: runs until cancelled. A lease it holds when cancelled stays in the lease book."""
+        metrics = self.processor.metrics
+        while True:
+            lease = await self.queue.get()
+            metrics.local_queue = self.queue.qsize()
+            self.busy += 1
+            self.idle.clear()
+            metrics.inflight = self.busy
+            try:
+                outcome = await self.processor.process(lease)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # this task is being stopped: the lease stays in the book, handed back at stop
+                # a cancellation that is not ours (a shared robots.txt fetch was cancelled): hand the URL back
+                outcome = Outcome(lease, Action.RELEASE, lease.attempts)
+            finally:
+                self.busy -= 1
+                metrics.inflight = self.busy
+                if self.busy == 0:
+                    self.idle.set()
+            self._deliver(outcome)
