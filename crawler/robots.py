@@ -239,54 +239,86 @@ def _delay(value: str) -> float | None:
     return float(value) if _DELAY.fullmatch(value) else None
 
 
+class _Groups:
+    """The matched groups' rules and crawl delays, built line by line: only what applies to our token is kept.
+
+    A group's kind (ours, `*`, other) is known once its user-agent lines are read, which is before its first rule;
+    a Crawl-delay may sit between those lines, so the group's delay is committed when the group ends."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.rules: dict[int, list[Rule]] = {_GLOBAL: [], _SPECIFIC: []}
+        self.delays: dict[int, list[float]] = {_GLOBAL: [], _SPECIFIC: []}
+        self.seen = {_GLOBAL: False, _SPECIFIC: False}
+        self.kind, self.in_rules, self.any_agent = _NONE, False, False
+        self.pending_delays: list[float] = []
+
+    def agent(self, value: str) -> None:
+        if self.in_rules:  # a user-agent line after rules starts the next group
+            self.close()
+        self.kind, self.any_agent = max(self.kind, _agent_kind(value, self.token)), True
+        if self.kind:
+            self.seen[self.kind] = True
+
+    def rule(self, allow: bool, value: str) -> None:
+        if not self.any_agent:
+            return  # rules before any user-agent line belong to no group
+        self.in_rules = True
+        rule = make_rule(allow, value) if self.kind else None
+        if rule is not None:
+            self.rules[self.kind].append(rule)
+
+    def delay(self, value: str) -> None:
+        delay = _delay(value)
+        if delay is not None and self.any_agent:
+            self.pending_delays.append(delay)
+
+    def close(self) -> None:
+        if self.kind:
+            self.delays[self.kind].extend(self.pending_delays)
+        self.kind, self.in_rules, self.pending_delays = _NONE, False, []
+
+    def result(self, sitemaps: tuple[str, ...]) -> RobotsRules:
+        self.close()
+        chosen = _SPECIFIC if self.seen[_SPECIFIC] else _GLOBAL
+        return RobotsRules(
+            rules=tuple(sorted(self.rules[chosen], key=lambda r: (-r.priority, not r.allow))),
+            crawl_delay_s=max(self.delays[chosen], default=None),
+            sitemaps=sitemaps,
+        )
+
+
 def parse_robots(body: bytes | str, agent: str, *, truncated: bool | None = None) -> RobotsRules:
     """The rules of robots.txt `body` for product token `agent` (see validate_agent_token; ConfigError if invalid).
 
     Bytes are decoded as UTF-8 with replacement. `truncated`: whether the fetcher cut the body at the size cap (then
     the partial last line is dropped); None decides by size (a body of MAX_ROBOTS_BYTES or more was cut). Memory and
-    time are linear in the body, which the cap bounds; only the matched groups' rules are kept."""
-    token = validate_agent_token(agent).lower()
-    rules: dict[int, list[Rule]] = {_GLOBAL: [], _SPECIFIC: []}
-    delays: dict[int, list[float]] = {_GLOBAL: [], _SPECIFIC: []}
-    seen = {_GLOBAL: False, _SPECIFIC: False}
-    sitemaps: dict[str, None] = {}  # ordered set
-    group, in_rules, any_agent = _NONE, False, False
+    time are linear in the body, which the cap bounds; only the matched groups' rules are kept. Crawl-delay: the
+    largest valid value (decimal seconds) of the matched groups; like unknown lines, it does not end a group."""
+    groups = _Groups(validate_agent_token(agent).lower())
+    sitemaps: dict[str, None] = {}  # an ordered set
     for raw in _EOL.split(_decode(body, truncated)):
         kv = _key_value(raw)
         if kv is None:
             continue
         key, value = kv
         if key == "user-agent":
-            if in_rules:  # a user-agent line after rules starts the next group
-                group, in_rules = _NONE, False
-            group, any_agent = max(group, _agent_kind(value, token)), True
-            if group:
-                seen[group] = True
-        elif key in ("allow", "disallow") and any_agent:
-            in_rules = True
-            rule = make_rule(key == "allow", value) if group else None
-            if rule is not None:
-                rules[group].append(rule)
-        elif key == "crawl-delay" and group:  # not a group separator (Google: unknown lines do not end a group)
-            delay = _delay(value)
-            if delay is not None:
-                delays[group].append(delay)
+            groups.agent(value)
+        elif key in ("allow", "disallow"):
+            groups.rule(key == "allow", value)
+        elif key == "crawl-delay":
+            groups.delay(value)
         elif key == "sitemap" and value and len(sitemaps) < MAX_SITEMAPS:
             sitemaps[value] = None
-    chosen = _SPECIFIC if seen[_SPECIFIC] else _GLOBAL
-    return RobotsRules(
-        rules=tuple(sorted(rules[chosen], key=lambda r: (-r.priority, not r.allow))),
-        crawl_delay_s=max(delays[chosen], default=None),
-        sitemaps=tuple(sitemaps),
-    )
+    return groups.result(tuple(sitemaps))
 
 
 def split_url(url: str) -> tuple[str, str]:
     """(origin, path) of an absolute URL: `scheme://host[:port]` (user info dropped, lower-cased) and the path and
     query from '/' (fragment dropped), the part robots.txt rules are matched against."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
+    if not sep:  # not absolute: read as Google's GetPathParamsQuery does (`//host/p`, `host/p`, `/p`)
+        scheme, rest = "", url[2:] if url.startswith("//") else url
     end = len(rest)
     for ch in "/?#":
         found = rest.find(ch)
