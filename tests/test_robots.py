@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from crawler.errors import BlockedAddress, ConfigError, ConnectError, FetchTimeout, ProxyAuthError, TooManyRedirects
 from crawler.fetch import Fetcher, make_session
 from crawler.proxies import ProxyChoice
 from crawler.robots import (
+    CHECK_THREAD_COST,
     MAX_ROBOTS_BYTES,
     MAX_SITEMAPS,
     RobotsCache,
     RobotsRules,
     RobotsState,
     canonical_path,
+    make_rule,
     parse_robots,
     product_token,
     split_url,
@@ -250,6 +256,44 @@ def test_a_file_full_of_wildcards_stays_bounded() -> None:
     assert len(rules.rules) == 20_000
     path = "/" + "a" * 2_000
     assert rules.allowed(path) and not rules.allowed(path + "19999")
+
+
+def _reference_match(pattern: str, path: str) -> bool:
+    """RFC 9309 matching by a backtracking regex: fine as an oracle on short strings, never in the crawler."""
+    anchored = pattern.endswith("$")
+    body = pattern[:-1] if anchored else pattern
+    regex = ".*".join(re.escape(part) for part in body.split("*")) + ("$" if anchored else "")
+    return re.match(regex, path, re.DOTALL) is not None
+
+
+@given(
+    pattern=st.text(alphabet="ab/*", min_size=1, max_size=12).flatmap(lambda p: st.sampled_from([p, p + "$"])),
+    path=st.text(alphabet="ab/", max_size=16),
+)
+@hypothesis_settings(max_examples=2_000, deadline=None)
+def test_segment_matching_agrees_with_a_backtracking_oracle(pattern: str, path: str) -> None:
+    rule = make_rule(False, pattern)
+    assert rule is not None
+    assert rule.matches(path) is _reference_match(pattern, path)
+
+
+def test_a_hostile_file_is_checked_off_the_event_loop_and_still_right() -> None:
+    needle = "a" * 15 + "b" + "a" * 15
+    body = "User-agent: *\n" + "".join(f"Disallow: /*{needle}*{i}$\n" for i in range(3_000)) + "Disallow: /*x9$\n"
+    rules = parse_robots(body, "crawl")
+    path = "/" + "a" * 1_000
+    assert rules.check_cost(path) > CHECK_THREAD_COST  # RobotsCache.check runs this one in a thread
+    typical = parse_robots(ROBOTS, "crawl")
+    assert typical.check_cost("/private/public/y?q=" + "z" * 1_000) < CHECK_THREAD_COST  # this one inline
+
+    async def fetch(url: str) -> tuple[int, bytes]:
+        return 200, body.encode()
+
+    async def main() -> tuple[bool | None, bool | None]:
+        cache = RobotsCache(fetch, "crawl")
+        return (await cache.check(f"http://h.example{path}")).allowed, await cache.allowed(f"http://h.example{path}x9")
+
+    assert asyncio.run(main()) == (True, False)
 
 
 def test_runs_of_stars_collapse_and_a_trailing_star_changes_nothing() -> None:
