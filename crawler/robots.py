@@ -203,8 +203,6 @@ class RobotsRules:
         return best is None or best.allow
 
 
-ALLOW_ALL = RobotsRules()
-
 _NONE, _GLOBAL, _SPECIFIC = 0, 1, 2
 
 
@@ -349,7 +347,9 @@ def split_url(url: str) -> tuple[str, str]:
 def _detached(exc: FetchError) -> FetchError:
     """The error without its tracebacks (cached for a minute, it must not pin the frames it was raised in)."""
     chained: BaseException | None = exc
-    while chained is not None:
+    for _ in range(8):  # a chain is short; the bound guards against a cycle
+        if chained is None:
+            break
         chained.__traceback__ = None
         chained = chained.__cause__ or chained.__context__
     return exc
