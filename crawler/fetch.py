@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from crawler.errors import (
 )
 from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
+from crawler.robots import MAX_ROBOTS_BYTES
 from crawler.settings import Settings
 from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache
 
@@ -129,6 +131,23 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         raise (ProxyError if kind == "proxy" else ConnectError)(f"{exc.__class__.__name__}") from None
     except aiohttp.ClientError as exc:
         raise ConnectError(exc.__class__.__name__) from None
+
+
+def decode_prefix(raw: bytes, encoding: str, cap: int) -> bytes:
+    """Up to `cap` decoded bytes of a (possibly cut) compressed body: a prefix, never an error past the cap."""
+    enc = encoding.strip().lower()
+    if enc in ("gzip", "x-gzip", "deflate"):
+        d = zlib.decompressobj(47 if enc != "deflate" else 15)  # 47: gzip or zlib header, auto-detected
+        try:
+            return d.decompress(raw, cap)
+        except zlib.error:
+            return b""
+    from crawler.parse import decompress
+
+    try:
+        return decompress(raw, enc, cap)
+    except Exception:  # brotli past the cap, or a body that is not what its header says: nothing usable
+        return b""
 
 
 class Fetcher:
@@ -232,30 +251,23 @@ class Fetcher:
             redirects=redirects,
         )
 
-    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]:
-        """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable.
+    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
+        """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.
 
-        Raises only BlockedAddress (the SSRF guard refused the host)."""
-        from crawler.parse import decompress
-
-        try:
-            async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
-                buf = bytearray()
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    buf += chunk
-                    if len(buf) >= cap:
-                        break
-                if proxy is not None and resp.status == 407:
-                    return 0, b""
-                try:
-                    body = decompress(bytes(buf), resp.headers.get("Content-Encoding", ""), cap)
-                except Exception:
-                    body = b""
-                return resp.status, body
-        except BlockedAddress:
-            raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
-        except FetchError:
-            return 0, b""
+        Raises FetchError (its cause kept) when there is no answer, ProxyAuthError on a gateway 407: the robots
+        cache tells "unreachable, and why" from "the credentials are wrong" from a real answer.
+        """
+        async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
+            if proxy is not None and resp.status == 407:
+                raise ProxyAuthError("the gateway refused the credentials (407)")
+            buf = bytearray()
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                buf += chunk
+                if len(buf) >= cap:
+                    break
+            encoding = resp.headers.get("Content-Encoding", "")
+            body = await asyncio.to_thread(decode_prefix, bytes(buf), encoding, cap) if encoding else bytes(buf[:cap])
+            return resp.status, body
 
     async def _read_capped(self, content: aiohttp.StreamReader) -> bytes:
         cap = self.settings.max_body_bytes

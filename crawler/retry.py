@@ -60,6 +60,8 @@ class Decision:
     ban: bool = False  # rotate the proxy session
 
 
+PROXY_AUTH = Decision(Action.RELEASE, "proxy_auth", ban=True)  # a 407: the credentials, never the URL
+
 _PERMANENT: tuple[type[FetchError], ...] = (BodyTooLarge, TooManyRedirects, BlockedAddress, InvalidTarget)
 
 
@@ -100,7 +102,7 @@ def decide(
     """Classify the outcome of attempt number `attempts` (1-based) of a URL allowed `max_attempts` in total."""
     rng = rng or random.Random()
     if isinstance(error, ProxyAuthError) or (via_proxy and status == 407):
-        return Decision(Action.RELEASE, "proxy_auth", ban=True)
+        return PROXY_AUTH
     if isinstance(error, _PERMANENT):
         return Decision(Action.DONE, error.kind)
     if error is not None:

@@ -479,11 +479,6 @@ def test_a_real_robots_txt_with_bom_and_crlf_through_the_fetcher() -> None:
     assert not rules.allowed("/filler/003999")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs crawler/fetch.py Fetcher.fetch_small to keep the first `cap` bytes of a longer body; today "
-    "decompress() raises past the cap and fetch_small answers (200, b''): a robots.txt over 512 KiB allows all",
-)
 def test_a_robots_txt_over_the_cap_through_the_fetcher_is_cut_not_emptied() -> None:
     filler = b"".join(b"Disallow: /filler/%06d\r\n" % i for i in range(40_000))  # 1 MB
     body = b"User-agent: crawl\r\nDisallow: /private\r\n" + filler + b"Allow: /late\r\n"
@@ -492,11 +487,6 @@ def test_a_robots_txt_over_the_cap_through_the_fetcher_is_cut_not_emptied() -> N
     assert not rules.allowed("/filler/000001") and rules.allowed("/filler/039999")  # cut at the cap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs crawler/fetch.py Fetcher.fetch_small to raise ProxyAuthError on a gateway 407 (and FetchError "
-    "instead of returning (0, b'')); today it returns (0, b'') and the 407 reads as 'unreachable'",
-)
 def test_a_gateway_407_on_robots_txt_is_a_proxy_auth_error_through_the_real_fetcher() -> None:
     async def gateway(request: web.Request) -> web.Response:
         return web.Response(status=407, headers={"Proxy-Authenticate": 'Basic realm="gw"'})
@@ -523,7 +513,6 @@ def test_an_unreachable_host_through_the_real_fetcher_defers() -> None:
             cache = RobotsCache(lambda url: fetcher.fetch_small(url, None), "crawl")
             verdict = await cache.check(f"http://127.0.0.1:{port}/page")
             assert verdict.allowed is None and verdict.rules.unreachable
-            # today fetch_small answers (0, b""); once it raises the FetchError, the cause is kept
-            assert verdict.rules.cause is None or isinstance(verdict.rules.cause, ConnectError)
+            assert isinstance(verdict.rules.cause, ConnectError)  # the real cause is kept for the record
 
     asyncio.run(main())

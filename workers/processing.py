@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawler import retry
-from crawler.errors import BlockedAddress, FetchError, RedisUnavailable
+from crawler.errors import BlockedAddress, FetchError, ProxyAuthError, RedisUnavailable
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
@@ -26,8 +26,8 @@ from crawler.proxies import ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
-from crawler.robots import RobotsCache
-from crawler.settings import Settings
+from crawler.robots import RobotsCache, product_token
+from crawler.settings import DEFAULT_USER_AGENT, Settings
 from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, host_of, normalize
 from workers.outcomes import Outcome
@@ -45,6 +45,7 @@ class Attempt:
     page: ParsedPage | None
     decision: Decision
     proxy: str | None
+    error: FetchError | None = None  # the failure behind a decision, when the fetch raised
 
 
 class Processor:
@@ -67,7 +68,8 @@ class Processor:
         self.proxies = proxies
         self.metrics = metrics
         self.trust = trust  # SSRF guard: None with --allow-private-networks
-        self.robots = RobotsCache(self._fetch_robots, settings.user_agent) if settings.robots else None
+        agent = product_token(DEFAULT_USER_AGENT)
+        self.robots = RobotsCache(self._fetch_robots, agent) if settings.robots else None
         self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
         self._on_fatal = on_fatal
         self._say = say
@@ -96,17 +98,28 @@ class Processor:
         if self.trust is not None and await self.trust.refuses(bare_host(host_of(lease.url))):
             return self._unfetched(lease, "blocked_address")
         if self.robots is not None:
-            try:
-                allowed = await self.robots.allowed(lease.url)
-            except BlockedAddress:
-                return self._unfetched(lease, "blocked_address")
-            if allowed is None:
-                decision = retry.robots_unreachable(None, lease.attempts + 1, self.s.max_attempts, self._rng)
-                return self._finish(lease, lease.attempts + 1, Attempt(None, None, decision, None))
-            if not allowed:
-                return self._unfetched(lease, "robots_disallowed")
+            gate = await self._robots_gate(lease)
+            if gate is not None:
+                return gate
         attempts, last = await self._attempts(lease)
         return self._finish(lease, attempts, last)
+
+    async def _robots_gate(self, lease: Lease) -> Outcome | None:
+        """None when robots.txt lets the URL through; else the lease's outcome (disallowed, unreachable, 407)."""
+        assert self.robots is not None
+        try:
+            verdict = await self.robots.check(lease.url)
+        except BlockedAddress:
+            return self._unfetched(lease, "blocked_address")
+        except ProxyAuthError:  # the gateway refused robots.txt: the credentials, not the site
+            return self._finish(lease, lease.attempts, Attempt(None, None, retry.PROXY_AUTH, None))
+        if verdict.allowed is None:
+            attempts = lease.attempts + 1
+            decision = retry.robots_unreachable(verdict.rules.cause, attempts, self.s.max_attempts, self._rng)
+            return self._finish(lease, attempts, Attempt(None, None, decision, None), verdict.rules.cause)
+        if not verdict.allowed:
+            return self._unfetched(lease, "robots_disallowed")
+        return None
 
     async def _attempts(self, lease: Lease) -> tuple[int, Attempt]:
         """The first attempt, then (the rare path) tenacity's in-process retries, each with a fresh session."""
@@ -125,7 +138,7 @@ class Processor:
             pass  # in-process tries exhausted: `last` holds the final attempt
         return attempts, last
 
-    def _finish(self, lease: Lease, attempts: int, last: Attempt) -> Outcome:
+    def _finish(self, lease: Lease, attempts: int, last: Attempt, cause: FetchError | None = None) -> Outcome:
         """Execute the policy's final decision: a record, a deferral, a dead letter, or a hand-back."""
         decision = retry.conclude(last.decision, attempts, self.s.max_attempts, self._rng)
         if self._auth_streak.observe(decision):
@@ -139,27 +152,30 @@ class Processor:
             )
             if prom is not None:
                 prom.outcome(decision.action.value)
-            return Outcome(lease, Action.RELEASE, attempts)
+            return Outcome(lease, Action.RELEASE, lease.attempts)
         result = last.result
         if decision.action is Action.RETRY_LATER:
             self.metrics.attempt_error(decision.reason or "retry")
             if prom is not None:
                 prom.outcome(decision.action.value)
-            err = self._error(decision, result)
+            err = self._error(decision, result, cause or last.error)
             return Outcome(lease, Action.RETRY_LATER, attempts, due_s=time.time() + decision.delay_s, error=err)
         if decision.action is Action.DEAD:
             self.metrics.dead_letter(decision.reason or "unknown")  # counts the dead outcome once
-            return Outcome(lease, Action.DEAD, attempts, error=self._error(decision, result))
+            return Outcome(lease, Action.DEAD, attempts, error=self._error(decision, result, cause or last.error))
         page = last.page
         record = self._record(
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
         )
         return Outcome(lease, Action.DONE, attempts, record=record, links=self._new_links(lease, page))
 
-    def _error(self, decision: Decision, result: FetchResult | None) -> dict[str, Any]:
+    def _error(self, decision: Decision, result: FetchResult | None, cause: FetchError | None) -> dict[str, Any]:
+        """The dead letter's (or deferral's) error: the stable kind, the status, and what really happened."""
         err: dict[str, Any] = {"kind": decision.reason or "unknown"}
         if result is not None:
             err["status"] = result.status
+        if cause is not None:
+            err["message"] = scrub(_describe(cause), self._secrets)[:300]
         return err
 
     def _new_links(self, lease: Lease, page: ParsedPage | None) -> list[NewLink]:
@@ -200,7 +216,7 @@ class Processor:
             self.metrics.attempt_error(decision.reason or "retry")
             if self.metrics.prom is not None:
                 self.metrics.prom.outcome(decision.action.value)
-        return Attempt(result, page, decision, choice.redacted if choice is not None else None)
+        return Attempt(result, page, decision, choice.redacted if choice is not None else None, error)
 
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
         assert result.body is not None
@@ -245,6 +261,15 @@ class Processor:
 
     async def _fetch_robots(self, url: str) -> tuple[int, bytes]:
         return await self.fetcher.fetch_small(url, self.proxies.choose())
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and its first cause in one line (`connect: Connection refused`): the real reason, for people."""
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text
 
 
 def build_record(
