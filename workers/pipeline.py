@@ -145,7 +145,7 @@ class Pipeline:
         self._seen = SeenCache()
         self._rng = random.Random()
         self._secrets = settings.secrets()
-        self.robots = RobotsCache(self._fetch_robots, settings.user_agent) if settings.robots else None
+        self.robots = RobotsCache(self._fetch_robots, settings.fetch.user_agent) if settings.politeness.robots else None
         self.trust = trust  # SSRF guard: None when --allow-private-networks
 
     def __repr__(self) -> str:
@@ -168,16 +168,16 @@ class Pipeline:
             self.stopping.is_set()
             or self.parse_pool.backlog > self.parse_pool.backlog_limit
             or len(self._outcomes) > 4 * COMMIT_MAX
-            or (self.s.max_pages is not None and self.leased_total >= self.s.max_pages)
+            or (self.s.lifecycle.max_pages is not None and self.leased_total >= self.s.lifecycle.max_pages)
         )
 
     def emit(self, obj: dict[str, Any]) -> None:
         line = (
-            format_line(obj, self.s.log_format)
+            format_line(obj, self.s.output.log_format)
             if obj.get("event") != "log"
             else (
                 json.dumps(obj, separators=(",", ":"))
-                if self.s.log_format == "json"
+                if self.s.output.log_format == "json"
                 else f"[{self.s.worker_id}] {obj['message']}"
             )
         )
@@ -218,14 +218,14 @@ class Pipeline:
         finally:
             self.say(f"stopping: {self.stop_reason}; {self._busy} fetches in flight, {len(self.held)} leases held")
             # the leaser leaves by itself (stop() woke it): cancelling it mid-call would orphan a leased batch
-            _, late = await asyncio.wait([helpers[0]], timeout=max(5.0, self.s.lease_ttl_s / 3))
+            _, late = await asyncio.wait([helpers[0]], timeout=max(5.0, self.s.lifecycle.lease_ttl_s / 3))
             for t in late:
                 t.cancel()
             await asyncio.gather(helpers[0], return_exceptions=True)
             # leases nobody started go straight back
             while not self.queue.empty():
                 self.queue.get_nowait()
-            deadline = time.monotonic() + self.s.grace_s
+            deadline = time.monotonic() + self.s.lifecycle.grace_s
             while self._busy and time.monotonic() < deadline:
                 self._idle_fetchers.clear()
                 with contextlib.suppress(TimeoutError):
@@ -236,7 +236,7 @@ class Pipeline:
             # the committer finishes the commit it is in (never cut between writing records and acking them)
             self._closing.set()
             self._commit_wake.set()
-            _, late = await asyncio.wait([committer], timeout=max(10.0, self.s.grace_s))
+            _, late = await asyncio.wait([committer], timeout=max(10.0, self.s.lifecycle.grace_s))
             for t in late:
                 t.cancel()  # stuck retrying against an absent Redis: its written results are in `_written`
             await asyncio.gather(committer, return_exceptions=True)
@@ -259,17 +259,21 @@ class Pipeline:
         backoff = 0.05
         while not self.stopping.is_set():
             free = limit - len(self.held)
-            if self.s.max_pages is not None:
-                free = min(free, self.s.max_pages - self.leased_total)
+            if self.s.lifecycle.max_pages is not None:
+                free = min(free, self.s.lifecycle.max_pages - self.leased_total)
             if (free < low_water and free < limit - self._busy - self.queue.qsize()) or self.needs_backout():
-                if self.s.max_pages is not None and self.leased_total >= self.s.max_pages and not self.held:
-                    self.stop(f"--max-pages {self.s.max_pages} reached")
+                if (
+                    self.s.lifecycle.max_pages is not None
+                    and self.leased_total >= self.s.lifecycle.max_pages
+                    and not self.held
+                ):
+                    self.stop(f"--max-pages {self.s.lifecycle.max_pages} reached")
                     return
                 await self._wait_capacity(0.5)
                 continue
             try:
                 leases, next_due = await self.frontier.lease(
-                    min(free, self.s.lease_batch), self.token, self.s.lease_ttl_s
+                    min(free, self.s.lease_batch), self.token, self.s.lifecycle.lease_ttl_s
                 )
                 backoff = 0.05
             except (RedisError, OSError) as exc:
@@ -287,7 +291,7 @@ class Pipeline:
                     self.queue.put_nowait(ls)
                 self.metrics.local_queue = self.queue.qsize()
                 continue
-            if self.s.until_idle and not self.held and not self._outcomes:
+            if self.s.lifecycle.until_idle and not self.held and not self._outcomes:
                 try:
                     counters = await self.frontier.counters()
                 except (RedisError, OSError):
@@ -405,7 +409,11 @@ class Pipeline:
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
         )
         links: list[NewLink] = []
-        if page is not None and page.follow and (self.s.max_depth is None or lease.depth < self.s.max_depth):
+        if (
+            page is not None
+            and page.follow
+            and (self.s.scope.max_depth is None or lease.depth < self.s.scope.max_depth)
+        ):
             for fp, host, url in page.follow:
                 if self._seen.add(fp):
                     links.append(NewLink(fp, host, url, lease.depth + 1))
@@ -461,13 +469,13 @@ class Pipeline:
             final_url=final,
             content_encoding=result.content_encoding,
             header_charset=result.charset,
-            max_bytes=self.s.max_body_bytes,
-            max_links=self.s.max_links_per_page,
-            keep_tracking=self.s.keep_tracking_params,
-            follow=self.s.follow,
-            allow_domains=self.s.allow_domains,
-            rules=self.s.extract_rules,
-            ban_markers=self.s.ban_markers,
+            max_bytes=self.s.fetch.max_body_bytes,
+            max_links=self.s.scope.max_links_per_page,
+            keep_tracking=self.s.scope.keep_tracking_params,
+            follow=self.s.follow_links,
+            allow_domains=self.s.scope.allow_domains,
+            rules=self.s.parse.extract_rules,
+            ban_markers=self.s.proxy.ban_markers,
         )
         t0 = time.monotonic()
         page = await self.parse_pool.parse(task)
@@ -580,24 +588,24 @@ class Pipeline:
         """Commit what finished; give back every lease still held, without counting an attempt."""
         finished = {o.lease.member for o in self._outcomes + self._written}
         unfinished = [ls for m, ls in self.held.items() if m not in finished]
-        give_up_at = time.monotonic() + max(10.0, self.s.grace_s)
+        give_up_at = time.monotonic() + max(10.0, self.s.lifecycle.grace_s)
         try:
             await self._commit(unfinished, give_up_at)
         except (RedisError, OSError) as exc:
             self.say(
                 f"could not settle {len(self._written)} results nor hand back {len(unfinished)} leases "
                 f"({exc.__class__.__name__}): the results are written; the leases expire in "
-                f"{self.s.lease_ttl_s:.0f}s",
+                f"{self.s.lifecycle.lease_ttl_s:.0f}s",
                 "warning",
             )
         await asyncio.to_thread(self.sink.close)
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     async def _renew_loop(self) -> None:
-        interval = self.s.lease_ttl_s / 3
+        interval = self.s.lifecycle.lease_ttl_s / 3
         while not await self._pause(interval, self._closed):  # renew through the grace period too
             try:
-                lost = await self.frontier.renew(list(self.held.values()), self.s.lease_ttl_s)
+                lost = await self.frontier.renew(list(self.held.values()), self.s.lifecycle.lease_ttl_s)
             except (RedisError, OSError):
                 continue
             lost = [ls for ls in lost if ls.member in self.held]  # acked while the renew was in flight: not lost
@@ -608,7 +616,7 @@ class Pipeline:
                 )
 
     async def _reclaim_loop(self) -> None:
-        while not await self._pause(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), self.stopping):
+        while not await self._pause(self.s.lifecycle.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), self.stopping):
             requeued = dead = 0
             try:
                 while True:  # batch after batch while they come back full: a big fleet died
@@ -622,12 +630,12 @@ class Pipeline:
                 self.say(f"reclaimed {requeued} expired leases ({dead} dead-lettered after their last attempt)")
 
     async def _report_loop(self) -> None:
-        interval = min(self.s.log_interval_s, self.s.heartbeat_ttl_s / 3)
-        next_line = time.monotonic() + self.s.log_interval_s
+        interval = min(self.s.output.log_interval_s, self.s.lifecycle.heartbeat_ttl_s / 3)
+        next_line = time.monotonic() + self.s.output.log_interval_s
         while not await self._pause(interval, self._closed):
             snap = None
             if time.monotonic() >= next_line:
-                next_line += self.s.log_interval_s
+                next_line += self.s.output.log_interval_s
                 snap = self.metrics.snapshot(self.proxies.success_rate())
                 self.emit(snap)
             await self._heartbeat(snap)
@@ -660,4 +668,4 @@ class Pipeline:
             ],
         }
         with contextlib.suppress(RedisError, OSError):
-            await publish_heartbeat(self.frontier.redis, self.s.crawl_name, info, self.s.heartbeat_ttl_s)
+            await publish_heartbeat(self.frontier.redis, self.s.crawl_name, info, self.s.lifecycle.heartbeat_ttl_s)
