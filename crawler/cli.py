@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from crawler.config import param_type, resolve
+from crawler.config import env_value, param_type, resolve
 from crawler.errors import ConfigError, CrawlError
 from crawler.options import BY_KEY, FRONTIER_OPTIONS, GROUPS, OPTIONS, Option
 from crawler.settings import Settings
@@ -42,12 +43,18 @@ def run_async(coro: Awaitable[int | None]) -> int:
 
 
 class TableOption(click.Option):
-    """A click option made from a row of `crawler.options`; its default is None ("not given") so that the
-    environment and the config file can fill it in (`crawler.config.resolve`)."""
+    """A click option made from a row of `crawler.options`. Its default is None ("not given"): values that did
+    not come from the command line are read by `crawler.config.resolve` (environment, then config file), the
+    same reader `Settings.from_env()` uses. Click reads the variables too (through the same `env_value`), only so
+    that `ctx.params` shows what a command will run with."""
 
     def __init__(self, *args: Any, row: Option, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+        super().__init__(*args, envvar=list(row.envvars), **kw)
         self.row = row
+
+    def value_from_envvar(self, ctx: click.Context) -> Any:
+        found = env_value(self.row, os.environ)
+        return None if found is None else found[0]
 
 
 def _help(row: Option) -> str:
@@ -91,10 +98,13 @@ class TableCommand(click.Command):
 common_options = table_options(FRONTIER_OPTIONS)
 
 
-def _settings(kw: dict[str, Any], rows: Iterable[Option] = FRONTIER_OPTIONS) -> Settings:
-    """Settings from these options' flags, the environment and the config file; one line and exit 2 when bad."""
+def _settings(rows: Iterable[Option] = FRONTIER_OPTIONS, **forced: Any) -> Settings:
+    """Settings from these options: the command line (and `forced`), then the environment, then the config file;
+    one line and exit 2 when a value is bad."""
+    ctx = click.get_current_context()
+    flags = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     try:
-        return Settings.from_resolved(resolve(kw, os.environ, tuple(rows)))
+        return Settings.from_resolved(resolve({**flags, **forced}, os.environ, tuple(rows)))
     except ConfigError as exc:
         _fail(str(exc))
         raise  # unreachable
@@ -121,7 +131,7 @@ def main() -> None:
 @common_options
 def enqueue(source: str, depth: int, priority: str, **kw: Any) -> None:
     """Add the URLs of SOURCE (a file, or - for stdin), one per line, to the crawl."""
-    settings = _settings(kw, (*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
+    settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
     keep_tracking = settings.scope.keep_tracking_params
     sys.exit(run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking)))
 
@@ -165,7 +175,7 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
 @common_options
 def stats(as_json: bool, **common: Any) -> None:
     """Crawl-wide counters: enqueued = done + dead + queued + deferred + inflight."""
-    settings = _settings(common)
+    settings = _settings()
     sys.exit(run_async(_stats(settings, as_json)))
 
 
@@ -190,7 +200,7 @@ async def _stats(settings: Settings, as_json: bool) -> int:
 @common_options
 def dead(as_json: bool, requeue: bool, limit: int, **common: Any) -> None:
     """Dead-lettered URLs with their last error."""
-    settings = _settings(common)
+    settings = _settings()
     sys.exit(run_async(_dead(settings, as_json, requeue, limit)))
 
 
@@ -230,7 +240,7 @@ async def _dead(settings: Settings, as_json: bool, requeue: bool, limit: int) ->
 @common_options
 def purge(yes: bool, **common: Any) -> None:
     """Remove all of a crawl's keys (frontier, dedup set, counters, dead letters)."""
-    settings = _settings(common)
+    settings = _settings()
     if not yes:
         _fail(f"purge deletes every key of crawl {settings.crawl_name!r}; add --yes to confirm")
     sys.exit(run_async(_purge(settings)))
@@ -250,16 +260,11 @@ async def _purge(settings: Settings) -> int:
 worker_options = table_options(OPTIONS)
 
 
-def _worker_settings(kw: dict[str, Any]) -> Settings:
-    """Every option of the table, from flags, the environment and the config file."""
-    return _settings(kw, OPTIONS)
-
-
 @main.command(cls=TableCommand)
 @worker_options
 def worker(**kw: Any) -> None:
     """Lease URLs from the crawl's frontier, fetch, parse, write results; run as many as you like."""
-    settings = _worker_settings(kw)
+    settings = _settings(OPTIONS)
     from workers.main import run_worker
 
     sys.exit(run_worker(settings))
@@ -271,8 +276,7 @@ def worker(**kw: Any) -> None:
 @worker_options
 def run(source: str, depth: int, **kw: Any) -> None:
     """Enqueue SOURCE and crawl until the frontier is idle (one command, embedded Redis by default)."""
-    kw["until_idle"] = True
-    settings = _worker_settings(kw)
+    settings = _settings(OPTIONS, until_idle=True)
     code = run_async(_enqueue(settings, source, depth, False, settings.scope.keep_tracking_params))
     if code:
         sys.exit(code)
@@ -287,7 +291,7 @@ def run(source: str, depth: int, **kw: Any) -> None:
 @common_options
 def workers(as_json: bool, **common: Any) -> None:
     """Live workers (from their heartbeats)."""
-    settings = _settings(common)
+    settings = _settings()
     sys.exit(run_async(_workers(settings, as_json)))
 
 
@@ -315,7 +319,7 @@ async def _workers(settings: Settings, as_json: bool) -> int:
 @common_options
 def top(interval: float, **common: Any) -> None:
     """Live view of the crawl: rates, queue, workers, proxies. q or Ctrl-C quits."""
-    settings = _settings(common)
+    settings = _settings()
     from crawler.views import run_top
 
     sys.exit(run_async(run_top(settings, interval)))

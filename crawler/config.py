@@ -66,11 +66,17 @@ def _typed(opt: Option, value: Any, where: str) -> Any:
     return tuple(out) if opt.multiple else out[0]
 
 
-def _from_env(opt: Option, var: str, text: str) -> Any:
-    if opt.multiple:
-        parts = text.split(opt.env_sep) if opt.env_sep else text.split()
-        return _typed(opt, [p.strip() for p in parts if p.strip()], var)
-    return _typed(opt, text.strip(), var)
+def env_value(opt: Option, env: Mapping[str, str]) -> tuple[str | list[str], str] | None:
+    """(the raw value, its variable) from the first of the row's variables that is set and not empty (as click
+    reads them); a repeatable option's variable holds several values split by `env_sep`, else whitespace."""
+    for var in opt.envvars:
+        text = env.get(var)
+        if text:
+            if not opt.multiple:
+                return text.strip(), var
+            parts = text.split(opt.env_sep) if opt.env_sep else text.split()
+            return [p.strip() for p in parts if p.strip()], var
+    return None
 
 
 def _from_file(opt: Option, value: Any, where: str) -> Any:
@@ -94,13 +100,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}, key {key!r}: settings are top-level keys, not tables")
         if key not in BY_NAME or BY_NAME[key].field is None:
             dashed = key.replace("_", "-")
             close = [dashed] if dashed in BY_NAME else difflib.get_close_matches(key, list(BY_NAME), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close and close[0] != "config" else ""
             raise ConfigError(f"{path}: unknown key {key!r}{hint}; keys are the flags' names without dashes")
-        if isinstance(value, dict):
-            raise ConfigError(f"{path}, key {key!r}: settings are top-level keys, not tables")
     return data
 
 
@@ -109,10 +115,9 @@ def _pick(opt: Option, flags: Mapping[str, Any], env: Mapping[str, str], file: M
     value = flags.get(opt.key)
     if value is not None and value != ():
         return _typed(opt, value, ""), ""
-    for var in opt.envvars:
-        text = env.get(var)
-        if text:  # an empty variable is unset, as click reads them
-            return _from_env(opt, var, text), var
+    found = env_value(opt, env)
+    if found is not None:
+        return _typed(opt, found[0], found[1]), found[1]
     if opt.name in file:
         where = f"{name}, key {opt.name!r}"
         return _from_file(opt, file[opt.name], where), where

@@ -165,9 +165,9 @@ def _pairs(sep: str, form: str) -> Converter:
 Row = Option
 OPTIONS: tuple[Option, ...] = (
     # where the frontier lives (every command)
-    Row("--redis", "redis_url", "frontier", "Redis URL (redis://, rediss://, unix://); default: an embedded Redis "
-      "under --home.", metavar="URL", env="CRAWL_REDIS_URL", env_aliases=("REDIS_URL",), default_text="embedded"),
-    Row("--crawl", "crawl_name", "frontier", "Crawl namespace: its keys live under crawl:{NAME}:.", default="default",
+    Row("--redis", "redis_url", "frontier", "Redis URL (`redis://`, `rediss://`, `unix://`); default: an embedded "
+      "Redis under --home.", metavar="URL", env="CRAWL_REDIS_URL", env_aliases=("REDIS_URL",), default_text="embedded"),
+    Row("--crawl", "crawl_name", "frontier", "Crawl namespace: its keys live under `crawl:{NAME}:`.", default="default",
       metavar="NAME", env="CRAWL_NAME"),
     Row("--home", "home", "frontier", "Directory of the embedded Redis (used when no --redis is given).", Path,
       default=Path(".crawl"), metavar="DIR"),
@@ -202,7 +202,7 @@ OPTIONS: tuple[Option, ...] = (
     Row("--allow-private-networks", "fetch.allow_private_networks", "fetch", "Turn the SSRF guard off: fetch "
       "private, loopback and link-local addresses.", bool, False),
     # the proxy gateway
-    Row("--proxy", "proxy.urls", "proxy", "Gateway URL http://user:pass@host:port (repeatable); {session} in the "
+    Row("--proxy", "proxy.urls", "proxy", "Gateway URL `http://user:pass@host:port` (repeatable); `{session}` in the "
       "user is a sticky session id.", multiple=True, env="CRAWL_PROXY_URL", metavar="URL", convert=_proxies),
     Row("--proxy-file", "proxy.urls", "proxy", "File of gateway URLs, one per line (added to --proxy).",
       metavar="FILE", convert=_proxy_file, merge=True),
@@ -221,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
       "crawl-wide.", float, 0.0, "s", "S"),
     Row("--robots/--no-robots", "politeness.robots", "politeness", "Honour robots.txt (RFC 9309).", bool, True),
     Row("--robots-agent", "politeness.robots_agent", "politeness", "Product token matched against robots.txt "
-      "User-agent lines ([A-Za-z_-]+).", default="crawl", metavar="TOKEN"),
+      "User-agent lines (letters, `_`, `-`).", default="crawl", metavar="TOKEN"),
     Row("--max-crawl-delay", "politeness.max_crawl_delay_s", "politeness", "Cap on a robots.txt Crawl-delay.",
       float, 10.0, "s", "S"),
     # scope
@@ -237,20 +237,20 @@ OPTIONS: tuple[Option, ...] = (
       "expression (repeatable).", multiple=True, metavar="REGEX", convert=_regexes),
     Row("--follow-selector", "scope.follow_selector", "scope", "Follow only links inside elements matching this "
       "CSS selector.", metavar="CSS"),
-    Row("--keep-tracking-params", "scope.keep_tracking_params", "scope", "Keep utm_*, fbclid, gclid in URLs.", bool,
-      False),
-    Row("--max-links", "scope.max_links_per_page", "scope", "Links kept per page (links_total counts them all).",
+    Row("--keep-tracking-params", "scope.keep_tracking_params", "scope", "Keep `utm_*`, `fbclid`, `gclid` in "
+      "URLs.", bool, False),
+    Row("--max-links", "scope.max_links_per_page", "scope", "Links kept per page (`links_total` counts them all).",
       int, 1000, metavar="N"),
     # parsing
     Row("--parse-workers", "parse.workers", "parse", "Parse processes.", int, metavar="N", default_text="cores - 1"),
-    Row("--parser", "parse.parser", "parse", "Your parse function: module:function, or path/to/file.py:function.",
+    Row("--parser", "parse.parser", "parse", "Your parse function: `module:function`, or `path/to/file.py:function`.",
       metavar="SPEC"),
     Row("--parse-timeout", "parse.timeout_s", "parse", "Seconds a parser may run on one page.", float, 30.0, "s",
       "S"),
     Row("--extract", "parse.extract_rules", "parse", "JSON file of field -> CSS selector; results go to the "
       "record's data.", metavar="FILE", convert=_extract),
     # output and monitoring
-    Row("--output", "output.dir", "output", "Directory of <worker-id>.jsonl files.", Path, Path("crawl-output"),
+    Row("--output", "output.dir", "output", "Directory of the `<worker-id>.jsonl` files.", Path, Path("crawl-output"),
       metavar="DIR"),
     Row("--rotate-mb", "output.rotate_bytes", "output", "Start a new output file past this size.", int, 256, "MiB",
       "N", convert=_mib),
@@ -264,9 +264,9 @@ OPTIONS: tuple[Option, ...] = (
       default="text", choices=("text", "json")),
     Row("--log-interval", "output.log_interval_s", "output", "Seconds between throughput lines.", float, 10.0, "s",
       "S"),
-    Row("--metrics-port", "output.metrics_port", "output", "Serve Prometheus /metrics on this port.", int,
+    Row("--metrics-port", "output.metrics_port", "output", "Serve Prometheus `/metrics` on this port.", int,
       metavar="PORT", default_text="off"),
-    Row("--metrics-host", "output.metrics_host", "output", "Address /metrics listens on (0.0.0.0 in containers).",
+    Row("--metrics-host", "output.metrics_host", "output", "Address `/metrics` listens on (0.0.0.0 in containers).",
       default="127.0.0.1", metavar="HOST"),
     # lifecycle
     Row("--until-idle", "lifecycle.until_idle", "lifecycle", "Exit 0 when nothing is queued, deferred or in "
@@ -331,8 +331,9 @@ def markdown_table(options: Iterable[Option] = OPTIONS) -> str:
             if o.multiple:
                 env_cell += f" (`{o.env_sep}`-separated)" if o.env_sep else " (space-separated)"
             shown = o.shown_default()
-            default_cell = f"`{shown}`" if shown and not shown[0].isdigit() and o.type is not bool else shown
-            rows.append(f"| {_cell(flag_cell)} | {env_cell} | {_cell(default_cell)} | {_cell(o.help)} |")
+            literal = o.type in (str, Path) and shown not in ("", "none", "embedded")
+            default_cell = f"`{shown}`" if literal else shown
+            rows.append(f"| {_cell(flag_cell)} | {_cell(env_cell)} | {_cell(default_cell)} | {_cell(o.help)} |")
     return "\n".join(rows) + "\n"
 
 

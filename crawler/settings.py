@@ -84,7 +84,8 @@ def _masked_repr(obj: Any, masks: Mapping[str, Callable[[Any], Any]]) -> str:
     parts = []
     for f in fields(obj):
         v = getattr(obj, f.name)
-        parts.append(f"{f.name}={masks[f.name](v) if f.name in masks else v!r}")
+        shown = masks[f.name](v) if f.name in masks else repr(v)
+        parts.append(f"{f.name}={shown}")
     return f"{type(obj).__name__}({', '.join(parts)})"
 
 
@@ -152,8 +153,8 @@ class FetchSettings:
         return _masked_repr(
             self,
             {
-                "headers": lambda hs: tuple((n, "***" if n.lower() in _SECRET_HEADERS else v) for n, v in hs),
-                "cookies": lambda cs: tuple((n, "***") for n, _ in cs),
+                "headers": lambda hs: repr(tuple((n, "***" if n.lower() in _SECRET_HEADERS else v) for n, v in hs)),
+                "cookies": lambda cs: repr(tuple((n, "***") for n, _ in cs)),
             },
         )
 
@@ -196,7 +197,7 @@ class ProxySettings:
             raise _fail("proxy.ban_markers", "must not be empty")
 
     def __repr__(self) -> str:
-        return _masked_repr(self, {"urls": lambda us: tuple(redact_url(u) for u in us)})
+        return _masked_repr(self, {"urls": lambda us: repr(tuple(redact_url(u) for u in us))})
 
 
 @dataclass(frozen=True, slots=True)
