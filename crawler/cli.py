@@ -59,7 +59,7 @@ class TableOption(click.Option):
 
 def _help(row: Option) -> str:
     shown = row.shown_default()
-    return f"{row.help} [env: {', '.join(row.envvars)}{'; default: ' + shown if shown else ''}]"
+    return f"{row.help}  [env: {', '.join(row.envvars)}{'; default: ' + shown if shown else ''}]"
 
 
 def table_options(rows: Iterable[Option]) -> Callable[[F], F]:

@@ -21,24 +21,13 @@ from typing import Any
 
 from crawler.config import Resolved, resolve, with_source
 from crawler.errors import ConfigError
-from crawler.extraction import ExtractRule, check_css, load_extract_rules
-from crawler.options import DEFAULT_USER_AGENT, MIB, SettingError, default, flag_for
+from crawler.extraction import ExtractRule as ExtractRule
+from crawler.extraction import check_css
+from crawler.extraction import load_extract_rules as load_extract_rules
+from crawler.options import DEFAULT_USER_AGENT as DEFAULT_USER_AGENT
+from crawler.options import MIB as MIB
+from crawler.options import SettingError, default, flag_for
 from crawler.redact import redact_url, url_password
-
-__all__ = [
-    "DEFAULT_USER_AGENT",
-    "MIB",
-    "ExtractRule",
-    "FetchSettings",
-    "LifecycleSettings",
-    "OutputSettings",
-    "ParseSettings",
-    "PolitenessSettings",
-    "ProxySettings",
-    "ScopeSettings",
-    "Settings",
-    "load_extract_rules",
-]
 
 
 def available_cpus() -> int:
