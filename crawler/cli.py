@@ -1,4 +1,5 @@
-"""The `crawl` command line. Every flag has a `CRAWL_*` environment equivalent; flags win over the environment.
+"""The `crawl` command line. Its options come from the table in `crawler.options`: every flag has a `CRAWL_*`
+variable and a config-file key (`--config`), and flags win over variables, variables over the file.
 
 Errors users can cause (bad flags, unreadable files, unreachable Redis) end with one line on stderr and exit
 status 2, never a traceback.
@@ -10,35 +11,18 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
+from crawler.config import env_value, param_type, resolve
 from crawler.errors import ConfigError, CrawlError
-from crawler.settings import DEFAULT_USER_AGENT, Settings, default_parse_workers, load_extract_rules
+from crawler.options import BY_KEY, FRONTIER_OPTIONS, GROUPS, OPTIONS, Option
+from crawler.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-if TYPE_CHECKING:  # click is generic in its stubs only from 8.2 on; keep runtime compatible with older ones
-    _StrParamType = click.ParamType[str]
-else:
-    _StrParamType = click.ParamType
-
-
-class PipeSeparated(_StrParamType):
-    """A string option whose environment variable holds several values separated by '|' (not whitespace)."""
-
-    name = "text"
-    envvar_list_splitter = "|"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        return str(value)
-
-
-PIPE_SEPARATED = PipeSeparated()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -58,37 +42,69 @@ def run_async(coro: Awaitable[int | None]) -> int:
     return 2
 
 
-def common_options(f: F) -> F:
-    """--redis, --crawl, --home: where the frontier is."""
-    f = click.option(
-        "--home",
-        envvar="CRAWL_HOME",
-        default=".crawl",
-        show_default=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Directory of the embedded Redis (used when no --redis is given).",
-    )(f)
-    f = click.option(
-        "--crawl",
-        "crawl_name",
-        envvar="CRAWL_NAME",
-        default="default",
-        show_default=True,
-        help="Crawl namespace.",
-    )(f)
-    f = click.option(
-        "--redis",
-        "redis_url",
-        envvar=["CRAWL_REDIS_URL", "REDIS_URL"],
-        default=None,
-        help="Redis URL (redis://, rediss://, unix://). Default: an embedded Redis under --home.",
-    )(f)
-    return f
+class TableOption(click.Option):
+    """A click option made from a row of `crawler.options`. Its default is None ("not given"): values that did
+    not come from the command line are read by `crawler.config.resolve` (environment, then config file), the
+    same reader `Settings.from_env()` uses. Click reads the variables too (through the same `env_value`), only so
+    that `ctx.params` shows what a command will run with."""
+
+    def __init__(self, *args: Any, row: Option, **kw: Any) -> None:
+        super().__init__(*args, envvar=list(row.envvars), **kw)
+        self.row = row
+
+    def value_from_envvar(self, ctx: click.Context) -> Any:
+        found = env_value(self.row, os.environ)
+        return None if found is None else found[0]
 
 
-def _settings(**kw: Any) -> Settings:
+def _help(row: Option) -> str:
+    shown = row.shown_default()
+    return f"{row.help}  [env: {', '.join(row.envvars)}{'; default: ' + shown if shown else ''}]"
+
+
+def table_options(rows: Iterable[Option]) -> Callable[[F], F]:
+    """Attach these rows' options, in table order."""
+
+    def attach(f: F) -> F:
+        for row in reversed(tuple(rows)):
+            attrs: dict[str, Any] = {"default": None, "help": _help(row), "cls": TableOption, "row": row}
+            if row.is_flag:
+                attrs["is_flag"] = True
+            elif not row.switch:
+                attrs.update(type=param_type(row), multiple=row.multiple, metavar=row.metavar)
+            f = click.option(row.flag, row.key, **attrs)(f)
+        return f
+
+    return attach
+
+
+class TableCommand(click.Command):
+    """`--help` shows the table's options in sections (Fetching, Politeness, ...) after the command's own."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Options": []}
+        sections.update((title, []) for title in GROUPS.values())
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                row = param.row if isinstance(param, TableOption) else None
+                sections["Options" if row is None else GROUPS[row.group]].append(record)
+        for title, records in sections.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+common_options = table_options(FRONTIER_OPTIONS)
+
+
+def _settings(rows: Iterable[Option] = FRONTIER_OPTIONS, **forced: Any) -> Settings:
+    """Settings from these options: the command line (and `forced`), then the environment, then the config file;
+    one line and exit 2 when a value is bad."""
+    ctx = click.get_current_context()
+    flags = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     try:
-        return Settings(**kw)
+        return Settings.from_resolved(resolve({**flags, **forced}, os.environ, tuple(rows)))
     except ConfigError as exc:
         _fail(str(exc))
         raise  # unreachable
@@ -101,7 +117,7 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- enqueue
-@main.command()
+@main.command(cls=TableCommand)
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--depth", default=0, show_default=True, type=click.IntRange(0), help="Depth of these seeds.")
 @click.option(
@@ -111,17 +127,13 @@ def main() -> None:
     show_default=True,
     help="high: put these URLs at the front of their host's queue.",
 )
-@click.option(
-    "--keep-tracking-params",
-    is_flag=True,
-    envvar="CRAWL_KEEP_TRACKING_PARAMS",
-    help="Keep utm_*, fbclid, ...",
-)
+@table_options([BY_KEY["keep_tracking_params"]])
 @common_options
-def enqueue(source: str, depth: int, priority: str, keep_tracking_params: bool, **common: Any) -> None:
+def enqueue(source: str, depth: int, priority: str, **kw: Any) -> None:
     """Add the URLs of SOURCE (a file, or - for stdin), one per line, to the crawl."""
-    settings = _settings(**common)
-    sys.exit(run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking_params)))
+    settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
+    keep_tracking = settings.scope.keep_tracking_params
+    sys.exit(run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking)))
 
 
 async def _enqueue(settings: Settings, source: str, depth: int, front: bool, keep_tracking: bool) -> int:
@@ -158,12 +170,12 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
 
 
 # ------------------------------------------------------------------------------------------------------ stats
-@main.command()
+@main.command(cls=TableCommand)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 @common_options
 def stats(as_json: bool, **common: Any) -> None:
     """Crawl-wide counters: enqueued = done + dead + queued + deferred + inflight."""
-    settings = _settings(**common)
+    settings = _settings()
     sys.exit(run_async(_stats(settings, as_json)))
 
 
@@ -181,14 +193,14 @@ async def _stats(settings: Settings, as_json: bool) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- dead
-@main.command()
+@main.command(cls=TableCommand)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: url, depth, attempts, at, error.")
 @click.option("--requeue", is_flag=True, help="Put every dead URL back in the queue with a fresh attempt count.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1), help="Entries to list at most.")
 @common_options
 def dead(as_json: bool, requeue: bool, limit: int, **common: Any) -> None:
     """Dead-lettered URLs with their last error."""
-    settings = _settings(**common)
+    settings = _settings()
     sys.exit(run_async(_dead(settings, as_json, requeue, limit)))
 
 
@@ -223,12 +235,12 @@ async def _dead(settings: Settings, as_json: bool, requeue: bool, limit: int) ->
 
 
 # ------------------------------------------------------------------------------------------------------ purge
-@main.command()
+@main.command(cls=TableCommand)
 @click.option("--yes", is_flag=True, help="Really delete every key of the crawl.")
 @common_options
 def purge(yes: bool, **common: Any) -> None:
     """Remove all of a crawl's keys (frontier, dedup set, counters, dead letters)."""
-    settings = _settings(**common)
+    settings = _settings()
     if not yes:
         _fail(f"purge deletes every key of crawl {settings.crawl_name!r}; add --yes to confirm")
     sys.exit(run_async(_purge(settings)))
@@ -245,286 +257,27 @@ async def _purge(settings: Settings) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- worker
-def worker_options(f: F) -> F:
-    opts = [
-        click.option(
-            "--concurrency",
-            envvar="CRAWL_CONCURRENCY",
-            default=64,
-            show_default=True,
-            type=int,
-            help="Fetches in flight in this process.",
-        ),
-        click.option(
-            "--proxy",
-            "proxies",
-            envvar="CRAWL_PROXY_URL",
-            multiple=True,
-            help="Gateway URL http://user:pass@host:port (repeatable); {session} in the user is a sticky session.",
-        ),
-        click.option(
-            "--proxy-file",
-            envvar="CRAWL_PROXY_FILE",
-            default=None,
-            help="File of gateway URLs, one per line.",
-        ),
-        click.option(
-            "--session-requests",
-            envvar="CRAWL_SESSION_REQUESTS",
-            default=0,
-            show_default=True,
-            type=int,
-            help="Rotate the sticky session after N requests (0: only on ban signals).",
-        ),
-        click.option(
-            "--ban-marker",
-            "ban_markers",
-            envvar="CRAWL_BAN_MARKERS",
-            multiple=True,
-            type=PIPE_SEPARATED,
-            help="Body text that means 'blocked': rotate the session and retry (repeatable; in CRAWL_BAN_MARKERS "
-            "separate markers with '|', as they may contain spaces).",
-        ),
-        click.option(
-            "--proxy-max-connections",
-            envvar="CRAWL_PROXY_MAX_CONNECTIONS",
-            default=None,
-            type=int,
-            help="Connections through the gateway for the whole crawl (all workers), via Redis.",
-        ),
-        click.option(
-            "--parse-workers",
-            envvar="CRAWL_PARSE_WORKERS",
-            default=default_parse_workers(),
-            show_default="cores - 1",
-            type=int,
-            help="Parse processes.",
-        ),
-        click.option(
-            "--output",
-            "output_dir",
-            envvar="CRAWL_OUTPUT",
-            default="crawl-output",
-            show_default=True,
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Directory of <worker-id>.jsonl files.",
-        ),
-        click.option(
-            "--rotate-mb",
-            envvar="CRAWL_ROTATE_MB",
-            default=256,
-            show_default=True,
-            type=int,
-            help="Start a new output file past this size.",
-        ),
-        click.option("--worker-id", envvar="CRAWL_WORKER_ID", default=None, help="Default: <hostname>-<pid>."),
-        click.option(
-            "--until-idle",
-            envvar="CRAWL_UNTIL_IDLE",
-            is_flag=True,
-            help="Exit 0 when nothing is queued, deferred or in flight crawl-wide.",
-        ),
-        click.option("--max-pages", envvar="CRAWL_MAX_PAGES", default=None, type=int, help="Stop after N pages."),
-        click.option(
-            "--follow/--no-follow",
-            envvar="CRAWL_FOLLOW",
-            default=True,
-            show_default=True,
-            help="Add in-scope links to the frontier.",
-        ),
-        click.option(
-            "--max-depth",
-            envvar="CRAWL_MAX_DEPTH",
-            default=None,
-            type=int,
-            help="Deepest link depth followed.",
-        ),
-        click.option(
-            "--allow-domain",
-            "allow_domains",
-            envvar="CRAWL_ALLOW_DOMAINS",
-            multiple=True,
-            help="Also follow links to this domain and its subdomains (repeatable).",
-        ),
-        click.option(
-            "--per-host-concurrency",
-            envvar="CRAWL_PER_HOST_CONCURRENCY",
-            default=8,
-            show_default=True,
-            type=int,
-            help="Leases of one host at once, crawl-wide (0: unlimited).",
-        ),
-        click.option(
-            "--per-host-delay",
-            "per_host_delay_s",
-            envvar="CRAWL_PER_HOST_DELAY",
-            default=0.0,
-            show_default=True,
-            type=float,
-            help="Seconds between two leases of one host, crawl-wide.",
-        ),
-        click.option(
-            "--robots/--no-robots",
-            envvar="CRAWL_ROBOTS",
-            default=True,
-            show_default=True,
-            help="Honour robots.txt.",
-        ),
-        click.option("--user-agent", envvar="CRAWL_USER_AGENT", default=DEFAULT_USER_AGENT, show_default=True),
-        click.option(
-            "--keep-tracking-params",
-            envvar="CRAWL_KEEP_TRACKING_PARAMS",
-            is_flag=True,
-            help="Keep utm_*, fbclid, gclid in followed links.",
-        ),
-        click.option(
-            "--allow-private-networks",
-            envvar="CRAWL_ALLOW_PRIVATE_NETWORKS",
-            is_flag=True,
-            help="Follow links to private, loopback and link-local addresses.",
-        ),
-        click.option(
-            "--max-body-bytes",
-            envvar="CRAWL_MAX_BODY_BYTES",
-            default=10 * 1024 * 1024,
-            show_default=True,
-            type=int,
-            help="Body cap (decompressed).",
-        ),
-        click.option(
-            "--timeout",
-            "timeout_s",
-            envvar="CRAWL_TIMEOUT",
-            default=30.0,
-            show_default=True,
-            type=float,
-            help="Total seconds per attempt.",
-        ),
-        click.option("--max-redirects", envvar="CRAWL_MAX_REDIRECTS", default=10, show_default=True, type=int),
-        click.option(
-            "--max-links",
-            "max_links_per_page",
-            envvar="CRAWL_MAX_LINKS",
-            default=1000,
-            show_default=True,
-            type=int,
-            help="Links kept per page.",
-        ),
-        click.option(
-            "--retries",
-            envvar="CRAWL_RETRIES",
-            default=3,
-            show_default=True,
-            type=int,
-            help="Retries after the first attempt.",
-        ),
-        click.option(
-            "--extract",
-            envvar="CRAWL_EXTRACT",
-            default=None,
-            help="JSON file of field -> CSS selector; results go to the record's data.",
-        ),
-        click.option(
-            "--grace-s",
-            envvar="CRAWL_GRACE_S",
-            default=20.0,
-            show_default=True,
-            type=float,
-            help="Seconds to finish in-flight work on SIGTERM.",
-        ),
-        click.option(
-            "--lease-ttl-s",
-            envvar="CRAWL_LEASE_TTL_S",
-            default=30.0,
-            show_default=True,
-            type=float,
-            help="Lease time-out (renewed while a fetch runs).",
-        ),
-        click.option(
-            "--log-interval",
-            "log_interval_s",
-            envvar="CRAWL_LOG_INTERVAL",
-            default=10.0,
-            show_default=True,
-            type=float,
-            help="Seconds between throughput lines.",
-        ),
-        click.option(
-            "--log-format",
-            envvar="CRAWL_LOG_FORMAT",
-            default="text",
-            show_default=True,
-            type=click.Choice(["text", "json"]),
-        ),
-        click.option(
-            "--heartbeat-ttl-s",
-            envvar="CRAWL_HEARTBEAT_TTL_S",
-            default=15.0,
-            show_default=True,
-            type=float,
-            help="A worker that stops heartbeating leaves `crawl workers` after this.",
-        ),
-        click.option(
-            "--metrics-port",
-            envvar="CRAWL_METRICS_PORT",
-            default=None,
-            type=int,
-            help="Serve Prometheus /metrics on this port.",
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return common_options(f)
+worker_options = table_options(OPTIONS)
 
 
-def _worker_settings(kw: dict[str, Any]) -> Settings:
-    from crawler.proxies import read_proxy_file
-
-    try:
-        proxies = tuple(p for item in kw.pop("proxies") for p in item.split())
-        proxy_file = kw.pop("proxy_file")
-        if proxy_file:
-            proxies += read_proxy_file(proxy_file)
-        extract = kw.pop("extract")
-        rules = load_extract_rules(extract) if extract else ()
-        rotate_mb = kw.pop("rotate_mb")
-        worker_id = kw.pop("worker_id")
-        extra: dict[str, Any] = {"worker_id": worker_id} if worker_id else {}
-        if rotate_mb <= 0:
-            raise ConfigError(f"--rotate-mb must be > 0, got {rotate_mb}")
-        return Settings(
-            proxies=proxies,
-            extract_rules=rules,
-            output_rotate_bytes=rotate_mb * 1024 * 1024,
-            ban_markers=tuple(kw.pop("ban_markers")),
-            allow_domains=tuple(d.lower().strip(".") for d in kw.pop("allow_domains")),
-            **extra,
-            **kw,
-        )
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise
-
-
-@main.command()
+@main.command(cls=TableCommand)
 @worker_options
 def worker(**kw: Any) -> None:
     """Lease URLs from the crawl's frontier, fetch, parse, write results; run as many as you like."""
-    settings = _worker_settings(kw)
+    settings = _settings(OPTIONS)
     from workers.main import run_worker
 
     sys.exit(run_worker(settings))
 
 
-@main.command()
+@main.command(cls=TableCommand)
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--depth", default=0, show_default=True, type=click.IntRange(0), help="Depth of these seeds.")
 @worker_options
 def run(source: str, depth: int, **kw: Any) -> None:
     """Enqueue SOURCE and crawl until the frontier is idle (one command, embedded Redis by default)."""
-    kw["until_idle"] = True
-    settings = _worker_settings(kw)
-    code = run_async(_enqueue(settings, source, depth, False, settings.keep_tracking_params))
+    settings = _settings(OPTIONS, until_idle=True)
+    code = run_async(_enqueue(settings, source, depth, False, settings.scope.keep_tracking_params))
     if code:
         sys.exit(code)
     from workers.main import run_worker
@@ -533,12 +286,12 @@ def run(source: str, depth: int, **kw: Any) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- monitoring
-@main.command()
+@main.command(cls=TableCommand)
 @click.option("--json", "as_json", is_flag=True)
 @common_options
 def workers(as_json: bool, **common: Any) -> None:
     """Live workers (from their heartbeats)."""
-    settings = _settings(**common)
+    settings = _settings()
     sys.exit(run_async(_workers(settings, as_json)))
 
 
@@ -561,12 +314,12 @@ async def _workers(settings: Settings, as_json: bool) -> int:
     return 0
 
 
-@main.command()
+@main.command(cls=TableCommand)
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1), help="Refresh seconds.")
 @common_options
 def top(interval: float, **common: Any) -> None:
     """Live view of the crawl: rates, queue, workers, proxies. q or Ctrl-C quits."""
-    settings = _settings(**common)
+    settings = _settings()
     from crawler.views import run_top
 
     sys.exit(run_async(run_top(settings, interval)))

@@ -66,7 +66,7 @@ def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp
     With `trust` (the SSRF guard on), names are resolved through `GuardedResolver` (redirect targets are checked
     by `Fetcher`, which follows redirects itself). With a fleet-wide connection cap, connections are not kept alive.
     """
-    force_close = settings.proxy_max_connections is not None and bool(settings.proxies)
+    force_close = settings.proxy.max_connections is not None and bool(settings.proxy.urls)
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency,
         limit_per_host=0,  # politeness is the frontier's job, crawl-wide; the gateway is one "host" here
@@ -74,17 +74,19 @@ def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp
         use_dns_cache=True,
         keepalive_timeout=None if force_close else 30,
         force_close=force_close,
-        resolver=GuardedResolver(trust) if trust is not None and not settings.proxies else None,
+        resolver=GuardedResolver(trust) if trust is not None and not settings.proxy.urls else None,
     )
     timeout = aiohttp.ClientTimeout(
-        total=settings.timeout_s, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        total=settings.fetch.timeout_s,
+        sock_connect=settings.fetch.connect_timeout_s,
+        sock_read=settings.fetch.read_timeout_s,
     )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
         auto_decompress=False,
         headers={
-            "User-Agent": settings.user_agent,
+            "User-Agent": settings.fetch.user_agent,
             "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
             "Accept-Encoding": "gzip, deflate, br",
         },
@@ -171,7 +173,9 @@ class Fetcher:
         return contextlib.nullcontext()
 
     def __repr__(self) -> str:
-        return f"Fetcher(max_body_bytes={self.settings.max_body_bytes}, timeout_s={self.settings.timeout_s})"
+        return (
+            f"Fetcher(max_body_bytes={self.settings.fetch.max_body_bytes}, timeout_s={self.settings.fetch.timeout_s})"
+        )
 
     @contextlib.asynccontextmanager
     async def _open(
@@ -182,7 +186,7 @@ class Fetcher:
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_errors(proxy is not None))
             # a hard outer deadline too: sock_read resets on every byte, so only a total deadline stops a drip
-            async with asyncio.timeout(self.settings.timeout_s + 1.0):
+            async with asyncio.timeout(self.settings.fetch.timeout_s + 1.0):
                 target = URL(url, encoded=True)
                 for hop in range(max_redirects + 1):
                     async with self.session.get(
@@ -201,7 +205,7 @@ class Fetcher:
     async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
         """One attempt, redirects included."""
         started = time.monotonic()
-        async with self._open(url, proxy, self.settings.max_redirects) as (resp, redirects):
+        async with self._open(url, proxy, self.settings.fetch.max_redirects) as (resp, redirects):
             return await self._result(url, resp, proxy, started, redirects)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -229,8 +233,8 @@ class Fetcher:
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
         elif ctype in HTML_TYPES or ctype == "":
-            if declared is not None and declared > s.max_body_bytes:
-                raise BodyTooLarge(f"Content-Length {declared} > {s.max_body_bytes}")
+            if declared is not None and declared > s.fetch.max_body_bytes:
+                raise BodyTooLarge(f"Content-Length {declared} > {s.fetch.max_body_bytes}")
             body = await self._read_capped(resp.content)
             got = len(body)
         elif declared is not None:
@@ -270,7 +274,7 @@ class Fetcher:
             return resp.status, body
 
     async def _read_capped(self, content: aiohttp.StreamReader) -> bytes:
-        cap = self.settings.max_body_bytes
+        cap = self.settings.fetch.max_body_bytes
         buf = bytearray()
         async for chunk in content.iter_chunked(CHUNK):
             buf += chunk
@@ -279,7 +283,7 @@ class Fetcher:
         return bytes(buf)
 
     async def _count_capped(self, content: aiohttp.StreamReader) -> int:
-        cap = self.settings.max_body_bytes
+        cap = self.settings.fetch.max_body_bytes
         n = 0
         async for chunk in content.iter_chunked(CHUNK):
             n += len(chunk)

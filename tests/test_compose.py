@@ -250,7 +250,7 @@ def test_worker_scales_and_stops_gracefully(monkeypatch: pytest.MonkeyPatch) -> 
     stop = duration_s(w["stop_grace_period"])
     assert stop >= grace + STOP_MARGIN_S, f"stop_grace_period {stop}s must exceed --grace-s {grace}s + margin"
     # output on the named volume, where the command writes
-    assert str(ctx.params["output_dir"]) == "/data/output"
+    assert str(ctx.params["output"]) == "/data/output"
     mounts = [str(v).split(":") for v in w["volumes"] if isinstance(v, str)]
     assert any(m[1] == "/data/output" and m[0] in COMPOSE["volumes"] for m in mounts)
     assert ctx.params["until_idle"] is False, "a service worker must keep running"

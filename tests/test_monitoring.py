@@ -240,7 +240,7 @@ def test_stats_json_after_a_crawl_adds_up(finished_crawl: FinishedCrawl) -> None
 def test_workers_lists_live_workers_and_forgets_stopped_and_killed_ones(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path
 ) -> None:
-    ttl = Settings().heartbeat_ttl_s  # no CLI flag sets it: a SIGKILLed worker is forgotten after the default
+    ttl = Settings().lifecycle.heartbeat_ttl_s  # no CLI flag sets it: a SIGKILLed worker is forgotten after the default
     ids = {"a", "b"}
     procs = {
         wid: spawn_crawl(

@@ -72,7 +72,7 @@ def test_robots_redirect_to_a_private_literal_is_blocked_not_fetched() -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        settings = Settings(timeout_s=5)
+        settings = Settings.from_flags(timeout=5)
 
         async def seed_only(host: str) -> bool:
             return host == "127.0.0.1"

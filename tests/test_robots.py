@@ -459,7 +459,7 @@ def _robots_server_rules(body: bytes) -> tuple[RobotsRules, bool | None, bool | 
         return web.Response(body=body, content_type="text/plain")
 
     async def main() -> tuple[RobotsRules, bool | None, bool | None]:
-        settings = Settings(timeout_s=5)
+        settings = Settings.from_flags(timeout=5)
         async with _serve(robots) as base, make_session(settings) as session:
             fetcher = Fetcher(session, settings)
             cache = RobotsCache(lambda url: fetcher.fetch_small(url, None), "crawl")
@@ -492,7 +492,7 @@ def test_a_gateway_407_on_robots_txt_is_a_proxy_auth_error_through_the_real_fetc
         return web.Response(status=407, headers={"Proxy-Authenticate": 'Basic realm="gw"'})
 
     async def main() -> None:
-        settings = Settings(timeout_s=5)
+        settings = Settings.from_flags(timeout=5)
         async with _serve(gateway) as gw, make_session(settings) as session:
             fetcher = Fetcher(session, settings)
             proxy = ProxyChoice(url=gw, redacted=gw, index=0, session_id="s")
@@ -507,7 +507,7 @@ def test_an_unreachable_host_through_the_real_fetcher_defers() -> None:
     port = free_port()  # nothing listens there: connection refused
 
     async def main() -> None:
-        settings = Settings(timeout_s=2, connect_timeout_s=1)
+        settings = Settings.from_flags(timeout=2, connect_timeout=1)
         async with make_session(settings) as session:
             fetcher = Fetcher(session, settings)
             cache = RobotsCache(lambda url: fetcher.fetch_small(url, None), "crawl")

@@ -17,7 +17,7 @@ import pytest
 
 from crawler.proxies import ProxyPool
 from crawler.redact import redact_url
-from crawler.settings import Settings
+from crawler.settings import ProxySettings, Settings
 from tests.conftest import RedisServer, free_port
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, CrawlRun, crawl, read_records, spawn_crawl, worker_args
 from tests.support.servers import RunningServer, start_server, wait_until
@@ -264,12 +264,14 @@ def test_no_password_appears_in_any_output(
 def test_settings_repr_masks_both_passwords() -> None:
     s = Settings(
         redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0",
-        proxies=(
-            f"http://{PROXY_USER}-session-{{session}}:{PROXY_PASSWORD}@gw.example:8000",
-            f"http://{PROXY_USER}:{PROXY_PASSWORD}@gw2.example:8000",
+        proxy=ProxySettings(
+            urls=(
+                f"http://{PROXY_USER}-session-{{session}}:{PROXY_PASSWORD}@gw.example:8000",
+                f"http://{PROXY_USER}:{PROXY_PASSWORD}@gw2.example:8000",
+            )
         ),
     )
-    for text in (repr(s), str(s), f"{s}", repr(ProxyPool(s.proxies))):
+    for text in (repr(s), str(s), f"{s}", repr(ProxyPool(s.proxy.urls))):
         assert PROXY_PASSWORD not in text and REDIS_PASSWORD not in text, text
     assert "redis://:***@127.0.0.1:6379/0" in repr(s)
     assert f"http://{PROXY_USER}:***@gw2.example:8000" in repr(s)
@@ -287,7 +289,7 @@ def test_password_with_a_raw_at_sign_is_masked_whole(url: str) -> None:
     """urlsplit (and so redis-py and aiohttp) ends user-info at the LAST '@': such a password works. Before d970d3f
     redaction stopped at the first '@' and printed the tail: 'redis://:***@ss-w0rd-tail@127.0.0.1:6379/0'."""
     shown = redact_url(url)
-    s = Settings(redis_url=url) if url.startswith("redis") else Settings(proxies=(url,))
+    s = Settings(redis_url=url) if url.startswith("redis") else Settings(proxy=ProxySettings(urls=(url,)))
     assert "ss-w0rd-tail" not in shown
     assert "ss-w0rd-tail" not in repr(s)
     assert "p@ss-w0rd-tail" in s.secrets()  # free-text scrubbing removes the whole password too

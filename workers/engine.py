@@ -74,9 +74,9 @@ class Engine:
             self.token,
             concurrency=settings.concurrency,
             batch=settings.lease_batch,
-            ttl_s=settings.lease_ttl_s,
-            max_pages=settings.max_pages,
-            until_idle=settings.until_idle,
+            ttl_s=settings.lifecycle.lease_ttl_s,
+            max_pages=settings.lifecycle.max_pages,
+            until_idle=settings.lifecycle.until_idle,
             needs_backout=self.needs_backout,
             has_unsettled=lambda: self.committer.unsettled(),
             busy=lambda: self.tasks.busy,
@@ -129,8 +129,8 @@ class Engine:
     # -- output ---------------------------------------------------------------------------------------------
     def emit(self, obj: dict[str, Any]) -> None:
         if obj.get("event") != "log":
-            line = format_line(obj, self.s.log_format)
-        elif self.s.log_format == "json":
+            line = format_line(obj, self.s.output.log_format)
+        elif self.s.output.log_format == "json":
             line = json.dumps(obj, separators=(",", ":"))
         else:
             line = f"[{self.s.worker_id}] {obj['message']}"
@@ -186,13 +186,13 @@ class Engine:
 
     async def _stop_leaser(self, leaser: asyncio.Task[Any]) -> None:
         """The leaser leaves by itself (stop() woke it): cancelling it mid-call would orphan a leased batch."""
-        await _wait_or_cancel([leaser], max(5.0, self.s.lease_ttl_s / 3))
+        await _wait_or_cancel([leaser], max(5.0, self.s.lifecycle.lease_ttl_s / 3))
         self.leaser.drop_unstarted()  # still in the book: handed back by the final commit
 
     async def _drain_fetchers(self, fetchers: list[asyncio.Task[Any]]) -> None:
         """In-flight fetches get the grace period to finish; then they are cancelled (their leases handed back)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.tasks.idle.wait(), self.s.grace_s)
+            await asyncio.wait_for(self.tasks.idle.wait(), self.s.lifecycle.grace_s)
         for t in fetchers:
             t.cancel()
         await asyncio.gather(*fetchers, return_exceptions=True)
@@ -201,17 +201,17 @@ class Engine:
         """The committer finishes the commit it is in; stuck against an absent Redis, it is cancelled (its
         written results stay in `written` for the final commit)."""
         self.committer.close()
-        await _wait_or_cancel([committer], max(10.0, self.s.grace_s))
+        await _wait_or_cancel([committer], max(10.0, self.s.lifecycle.grace_s))
 
     async def _final_commit(self) -> None:
         """Commit what finished; give back every lease still held, without counting an attempt."""
         finished = self.committer.finished_members()
         unfinished = [ls for ls in self.leaser.book.leases() if ls.member not in finished]
-        give_up_at = time.monotonic() + max(10.0, self.s.grace_s)
+        give_up_at = time.monotonic() + max(10.0, self.s.lifecycle.grace_s)
         if not await self.committer.final(unfinished, give_up_at):
             self.say(
                 f"Redis stayed unavailable: {len(self.committer.written)} written results not acked and "
-                f"{len(unfinished)} leases not handed back; they expire in {self.s.lease_ttl_s:.0f}s and are "
+                f"{len(unfinished)} leases not handed back; they expire in {self.s.lifecycle.lease_ttl_s:.0f}s and are "
                 "fetched again (duplicates, never losses)",
                 "warning",
             )

@@ -51,11 +51,11 @@ class Housekeeping:
 
     async def renew(self, until: asyncio.Event) -> None:
         """Extend every held lease each ttl/3, through the grace period too."""
-        interval = self.s.lease_ttl_s / 3
+        interval = self.s.lifecycle.lease_ttl_s / 3
         while not await pause(interval, until):
             held = self.book.leases()
             try:
-                lost = await self.frontier.renew(held, self.s.lease_ttl_s)
+                lost = await self.frontier.renew(held, self.s.lifecycle.lease_ttl_s)
             except RedisUnavailable:
                 continue
             # a lease settled (acked, deferred...) while the renew was in flight is not lost: it is just gone
@@ -68,7 +68,7 @@ class Housekeeping:
 
     async def reclaim(self, until: asyncio.Event) -> None:
         """Return expired leases of dead workers to the frontier, batch after batch while they come back full."""
-        while not await pause(self.s.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), until):
+        while not await pause(self.s.lifecycle.lease_ttl_s / 2 * (0.75 + self._rng.random() / 2), until):
             requeued = dead = 0
             try:
                 while True:
@@ -85,12 +85,12 @@ class Housekeeping:
 
     async def report(self, until: asyncio.Event) -> None:
         """A throughput line every --log-interval, a heartbeat every heartbeat TTL / 3."""
-        interval = min(self.s.log_interval_s, self.s.heartbeat_ttl_s / 3)
-        next_line = time.monotonic() + self.s.log_interval_s
+        interval = min(self.s.output.log_interval_s, self.s.lifecycle.heartbeat_ttl_s / 3)
+        next_line = time.monotonic() + self.s.output.log_interval_s
         while not await pause(interval, until):
             snap = None
             if time.monotonic() >= next_line:
-                next_line += self.s.log_interval_s
+                next_line += self.s.output.log_interval_s
                 snap = self.metrics.snapshot(self.proxies.success_rate())
                 self._emit(snap)
             await self._heartbeat(snap)
@@ -122,4 +122,4 @@ class Housekeeping:
             **self._status(),
         }
         with contextlib.suppress(RedisUnavailable):  # an outage: the next beat tries again
-            await publish_heartbeat(self.frontier.redis, self.s.crawl_name, info, self.s.heartbeat_ttl_s)
+            await publish_heartbeat(self.frontier.redis, self.s.crawl_name, info, self.s.lifecycle.heartbeat_ttl_s)

@@ -80,42 +80,42 @@ async def _main(settings: Settings, out: Any) -> int:
             "raise it with `ulimit -n`",
             file=sys.stderr,
         )
-    parse_pool = ParsePool(settings.parse_workers, PARSE_BACKLOG_BYTES)
+    parse_pool = ParsePool(settings.parse.workers, PARSE_BACKLOG_BYTES)
     try:
         async with open_redis(settings.redis_url, settings.home) as redis:
             frontier = Frontier(
                 redis,
                 settings.crawl_name,
-                Politeness(settings.per_host_concurrency, int(settings.per_host_delay_s * 1000)),
+                Politeness(settings.politeness.per_host_concurrency, int(settings.politeness.per_host_delay_s * 1000)),
             )
             metrics = WorkerMetrics(settings.worker_id)
-            if settings.metrics_port is not None:
+            if settings.output.metrics_port is not None:
                 from crawler.prometheus import PromMetrics
 
                 try:
-                    metrics.prom = PromMetrics(settings.metrics_port)
+                    metrics.prom = PromMetrics(settings.output.metrics_port)
                 except OSError as exc:
-                    raise ConfigError(f"--metrics-port {settings.metrics_port}: {exc.strerror or exc}") from None
+                    raise ConfigError(f"--metrics-port {settings.output.metrics_port}: {exc.strerror or exc}") from None
             await parse_pool.warm_up()
             tune_gc()
             metrics.restart_clock()
-            trust = None if settings.allow_private_networks else TrustCache(frontier.is_seed_host)
+            trust = None if settings.fetch.allow_private_networks else TrustCache(frontier.is_seed_host)
             slots = (
-                GatewaySlots(redis, settings.crawl_name, settings.proxy_max_connections, settings.timeout_s + 5)
-                if settings.proxy_max_connections is not None
+                GatewaySlots(redis, settings.crawl_name, settings.proxy.max_connections, settings.fetch.timeout_s + 5)
+                if settings.proxy.max_connections is not None
                 else None
             )
             try:
-                sink = JsonlSink(settings.output_dir, settings.worker_id, settings.output_rotate_bytes)
+                sink = JsonlSink(settings.output.dir, settings.worker_id, settings.output.rotate_bytes)
             except OSError as exc:
-                raise ConfigError(f"--output {settings.output_dir}: {exc.strerror or exc}") from None
+                raise ConfigError(f"--output {settings.output.dir}: {exc.strerror or exc}") from None
             async with make_session(settings, trust) as session:
                 engine = Engine(
                     settings,
                     frontier,
                     Fetcher(session, settings, slots, trust),
                     parse_pool,
-                    ProxyPool(settings.proxies, settings.session_requests, None),
+                    ProxyPool(settings.proxy.urls, settings.proxy.session_requests, None),
                     sink,
                     metrics,
                     out,
@@ -127,8 +127,8 @@ async def _main(settings: Settings, out: Any) -> int:
                     engine.say(f"Prometheus metrics on http://0.0.0.0:{metrics.prom.port}/metrics")
                 engine.say(
                     f"worker {settings.worker_id} started: crawl={settings.crawl_name} "
-                    f"concurrency={settings.concurrency} parse_workers={settings.parse_workers} "
-                    f"proxies={len(settings.proxies)} output={settings.output_dir}"
+                    f"concurrency={settings.concurrency} parse_workers={settings.parse.workers} "
+                    f"proxies={len(settings.proxy.urls)} output={settings.output.dir}"
                 )
                 return await engine.run()
     finally:

@@ -26,8 +26,8 @@ from crawler.proxies import ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
-from crawler.robots import RobotsCache, product_token
-from crawler.settings import DEFAULT_USER_AGENT, Settings
+from crawler.robots import RobotsCache
+from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, host_of, normalize
 from workers.outcomes import Outcome
@@ -68,8 +68,8 @@ class Processor:
         self.proxies = proxies
         self.metrics = metrics
         self.trust = trust  # SSRF guard: None with --allow-private-networks
-        agent = product_token(DEFAULT_USER_AGENT)
-        self.robots = RobotsCache(self._fetch_robots, agent) if settings.robots else None
+        agent = settings.politeness.robots_agent
+        self.robots = RobotsCache(self._fetch_robots, agent) if settings.politeness.robots else None
         self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
         self._on_fatal = on_fatal
         self._say = say
@@ -179,7 +179,7 @@ class Processor:
         return err
 
     def _new_links(self, lease: Lease, page: ParsedPage | None) -> list[NewLink]:
-        if page is None or not page.follow or (self.s.max_depth is not None and lease.depth >= self.s.max_depth):
+        if page is None or not page.follow or (self.s.scope.max_depth is not None and lease.depth >= self.s.scope.max_depth):
             return []
         return [NewLink(fp, host, url, lease.depth + 1) for fp, host, url in page.follow if self.seen.add(fp)]
 
@@ -230,13 +230,13 @@ class Processor:
             final_url=final,
             content_encoding=result.content_encoding,
             header_charset=result.charset,
-            max_bytes=self.s.max_body_bytes,
-            max_links=self.s.max_links_per_page,
-            keep_tracking=self.s.keep_tracking_params,
-            follow=self.s.follow,
-            allow_domains=self.s.allow_domains,
-            rules=self.s.extract_rules,
-            ban_markers=self.s.ban_markers,
+            max_bytes=self.s.fetch.max_body_bytes,
+            max_links=self.s.scope.max_links_per_page,
+            keep_tracking=self.s.scope.keep_tracking_params,
+            follow=self.s.follow_links,
+            allow_domains=self.s.scope.allow_domains,
+            rules=self.s.parse.extract_rules,
+            ban_markers=self.s.proxy.ban_markers,
         )
         t0 = time.monotonic()
         page = await self.parse_pool.parse(task)
