@@ -33,8 +33,8 @@ _MAX_DEPTH: Final = 8  # nesting scrubbed; deeper values are rendered as scrubbe
 
 def rfc3339_ms(epoch_s: float) -> str:
     """`2026-12-01T10:00:00.123Z`: UTC with millisecond precision, the form log stores sort and parse fastest."""
-    whole = int(epoch_s)
-    ms = int((epoch_s - whole) * 1000)
+    total_ms = int(epoch_s * 1000 + 1e-3)  # floor to the millisecond; the 1 us absorbs binary float error
+    whole, ms = divmod(total_ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
 
 
