@@ -705,3 +705,117 @@ def test_top_ctrl_c_as_soon_as_it_draws_exits(redis_server: RedisServer, top_cra
         assert "Traceback" not in term.text()
     finally:
         term.close()
+
+
+# ---------------------------------------------------------------------------------------- top, rendered
+TOP_SNAPSHOT: dict[str, Any] = {
+    "crawl": "news",
+    "where": "redis://u:***@redis:6379/0",
+    "enqueued": 10,
+    "queued": 3,
+    "deferred": 0,
+    "inflight": 2,
+    "done": 5,
+    "dead": 0,
+    "retried": 1,
+    "pages_per_s": 1.25,
+    "pages_per_s_10s": 2.0,
+    "eta_s": None,
+    "workers": 2,
+}
+TOP_WORKERS: list[dict[str, Any]] = [
+    {  # an old or starting worker: fields missing or empty, as heartbeats can be
+        "id": "host-with-a-long-name-123456",
+        "pages_per_s": None,
+        "inflight": 0,
+        "parse_backlog": None,
+        "rss_mb": 81.5,
+        "proxy_success_rate": None,
+        "errors": {},
+        "proxies": [],
+    },
+    {
+        "id": "w2-77",
+        "pages_per_s": 12.5,
+        "inflight": 4,
+        "parse_backlog": 2048,
+        "rss_mb": 90.0,
+        "proxy_success_rate": 0.75,
+        "errors": {"timeout": 3, "http_503": 1},
+        "proxies": [
+            {
+                "proxy": "http://user:***@gw.example.com:8000",
+                "health": 0.5,
+                "requests": 9,
+                "failures": 2,
+                "rotations": 1,
+                "state": "down",
+            },
+            {"proxy": "http://gw2.example.com:8000", "health": 1.0, "requests": 3, "failures": 0, "rotations": 0},
+        ],
+    },
+]
+TOP_HEADERS = (
+    "pages/s",
+    "inflight",
+    "parse",
+    "backlog",
+    "rss",
+    "proxy",
+    "ok",
+    "errors",
+    "state",
+    "health",
+    "requests",
+    "failures",
+    "rotations",
+    "deferred",
+    "retried",
+)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_top_renders_whole_headers_and_no_python_reprs(width: int) -> None:
+    from rich.console import Console
+
+    from crawler.views import render_top
+
+    console = Console(width=width, record=True, color_system=None, force_terminal=False)
+    console.print(render_top(TOP_SNAPSHOT, TOP_WORKERS))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    words = set(re.findall(r"[\w/]+", text))
+    for header in TOP_HEADERS:
+        assert header in words, f"header {header!r} cut at {width} columns:\n{text}"
+    assert "…" not in text and "None" not in text and "{}" not in text and "{'" not in text, text
+    assert "down" in words, "the gateway breaker state is shown"
+    assert "http_503=1" in text and "timeout=3" in text and "75%" in text
+    assert "crawl news at redis://u:***@redis:6379/0" in text
+
+
+def test_stats_says_where_it_looked(tmp_path: Path) -> None:
+    from crawler.views import describe_crawl, format_snapshot
+
+    embedded = Settings(crawl_name="news", home=tmp_path / ".crawl")
+    assert describe_crawl(embedded) == f"crawl news at embedded Redis in {(tmp_path / '.crawl').resolve()}"
+    remote = Settings(crawl_name="news", redis_url="redis://user:hunter22@db.internal:6380/1")
+    assert describe_crawl(remote) == "crawl news at redis://user:***@db.internal:6380/1"
+    empty = {**TOP_SNAPSHOT, "enqueued": 0, "done": 0, "queued": 0, "inflight": 0, "retried": 0}
+    text = format_snapshot(empty, "redis://user:***@db.internal:6380/1")
+    assert text.startswith("crawl news at redis://user:***@db.internal:6380/1: enqueued=0")
+    assert "nothing was ever enqueued in crawl news there" in text
+    assert "nothing was ever enqueued" not in format_snapshot(TOP_SNAPSHOT, "x")
+
+
+@pytest.mark.xfail(
+    strict=True, reason="crawl stats must print format_snapshot(snap, redis_location(settings)) (lead wiring, issue 12)"
+)
+def test_stats_from_another_directory_names_the_embedded_redis_it_used(tmp_path: Path) -> None:
+    """`crawl stats` run elsewhere starts an empty embedded Redis there: it must say so, not just print zeros."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in crawl_env().items() if k not in ("CRAWL_REDIS_URL", "REDIS_URL", "CRAWL_HOME")}
+    run = crawl(["stats"], env=env, cwd=elsewhere, timeout_s=60)
+    assert run.returncode == 0, run.stderr
+    assert f"embedded Redis in {(elsewhere / '.crawl').resolve()}" in run.stdout, run.stdout
+    assert "nothing was ever enqueued" in run.stdout
