@@ -668,7 +668,7 @@ def test_top_draws_the_crawl_and_quits_on_q(redis_server: RedisServer, top_crawl
     term = Pty(top_args(redis_server, top_crawl, "--interval", "0.2"))
     try:
         term.wait_for_output(f"crawl {top_crawl}", timeout_s=15)
-        term.wait_for_output("proxies", timeout_s=5)  # the last table of the frame
+        term.wait_for_output("gateways", timeout_s=5)  # the last table of the frame
         assert not term.lflag() & termios.ICANON, "top did not put the terminal in cbreak mode"
         for column in ("pages/s 10s", "queued", "deferred", "inflight", "eta", "workers", "rss MB"):
             assert column in term.text()
