@@ -558,6 +558,11 @@ def test_metrics_have_process_and_parse_pool_cpu() -> None:
         assert total(samples, "crawl_child_processes") >= 1
         assert total(samples, "crawl_child_cpu_seconds_total") >= 0.25
         assert samples["crawl_worker_info"] == [({"crawl": "c1", "worker": "w1"}, 1.0)]
+        # named children (the parse pool's pids) instead of a /proc scan: the same child, measured the same way
+        m.children.use_pids(lambda: [child.pid, 2**22 + 7])  # a pid that does not exist is skipped
+        named = {s.name: s.value for f in text_string_to_metric_families(raw_metrics(str(m.url))) for s in f.samples}
+        assert named["crawl_child_processes"] == 1
+        assert named["crawl_child_cpu_seconds_total"] >= 0.25
     finally:
         assert child.stdin is not None
         child.stdin.close()
