@@ -632,3 +632,14 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
     check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_variables_pinned_in_the_worker_environment_are_not_offered_in_env_example() -> None:
+    """`environment:` wins over `env_file: .env`: a literal value there would silently ignore the .env line.
+    (Values written ${VAR:-default} are read from .env by Compose's interpolation, so those may be offered.)"""
+    active, commented = env_example()
+    raw = SERVICES["worker"].get("environment") or {}
+    pinned = {k for k, v in raw.items() if "${" not in str(v)}
+    assert "CRAWL_METRICS_HOST" in pinned
+    offered = pinned & (set(active) | set(commented))
+    assert not offered, f".env.example offers variables docker-compose.yml pins: {sorted(offered)}"
