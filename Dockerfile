@@ -8,11 +8,17 @@
 # BuildKit is required (the default builder since Docker 23): the build uses a cache mount, a bind mount from
 # the builder stage and a heredoc.
 
+# Base image: an exact Python patch release on an exact Debian release, the same in both stages (a floating tag
+# such as python:3.11-slim changes under a rebuild). For byte-for-byte reproducible builds also pin the digest,
+# the convention being `FROM python:3.11.11-slim-bookworm@sha256:<digest>` (get it with
+# `docker buildx imagetools inspect python:3.11.11-slim-bookworm`); Docker then ignores the tag and a tool such
+# as Renovate or Dependabot can propose digest updates as ordinary changes.
+
 # ---------------------------------------------------------------------------------------------------- builder
 # Builds a wheel of the project and of every dependency. x86_64 and arm64 get manylinux wheels for all of them
 # from PyPI; the compiler is here for any platform where one is missing (pip then builds it from the sdist), and
 # it never reaches the final image.
-FROM python:3.11-slim AS builder
+FROM python:3.11.11-slim-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN apt-get update \
@@ -27,7 +33,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------------------- runtime
-FROM python:3.11-slim AS runtime
+FROM python:3.11.11-slim-bookworm AS runtime
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -43,7 +49,7 @@ RUN groupadd --system --gid 10001 crawl \
  && chown -R crawl:crawl /data
 
 # Wheels only: --no-index means pip can neither download nor compile anything here (there is no compiler in
-# python:3.11-slim). The wheels are bind-mounted from the builder, so they do not become a layer of the image.
+# the slim image). The wheels are bind-mounted from the builder, so they do not become a layer of the image.
 # `crawl --version` proves the console script and its imports work before the image is tagged.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels crawl \

@@ -19,6 +19,7 @@ from click.core import ParameterSource
 
 from crawler.config import env_value, param_type, resolve
 from crawler.errors import ConfigError, CrawlError
+from crawler.logs import EventLog, early_format
 from crawler.options import BY_KEY, FRONTIER_OPTIONS, GROUPS, OPTIONS, Option
 from crawler.settings import Settings
 
@@ -26,7 +27,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"crawl: error: {message}", err=True)
+    """One line on stderr and a non-zero exit; a JSON line when JSON logs were asked for."""
+    if early_format(sys.argv[1:], os.environ) == "json":
+        EventLog("crawl", "json", sys.stderr).say(message, "error")
+    else:
+        click.echo(f"crawl: error: {message}", err=True)
     sys.exit(code)
 
 
@@ -166,6 +171,14 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
         print(file=sys.stderr)
     printer.finish()
     click.echo(report.summary())
+    if report.added == 0 and report.duplicates:
+        from crawler.views import describe_crawl
+
+        click.echo(
+            f"crawl: note: every URL was already seen in {describe_crawl(settings)}: nothing new to fetch. "
+            "To crawl them again, use another --crawl NAME, or `crawl purge --yes` first.",
+            err=True,
+        )
     return 0
 
 
@@ -181,14 +194,15 @@ def stats(as_json: bool, **common: Any) -> None:
 
 async def _stats(settings: Settings, as_json: bool) -> int:
     from crawler.connection import open_redis
-    from crawler.views import crawl_snapshot, format_snapshot
+    from crawler.views import crawl_snapshot, format_snapshot, redis_location
 
     async with open_redis(settings.redis_url, settings.home) as redis:
         snap = await crawl_snapshot(redis, settings.crawl_name)
+    where = redis_location(settings)
     if as_json:
-        click.echo(json.dumps(snap, sort_keys=True))
+        click.echo(json.dumps({**snap, "redis": where}, sort_keys=True))
     else:
-        click.echo(format_snapshot(snap))
+        click.echo(format_snapshot(snap, where))
     return 0
 
 

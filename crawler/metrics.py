@@ -95,23 +95,42 @@ class WorkerMetrics:
         if self.prom is not None:
             self.prom.page(cls, nbytes, latency_ms, error)
 
+    # Outcomes other than done are counted here and only here: one call per URL outcome, and this object forwards
+    # it to Prometheus once. (The pipeline used to call prom.outcome() as well, counting each dead URL twice.)
     def dead_letter(self, kind: str) -> None:
-        """A URL ended in the dead-letter set: an error, not a page (it has no record)."""
+        """A URL ended in the dead-letter set: an error, not a page (it has no record). Call once per dead URL."""
         self.dead += 1
         self.errors[kind] += 1
         self.window.errors[kind] += 1
         if self.prom is not None:
             self.prom.error(kind)
-            self.prom.outcome("dead")
+            self.prom.count_outcome("dead")
 
-    def attempt_error(self, kind: str) -> None:
-        """A failed attempt that will be retried (not a page yet)."""
+    def attempt_error(self, kind: str, action: str = "retry_later") -> None:
+        """A failed attempt that will be retried (not a page yet): `action` is retry_now (in process, fresh proxy
+        session) or retry_later (through the frontier's delayed set)."""
         self.retries += 1
         self.window.retries += 1
         self.errors[kind] += 1
         self.window.errors[kind] += 1
         if self.prom is not None:
             self.prom.error(kind)
+            self.prom.count_outcome(action)
+
+    def release(self) -> None:
+        """A URL handed back to the frontier without spending an attempt (the gateway refused our credentials)."""
+        if self.prom is not None:
+            self.prom.count_outcome("release")
+
+    def set_crawl_counters(self, counters: Any) -> None:
+        """Crawl-wide counts from Redis (`Frontier.counters()`), for /metrics; call from the heartbeat loop."""
+        if self.prom is not None:
+            self.prom.set_crawl_counters(counters)
+
+    def set_proxies(self, entries: list[dict[str, Any]]) -> None:
+        """The heartbeat's per-gateway entries (proxy, health, state), for /metrics."""
+        if self.prom is not None:
+            self.prom.set_proxies(entries)
 
     def lag(self, ms: float) -> None:
         if len(self.window.lags_ms) < RING:
@@ -191,17 +210,24 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x}ms"
 
 
+def _pairs(counts: dict[str, int]) -> str:
+    """`2xx=3111 4xx=746`, sorted by key; `-` when there is nothing (never Python's dict syntax)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
+
+
 def format_line(snap: dict[str, Any], fmt: str) -> str:
+    """A throughput or summary line. JSON here is the legacy form without `ts`/`level`: the worker should print
+    through `crawler.logs.EventLog`, which uses this function for its text lines."""
     if fmt == "json":
         return json.dumps({"event": "throughput", **snap}, separators=(",", ":"), sort_keys=True)
     if snap.get("event") == "summary":
         return (
             f"[{snap['worker']}] done: {snap['pages']} pages in {snap['elapsed_s']}s ({snap['pages_per_s']}/s) "
-            f"status={snap['status']} errors={snap['errors']} retries={snap['retries']} dead={snap['dead']} "
-            f"lag_p99={_ms(snap['loop_lag_p99_ms'])} peak_rss={snap['peak_rss_mb']}MB"
+            f"| status {_pairs(snap['status'])} | errors {_pairs(snap['errors'])} | retries={snap['retries']} "
+            f"dead={snap['dead']} lag_p99={_ms(snap['loop_lag_p99_ms'])} peak_rss={snap['peak_rss_mb']}MB"
         )
-    st = " ".join(f"{k}={v}" for k, v in sorted(snap["status"].items())) or "-"
-    er = " ".join(f"{k}={v}" for k, v in sorted(snap["errors"].items())) or "-"
+    st = _pairs(snap["status"])
+    er = _pairs(snap["errors"])
     px = f" proxy_ok={snap['proxy_success_rate']:.0%}" if snap.get("proxy_success_rate") is not None else ""
     return (
         f"[{snap['worker']}] {snap['pages_per_s']:.1f} pages/s ({snap['pages_per_s_total']:.1f} avg) "

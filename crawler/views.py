@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -17,9 +16,12 @@ import tty
 from typing import Any
 
 import redis.asyncio as aioredis
+from rich.console import Group
+from rich.table import Table
 
 from crawler.frontier import Frontier
 from crawler.heartbeat import live_workers
+from crawler.redact import redact_url
 from crawler.settings import Settings
 
 
@@ -48,75 +50,136 @@ async def crawl_snapshot(redis: aioredis.Redis, crawl_name: str) -> dict[str, An
     }
 
 
-def format_snapshot(s: dict[str, Any]) -> str:
+def redis_location(settings: Settings) -> str:
+    """Where a command looks for the crawl: `redis://host:port/0` (password redacted) or the embedded server's
+    directory. Said by `crawl stats` because, run from another directory, the embedded default is a new, empty
+    Redis there."""
+    if settings.redis_url:
+        return redact_url(settings.redis_url)
+    return f"embedded Redis in {settings.home.resolve()}"
+
+
+def describe_crawl(settings: Settings) -> str:
+    """One line: `crawl NAME at redis://host:6379/0` or `crawl NAME at embedded Redis in /abs/.crawl`."""
+    return f"crawl {settings.crawl_name} at {redis_location(settings)}"
+
+
+def format_snapshot(s: dict[str, Any], where: str | None = None) -> str:
+    """`crawl stats` as text. `where` (from `redis_location`) is printed on the first line; an empty crawl also
+    says where to look instead, since zeros alone cannot tell "nothing yet" from "wrong place"."""
     eta = f"{s['eta_s']:.0f}s" if s.get("eta_s") is not None else "-"
-    return (
-        f"crawl {s['crawl']}: enqueued={s['enqueued']} done={s['done']} dead={s['dead']} queued={s['queued']} "
+    at = f" at {where}" if where else ""
+    text = (
+        f"crawl {s['crawl']}{at}: enqueued={s['enqueued']} done={s['done']} dead={s['dead']} queued={s['queued']} "
         f"deferred={s['deferred']} inflight={s['inflight']} retried={s['retried']}\n"
         f"pages/s: {s['pages_per_s_10s']:.1f} (10s) {s['pages_per_s']:.1f} (60s)  eta={eta}  workers={s['workers']}"
     )
+    if s["enqueued"] == 0 and where:
+        text += (
+            f"\nnothing was ever enqueued in crawl {s['crawl']} there: check --crawl and --redis-url "
+            "(or CRAWL_HOME for the embedded Redis)"
+        )
+    return text
+
+
+def cell(value: Any) -> str:
+    """A table cell: `-` for None and empty collections, `k=v k=v` for a mapping, never a Python repr."""
+    if value is None or value == {} or value == [] or value == "":
+        return "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={cell(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.0%}"
+
+
+def gateway_state(entry: dict[str, Any]) -> str:
+    """The breaker state the heartbeat reports for a gateway (`state`, or `gateway`/`breaker`), `-` if none."""
+    return cell(entry.get("state", entry.get("gateway", entry.get("breaker"))))
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], right_from: int = 1) -> Table:
+    """Columns sized by rich from their content; headers wrap at spaces instead of being cut, cells fold."""
+    t = Table(title=title, expand=True)
+    for i, col in enumerate(columns):
+        widest_word = max(len(w) for w in col.split())
+        t.add_column(col, justify="right" if i >= right_from else "left", min_width=widest_word, overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def render_top(snap: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
+    """The `crawl top` screen: crawl-wide counts as label/value pairs (they fit 80 columns), then one table of
+    workers and one of gateways."""
+    head = Table.grid(expand=True, padding=(0, 2))
+    for _ in range(3):
+        head.add_column(justify="left")
+        head.add_column(justify="right")
+    eta = f"{snap['eta_s']:.0f}s" if snap.get("eta_s") is not None else "-"
+    pairs = [
+        ("done", cell(snap["done"])),
+        ("queued", cell(snap["queued"])),
+        ("pages/s 10s", f"{snap['pages_per_s_10s']:.1f}"),
+        ("dead", cell(snap["dead"])),
+        ("deferred", cell(snap["deferred"])),
+        ("pages/s 60s", f"{snap['pages_per_s']:.1f}"),
+        ("retried", cell(snap["retried"])),
+        ("inflight", cell(snap["inflight"])),
+        ("eta", eta),
+    ]
+    for i in range(0, len(pairs), 3):
+        head.add_row(*(x for pair in pairs[i : i + 3] for x in pair))
+    title = Table.grid()
+    title.add_row(f"[bold]crawl {snap['crawl']}[/bold]" + (f" at {snap['where']}" if snap.get("where") else ""))
+    wt = _table(
+        "workers",
+        ("id", "pages/s", "inflight", "parse backlog", "rss MB", "proxy ok", "errors"),
+        [
+            (
+                cell(w.get("id")),
+                cell(w.get("pages_per_s")),
+                cell(w.get("inflight")),
+                cell(w.get("parse_backlog")),
+                cell(w.get("rss_mb")),
+                _percent(w.get("proxy_success_rate")),
+                cell(w.get("errors")),
+            )
+            for w in workers
+        ],
+    )
+    pt = _table(
+        "gateways",
+        ("worker", "proxy", "state", "health", "requests", "failures", "rotations"),
+        [
+            (
+                cell(w.get("id")),
+                cell(p.get("proxy")),
+                gateway_state(p),
+                cell(p.get("health")),
+                cell(p.get("requests")),
+                cell(p.get("failures")),
+                cell(p.get("rotations")),
+            )
+            for w in workers
+            for p in w.get("proxies") or []
+        ],
+        right_from=3,
+    )
+    return Group(title, head, wt, pt)
 
 
 async def run_top(settings: Settings, interval: float) -> int:
     """A live terminal view; quits on q or Ctrl-C (raw terminal restored on the way out)."""
-    from rich.console import Group
     from rich.live import Live
-    from rich.table import Table
 
     from crawler.connection import open_redis
 
-    def render(snap: dict[str, Any], workers: list[dict[str, Any]]) -> Group:
-        head = Table(title=f"crawl {snap['crawl']}", expand=True)
-        for col in (
-            "pages/s 10s",
-            "pages/s 60s",
-            "done",
-            "dead",
-            "queued",
-            "deferred",
-            "inflight",
-            "retried",
-            "eta",
-        ):
-            head.add_column(col, justify="right")
-        head.add_row(
-            f"{snap['pages_per_s_10s']:.1f}",
-            f"{snap['pages_per_s']:.1f}",
-            str(snap["done"]),
-            str(snap["dead"]),
-            str(snap["queued"]),
-            str(snap["deferred"]),
-            str(snap["inflight"]),
-            str(snap["retried"]),
-            f"{snap['eta_s']:.0f}s" if snap.get("eta_s") is not None else "-",
-        )
-        wt = Table(title="workers", expand=True)
-        for col in ("id", "pages/s", "inflight", "parse backlog", "rss MB", "proxy ok", "errors"):
-            wt.add_column(col)
-        for w in workers:
-            wt.add_row(
-                str(w.get("id")),
-                str(w.get("pages_per_s")),
-                str(w.get("inflight")),
-                str(w.get("parse_backlog")),
-                str(w.get("rss_mb")),
-                str(w.get("proxy_success_rate")),
-                json.dumps(w.get("errors", {})),
-            )
-        pt = Table(title="proxies", expand=True)
-        for col in ("worker", "proxy", "health", "requests", "failures", "rotations"):
-            pt.add_column(col)
-        for w in workers:
-            for p in w.get("proxies", []):
-                pt.add_row(
-                    str(w.get("id")),
-                    p["proxy"],
-                    f"{p['health']:.2f}",
-                    str(p["requests"]),
-                    str(p["failures"]),
-                    str(p["rotations"]),
-                )
-        return Group(head, wt, pt)
+    where = redis_location(settings)
 
     fd = sys.stdin.fileno() if sys.stdin.isatty() else None
     old = termios.tcgetattr(fd) if fd is not None else None
@@ -136,11 +199,11 @@ async def run_top(settings: Settings, interval: float) -> int:
             tty.setcbreak(fd)
             loop.add_reader(fd, on_key)
         async with open_redis(settings.redis_url, settings.home) as redis:
-            snap = await crawl_snapshot(redis, settings.crawl_name)
-            with Live(render(snap, []), refresh_per_second=4, screen=False) as live:
+            snap = {**await crawl_snapshot(redis, settings.crawl_name), "where": where}
+            with Live(render_top(snap, []), refresh_per_second=4, screen=False) as live:
                 while not quit_now.is_set():
-                    snap = await crawl_snapshot(redis, settings.crawl_name)
-                    live.update(render(snap, await live_workers(redis, settings.crawl_name)))
+                    snap = {**await crawl_snapshot(redis, settings.crawl_name), "where": where}
+                    live.update(render_top(snap, await live_workers(redis, settings.crawl_name)))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(quit_now.wait(), interval)
         return 0

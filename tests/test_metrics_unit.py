@@ -15,7 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crawler.frontier import Counters
 from crawler.metrics import RING, Window, WorkerMetrics, format_line, monitor_loop_lag, percentile
+from crawler.prometheus import FRONTIER_STATES, PromMetrics
 
 SNAPSHOT_KEYS = {
     "worker",
@@ -280,34 +282,67 @@ def test_summary_loop_lag_is_rounded_like_the_throughput_lines() -> None:
     assert "lag_p99=3.0ms" in format_line(s, "text")
 
 
-def test_prometheus_hooks_receive_every_event() -> None:
-    calls: list[tuple[Any, ...]] = []
-
-    class Gauge:
-        def set(self, v: float) -> None:
-            calls.append(("lag", v))
-
-    class FakeProm:
-        loop_lag = Gauge()
-
-        def page(self, cls: str, nbytes: int, latency_ms: float, error: str | None) -> None:
-            calls.append(("page", cls, nbytes, latency_ms, error))
-
-        def error(self, kind: str) -> None:
-            calls.append(("error", kind))
-
+def test_prometheus_receives_every_event_once() -> None:
+    prom = PromMetrics()  # the real registry, no listener
     m = WorkerMetrics("w1")
-    m.prom = FakeProm()
+    m.prom = prom
     m.page(200, 10, 250.0, None)
     m.page(None, 0, 0.0, "robots_disallowed")
-    m.attempt_error("timeout")
+    m.attempt_error("timeout", "retry_now")
+    m.attempt_error("http_503")
+    m.release()
     m.lag(20.0)
-    assert calls == [
-        ("page", "2xx", 10, 250.0, None),
-        ("page", "none", 0, 0.0, "robots_disallowed"),
-        ("error", "timeout"),
-        ("lag", 0.02),
-    ]
+    value = prom.registry.get_sample_value
+    assert value("crawl_pages_total", {"status_class": "2xx"}) == 1
+    assert value("crawl_pages_total", {"status_class": "none"}) == 1
+    assert value("crawl_bytes_total") == 10
+    assert value("crawl_fetch_seconds_count") == 2 and value("crawl_fetch_seconds_sum") == 0.25
+    for kind in ("robots_disallowed", "timeout", "http_503"):
+        assert value("crawl_errors_total", {"kind": kind}) == 1
+    for action in ("retry_now", "retry_later", "release"):
+        assert value("crawl_outcomes_total", {"action": action}) == 1
+    assert value("crawl_outcomes_total", {"action": "dead"}) is None
+    assert value("crawl_loop_lag_seconds") == 0.02
+
+
+def test_a_dead_url_is_one_dead_outcome_whatever_the_pipeline_calls() -> None:
+    """The pipeline calls both metrics.dead_letter(kind) and metrics.prom.outcome(action) for a DEAD decision;
+    on main that counted crawl_outcomes_total{action="dead"} twice per dead URL."""
+    prom = PromMetrics()
+    m = WorkerMetrics("w1")
+    m.prom = prom
+    for _ in range(3):  # exactly the calls workers/pipeline.py makes for one URL decided dead
+        m.prom.outcome("dead")
+        m.dead_letter("http_503")
+    assert prom.registry.get_sample_value("crawl_outcomes_total", {"action": "dead"}) == 3 == m.dead
+    assert prom.registry.get_sample_value("crawl_errors_total", {"kind": "http_503"}) == 3
+
+
+def test_crawl_counters_and_gateways_become_gauges() -> None:
+    prom = PromMetrics(worker_id="w9", crawl_name="news")
+    m = WorkerMetrics("w9")
+    m.prom = prom
+    m.set_crawl_counters(Counters(enqueued=10, queued=4, deferred=1, inflight=2, done=2, dead=1, retried=3))
+    value = prom.registry.get_sample_value
+    got = {st: value("crawl_frontier_urls", {"state": st}) for st in FRONTIER_STATES}
+    assert got == {"enqueued": 10, "queued": 4, "deferred": 1, "inflight": 2, "done": 2, "dead": 1, "retried": 3}
+    a, b = "http://u:***@gw-a:8000", "http://u:***@gw-b:8000"
+    m.set_proxies([{"proxy": a, "health": 0.5, "state": "down"}, {"proxy": b, "health": 1.0}])
+    assert (value("crawl_gateway_up", {"proxy": a}), value("crawl_gateway_health", {"proxy": a})) == (0, 0.5)
+    assert value("crawl_gateway_up", {"proxy": b}) == 1
+    m.set_proxies([{"proxy": b, "health": 0.9, "breaker": "open"}])  # gw-a left the configuration
+    assert value("crawl_gateway_up", {"proxy": a}) is None
+    assert (value("crawl_gateway_up", {"proxy": b}), value("crawl_gateway_health", {"proxy": b})) == (0, 0.9)
+    assert value("crawl_worker_info", {"crawl": "news", "worker": "w9"}) == 1
+
+
+def test_without_prometheus_the_new_hooks_do_nothing() -> None:
+    m = WorkerMetrics("w")
+    m.release()
+    m.set_crawl_counters(Counters(0, 0, 0, 0, 0, 0, 0))
+    m.set_proxies([])
+    m.attempt_error("timeout", "retry_now")
+    assert m.retries == 1
 
 
 def test_window_defaults() -> None:
@@ -383,8 +418,8 @@ def test_format_line_text_summary() -> None:
     m.dead = 1
     line = format_line(m.summary(), "text")
     assert line.startswith("[vm-2] done: 2 pages in ")
-    assert "status={'2xx': 1, '4xx': 1}" in line
-    assert "errors={} retries=0 dead=1" in line
+    assert "| status 2xx=1 4xx=1 | errors - | retries=0 dead=1" in line
+    assert "{" not in line and "'" not in line
     assert " peak_rss=" in line and line.endswith("MB")
 
 

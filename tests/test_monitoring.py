@@ -12,7 +12,9 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -34,7 +36,10 @@ import pytest
 import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 
+from crawler.frontier import Counters
 from crawler.keys import CrawlKeys
+from crawler.metrics import WorkerMetrics
+from crawler.prometheus import PromMetrics, start_metrics_server
 from crawler.settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import REPO_ROOT, CrawlRun, crawl, crawl_env, read_records, spawn_crawl, stats, worker_args
@@ -45,7 +50,10 @@ SEED = 23
 STATS_KEYS = {"enqueued", "queued", "deferred", "inflight", "done", "dead", "retried", "pages_per_s", "eta_s"}
 STATUS_CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx", "none"}
 # every label name the exporter may use; anything else would be a new, possibly unbounded, dimension
-PROM_LABELS = {"status_class", "kind", "action", "le"}
+# (state: frontier state; crawl/worker: the one info series; proxy: configured gateways, redacted)
+PROM_LABELS = {"status_class", "kind", "action", "le", "state", "crawl", "worker", "proxy"}
+LOG_IDENTITY = ("ts", "level", "event", "worker")
+RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -459,6 +467,123 @@ def test_dead_letters_are_not_counted_as_pages(
     assert summary["dead"] == 1
     assert summary["pages"] == len(records), summary
     assert total(scraped, "crawl_pages_total") == len(records)
+    # one dead URL is one dead outcome (main counted it twice: dead_letter and the pipeline's prom.outcome)
+    dead = [v for labels, v in scraped["crawl_outcomes_total"] if labels["action"] == "dead"]
+    assert dead == [1.0], scraped["crawl_outcomes_total"]
+
+
+def test_every_json_log_line_has_ts_level_event_worker(finished_crawl: FinishedCrawl) -> None:
+    """Not only throughput lines: start-up messages, warnings and the summary too, on stdout and stderr."""
+    run = finished_crawl.run
+    raw = [line for line in (run.stdout + "\n" + run.stderr).splitlines() if line.strip()]
+    assert raw
+    for line in raw:
+        obj = json.loads(line)  # a plain-text line in JSON mode fails here
+        assert tuple(obj)[:4] == LOG_IDENTITY, obj
+        assert RFC3339_MS.match(obj["ts"]) and obj["level"] in ("debug", "info", "warning", "error"), obj
+
+
+def test_a_start_up_error_in_json_mode_is_a_json_line(redis_server: RedisServer, tmp_path: Path) -> None:
+    port_taken = socket.socket()
+    port_taken.bind(("127.0.0.1", 0))
+    port_taken.listen()
+    try:
+        args = worker_args(redis_server.url, "t" + uuid.uuid4().hex[:8], tmp_path / "out", "--until-idle")
+        run = crawl([*args, "--metrics-port", str(port_taken.getsockname()[1])], timeout_s=60)
+    finally:
+        port_taken.close()
+    assert run.returncode == 2
+    objs = [json.loads(line) for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    errors = [o for o in objs if o["level"] == "error"]
+    assert errors and "--metrics-port" in errors[-1]["message"], objs
+    assert all(tuple(o)[:4] == LOG_IDENTITY for o in objs), objs
+
+
+# ------------------------------------------------------------------------------------------ /metrics listener
+def raw_metrics(url: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def reachable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((host, port)) == 0
+
+
+def test_metrics_listener_binds_only_the_host_it_is_given() -> None:
+    # 127.0.0.2 is loopback too on Linux, but a socket bound to 127.0.0.1 does not accept it: like a LAN address
+    loopback = start_metrics_server(0, "127.0.0.1")
+    everywhere = start_metrics_server(0, "0.0.0.0")
+    default = PromMetrics(0)
+    try:
+        assert loopback.port and everywhere.port and default.port
+        assert reachable("127.0.0.1", loopback.port) and not reachable("127.0.0.2", loopback.port)
+        assert reachable("127.0.0.2", everywhere.port)
+        assert default.host == "127.0.0.1" and not reachable("127.0.0.2", default.port)
+        assert loopback.url == f"http://127.0.0.1:{loopback.port}/metrics"
+        assert "crawl_pages_total" in raw_metrics(str(loopback.url))
+    finally:
+        for m in (loopback, everywhere, default):
+            m.close()
+    assert not reachable("127.0.0.1", loopback.port)
+
+
+def test_metrics_have_process_and_parse_pool_cpu() -> None:
+    m = start_metrics_server(0, "127.0.0.1", worker_id="w1", crawl_name="c1")
+    child = subprocess.Popen(  # a stand-in for a parse-pool process: burns 0.3 s of CPU, then waits
+        [
+            sys.executable,
+            "-c",
+            "import sys,time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n"
+            "print('ready', flush=True)\nsys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        samples: Samples = {}
+        for family in text_string_to_metric_families(raw_metrics(str(m.url))):
+            for s in family.samples:
+                samples.setdefault(s.name, []).append((dict(s.labels), s.value))
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+            assert total(samples, name) > 0, name
+        assert total(samples, "crawl_child_processes") >= 1
+        assert total(samples, "crawl_child_cpu_seconds_total") >= 0.25
+        assert samples["crawl_worker_info"] == [({"crawl": "c1", "worker": "w1"}, 1.0)]
+        # named children (the parse pool's pids) instead of a /proc scan: the same child, measured the same way
+        m.children.use_pids(lambda: [child.pid, 2**22 + 7])  # a pid that does not exist is skipped
+        named = {s.name: s.value for f in text_string_to_metric_families(raw_metrics(str(m.url))) for s in f.samples}
+        assert named["crawl_child_processes"] == 1
+        assert named["crawl_child_cpu_seconds_total"] >= 0.25
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+        m.close()
+
+
+def test_metrics_pass_promtool_check() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    m = start_metrics_server(0, "127.0.0.1", worker_id="w1", crawl_name="c1")
+    try:
+        wm = WorkerMetrics("w1")
+        wm.prom = m
+        wm.page(200, 100, 12.0, None)
+        wm.attempt_error("timeout", "retry_now")
+        wm.dead_letter("http_503")
+        wm.set_crawl_counters(Counters(3, 1, 0, 0, 1, 1, 1))
+        wm.set_proxies([{"proxy": "http://u:***@gw:8000", "health": 1.0, "state": "up"}])
+        text = raw_metrics(str(m.url))
+    finally:
+        m.close()
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "crawl_frontier_urls" in text and "crawl_gateway_up" in text
 
 
 # ------------------------------------------------------------------------------------------------------- top
@@ -543,7 +668,7 @@ def test_top_draws_the_crawl_and_quits_on_q(redis_server: RedisServer, top_crawl
     term = Pty(top_args(redis_server, top_crawl, "--interval", "0.2"))
     try:
         term.wait_for_output(f"crawl {top_crawl}", timeout_s=15)
-        term.wait_for_output("proxies", timeout_s=5)  # the last table of the frame
+        term.wait_for_output("gateways", timeout_s=5)  # the last table of the frame
         assert not term.lflag() & termios.ICANON, "top did not put the terminal in cbreak mode"
         for column in ("pages/s 10s", "queued", "deferred", "inflight", "eta", "workers", "rss MB"):
             assert column in term.text()
@@ -580,3 +705,114 @@ def test_top_ctrl_c_as_soon_as_it_draws_exits(redis_server: RedisServer, top_cra
         assert "Traceback" not in term.text()
     finally:
         term.close()
+
+
+# ---------------------------------------------------------------------------------------- top, rendered
+TOP_SNAPSHOT: dict[str, Any] = {
+    "crawl": "news",
+    "where": "redis://u:***@redis:6379/0",
+    "enqueued": 10,
+    "queued": 3,
+    "deferred": 0,
+    "inflight": 2,
+    "done": 5,
+    "dead": 0,
+    "retried": 1,
+    "pages_per_s": 1.25,
+    "pages_per_s_10s": 2.0,
+    "eta_s": None,
+    "workers": 2,
+}
+TOP_WORKERS: list[dict[str, Any]] = [
+    {  # an old or starting worker: fields missing or empty, as heartbeats can be
+        "id": "host-with-a-long-name-123456",
+        "pages_per_s": None,
+        "inflight": 0,
+        "parse_backlog": None,
+        "rss_mb": 81.5,
+        "proxy_success_rate": None,
+        "errors": {},
+        "proxies": [],
+    },
+    {
+        "id": "w2-77",
+        "pages_per_s": 12.5,
+        "inflight": 4,
+        "parse_backlog": 2048,
+        "rss_mb": 90.0,
+        "proxy_success_rate": 0.75,
+        "errors": {"timeout": 3, "http_503": 1},
+        "proxies": [
+            {
+                "proxy": "http://user:***@gw.example.com:8000",
+                "health": 0.5,
+                "requests": 9,
+                "failures": 2,
+                "rotations": 1,
+                "state": "down",
+            },
+            {"proxy": "http://gw2.example.com:8000", "health": 1.0, "requests": 3, "failures": 0, "rotations": 0},
+        ],
+    },
+]
+TOP_HEADERS = (
+    "pages/s",
+    "inflight",
+    "parse",
+    "backlog",
+    "rss",
+    "proxy",
+    "ok",
+    "errors",
+    "state",
+    "health",
+    "requests",
+    "failures",
+    "rotations",
+    "deferred",
+    "retried",
+)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_top_renders_whole_headers_and_no_python_reprs(width: int) -> None:
+    from rich.console import Console
+
+    from crawler.views import render_top
+
+    console = Console(width=width, record=True, color_system=None, force_terminal=False)
+    console.print(render_top(TOP_SNAPSHOT, TOP_WORKERS))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    words = set(re.findall(r"[\w/]+", text))
+    for header in TOP_HEADERS:
+        assert header in words, f"header {header!r} cut at {width} columns:\n{text}"
+    assert "…" not in text and "None" not in text and "{}" not in text and "{'" not in text, text
+    assert "down" in words, "the gateway breaker state is shown"
+    assert "http_503=1" in text and "timeout=3" in text and "75%" in text
+    assert "crawl news at redis://u:***@redis:6379/0" in text
+
+
+def test_stats_says_where_it_looked(tmp_path: Path) -> None:
+    from crawler.views import describe_crawl, format_snapshot
+
+    embedded = Settings(crawl_name="news", home=tmp_path / ".crawl")
+    assert describe_crawl(embedded) == f"crawl news at embedded Redis in {(tmp_path / '.crawl').resolve()}"
+    remote = Settings(crawl_name="news", redis_url="redis://user:hunter22@db.internal:6380/1")
+    assert describe_crawl(remote) == "crawl news at redis://user:***@db.internal:6380/1"
+    empty = {**TOP_SNAPSHOT, "enqueued": 0, "done": 0, "queued": 0, "inflight": 0, "retried": 0}
+    text = format_snapshot(empty, "redis://user:***@db.internal:6380/1")
+    assert text.startswith("crawl news at redis://user:***@db.internal:6380/1: enqueued=0")
+    assert "nothing was ever enqueued in crawl news there" in text
+    assert "nothing was ever enqueued" not in format_snapshot(TOP_SNAPSHOT, "x")
+
+
+def test_stats_from_another_directory_names_the_embedded_redis_it_used(tmp_path: Path) -> None:
+    """`crawl stats` run elsewhere starts an empty embedded Redis there: it must say so, not just print zeros."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in crawl_env().items() if k not in ("CRAWL_REDIS_URL", "REDIS_URL", "CRAWL_HOME")}
+    run = crawl(["stats"], env=env, cwd=elsewhere, timeout_s=60)
+    assert run.returncode == 0, run.stderr
+    assert f"embedded Redis in {(elsewhere / '.crawl').resolve()}" in run.stdout, run.stdout
+    assert "nothing was ever enqueued" in run.stdout

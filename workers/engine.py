@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
-import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -24,7 +22,8 @@ from crawler.errors import RedisUnavailable
 from crawler.fetch import Fetcher
 from crawler.frontier import Frontier
 from crawler.heartbeat import remove_heartbeat
-from crawler.metrics import WorkerMetrics, format_line, monitor_loop_lag
+from crawler.logs import EventLog
+from crawler.metrics import WorkerMetrics, monitor_loop_lag
 from crawler.proxies import ProxyPool
 from crawler.redact import scrub
 from crawler.settings import Settings
@@ -53,7 +52,7 @@ class Engine:
         proxies: ProxyPool,
         sink: JsonlSink,
         metrics: WorkerMetrics,
-        out: Any = None,
+        log: EventLog,
         trust: TrustCache | None = None,
     ) -> None:
         self.s = settings
@@ -61,7 +60,7 @@ class Engine:
         self.parse_pool = parse_pool
         self.proxies = proxies
         self.metrics = metrics
-        self.out = out or sys.stderr
+        self.log = log
         self.token = consumer_token(settings.worker_id)
         self._secrets = settings.secrets()
         self.stopping = asyncio.Event()  # stop leasing; in-flight work finishes within the grace period
@@ -128,16 +127,11 @@ class Engine:
 
     # -- output ---------------------------------------------------------------------------------------------
     def emit(self, obj: dict[str, Any]) -> None:
-        if obj.get("event") != "log":
-            line = format_line(obj, self.s.output.log_format)
-        elif self.s.output.log_format == "json":
-            line = json.dumps(obj, separators=(",", ":"))
-        else:
-            line = f"[{self.s.worker_id}] {obj['message']}"
-        print(scrub(line, self._secrets), file=self.out, flush=True)
+        """A throughput line or the summary (a metrics snapshot with its own `event`)."""
+        self.log.record(obj)
 
     def say(self, message: str, level: str = "info") -> None:
-        self.emit({"event": "log", "level": level, "worker": self.s.worker_id, "message": message})
+        self.log.say(message, level)
 
     # -- running --------------------------------------------------------------------------------------------
     async def run(self) -> int:

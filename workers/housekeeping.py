@@ -116,10 +116,15 @@ class Housekeeping:
                     "requests": st.requests,
                     "failures": st.failures,
                     "rotations": st.rotations,
+                    "state": "up",
                 }
                 for st in self.proxies.states
             ],
             **self._status(),
         }
+        self.metrics.set_proxies(info["proxies"])
+        with contextlib.suppress(RedisUnavailable):  # crawl-wide gauges for /metrics, refreshed with the beat
+            if self.metrics.prom is not None:
+                self.metrics.set_crawl_counters(await self.frontier.counters())
         with contextlib.suppress(RedisUnavailable):  # an outage: the next beat tries again
             await publish_heartbeat(self.frontier.redis, self.s.crawl_name, info, self.s.lifecycle.heartbeat_ttl_s)

@@ -1,7 +1,8 @@
 """The worker process: uvloop, resources, the engine and its stages, and a clean exit code.
 
-Exit codes: 0 stopped cleanly (signal, --until-idle, --max-pages), 2 configuration or Redis unreachable at start,
-3 the gateway refused our credentials repeatedly.
+Exit codes: 0 stopped cleanly (signal, --until-idle, --max-pages); 1 an internal error stopped a stage; 2 a
+configuration error (bad setting, unreadable file, a parser that cannot be imported); 3 the gateway refused our
+credentials repeatedly; 4 Redis was still unreachable after --redis-wait. Only 1 and 4 are worth restarting.
 """
 
 from __future__ import annotations
@@ -9,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 import resource
 import sys
+import time
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from crawler.backoff import Backoff
 from crawler.connection import open_redis
-from crawler.errors import ConfigError, CrawlError
+from crawler.errors import ConfigError, CrawlError, RedisUnavailable
 from crawler.fetch import Fetcher, make_session
 from crawler.frontier import Frontier, Politeness
 from crawler.gateway_slots import GatewaySlots
+from crawler.logs import EventLog, install_logging
 from crawler.metrics import WorkerMetrics
+from crawler.prometheus import start_metrics_server
 from crawler.proxies import ProxyPool
-from crawler.redact import scrub
 from crawler.settings import Settings
 from crawler.sinks import JsonlSink
 from crawler.ssrf import TrustCache
@@ -30,6 +35,8 @@ from workers.engine import Engine
 from workers.parse_pool import ParsePool
 
 PARSE_BACKLOG_BYTES = 32 * 1024 * 1024
+EXIT_CONFIG = 2
+EXIT_REDIS = 4
 FDS_PER_FETCH = 2  # the connection, plus headroom for DNS, Redis, the parse pool's pipes
 
 
@@ -55,8 +62,9 @@ def tune_gc() -> None:
 
 
 def run_worker(settings: Settings, out: Any = None) -> int:
-    """Run one worker until it stops; returns the process exit code."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    """Run one worker until it stops; returns the process exit code (see the module docstring)."""
+    log = EventLog(settings.worker_id, settings.output.log_format, out or sys.stderr, settings.secrets())
+    install_logging(log)
     try:
         import uvloop
 
@@ -64,38 +72,71 @@ def run_worker(settings: Settings, out: Any = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
         runner = asyncio.run
     try:
-        return int(runner(_main(settings, out)))
+        return int(runner(_main(settings, log)))
+    except RedisUnavailable as exc:
+        log.say(f"{exc}: gave up after --redis-wait {settings.lifecycle.redis_wait_s:g}s", "error")
+        return EXIT_REDIS
     except CrawlError as exc:
-        print(f"crawl: error: {scrub(str(exc), settings.secrets())}", file=sys.stderr)
-        return 2
+        log.say(str(exc), "error")
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 
 
-async def _main(settings: Settings, out: Any) -> int:
+async def redis_when_up(stack: contextlib.AsyncExitStack, settings: Settings, log: EventLog) -> aioredis.Redis:
+    """The frontier's Redis, waited for at start (bounded by --redis-wait, one line per attempt): in a fleet the
+    workers may start before Redis does, and that is not a configuration error. Closed with `stack`."""
+    backoff = Backoff(first_s=0.5, cap_s=5.0)
+    deadline = time.monotonic() + settings.lifecycle.redis_wait_s
+    while True:
+        try:
+            return await stack.enter_async_context(open_redis(settings.redis_url, settings.home))
+        except RedisUnavailable as exc:
+            wait = backoff.failed()
+            if time.monotonic() + wait > deadline:
+                raise
+            log.say(f"{exc}; waiting for it (retrying in {wait:.1f}s)", "warning")
+            await backoff.wait()
+
+
+def _metrics(settings: Settings) -> WorkerMetrics:
+    metrics = WorkerMetrics(settings.worker_id)
+    port = settings.output.metrics_port
+    if port is not None:
+        try:
+            metrics.prom = start_metrics_server(
+                port, settings.output.metrics_host, worker_id=settings.worker_id, crawl_name=settings.crawl_name
+            )
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port}: {exc.strerror or exc}") from exc
+    return metrics
+
+
+def _sink(settings: Settings) -> JsonlSink:
+    try:
+        return JsonlSink(settings.output.dir, settings.worker_id, settings.output.rotate_bytes)
+    except OSError as exc:
+        raise ConfigError(f"--output {settings.output.dir}: {exc.strerror or exc}") from exc
+
+
+async def _main(settings: Settings, log: EventLog) -> int:
     limit = raise_nofile_limit(settings.concurrency)
     if limit < settings.concurrency + 64:
-        print(
-            f"crawl: warning: open-file limit {limit} is below --concurrency {settings.concurrency}; "
-            "raise it with `ulimit -n`",
-            file=sys.stderr,
+        log.say(
+            f"open-file limit {limit} is below --concurrency {settings.concurrency}; raise it with `ulimit -n`",
+            "warning",
         )
     parse_pool = ParsePool(settings.parse.workers, PARSE_BACKLOG_BYTES)
     try:
-        async with open_redis(settings.redis_url, settings.home) as redis:
+        async with contextlib.AsyncExitStack() as stack:
+            redis = await redis_when_up(stack, settings, log)
+            politeness = settings.politeness
             frontier = Frontier(
                 redis,
                 settings.crawl_name,
-                Politeness(settings.politeness.per_host_concurrency, int(settings.politeness.per_host_delay_s * 1000)),
+                Politeness(politeness.per_host_concurrency, int(politeness.per_host_delay_s * 1000)),
             )
-            metrics = WorkerMetrics(settings.worker_id)
-            if settings.output.metrics_port is not None:
-                from crawler.prometheus import PromMetrics
-
-                try:
-                    metrics.prom = PromMetrics(settings.output.metrics_port)
-                except OSError as exc:
-                    raise ConfigError(f"--metrics-port {settings.output.metrics_port}: {exc.strerror or exc}") from None
+            metrics = _metrics(settings)
             await parse_pool.warm_up()
             tune_gc()
             metrics.restart_clock()
@@ -105,10 +146,7 @@ async def _main(settings: Settings, out: Any) -> int:
                 if settings.proxy.max_connections is not None
                 else None
             )
-            try:
-                sink = JsonlSink(settings.output.dir, settings.worker_id, settings.output.rotate_bytes)
-            except OSError as exc:
-                raise ConfigError(f"--output {settings.output.dir}: {exc.strerror or exc}") from None
+            sink = _sink(settings)
             async with make_session(settings, trust) as session:
                 engine = Engine(
                     settings,
@@ -118,13 +156,13 @@ async def _main(settings: Settings, out: Any) -> int:
                     ProxyPool(settings.proxy.urls, settings.proxy.session_requests, None),
                     sink,
                     metrics,
-                    out,
+                    log,
                     trust,
                 )
                 signals.install(asyncio.get_running_loop(), engine.stop)
                 if metrics.prom is not None:
                     metrics.prom.bind(engine)
-                    engine.say(f"Prometheus metrics on http://0.0.0.0:{metrics.prom.port}/metrics")
+                    engine.say(f"Prometheus metrics on {metrics.prom.url}")
                 engine.say(
                     f"worker {settings.worker_id} started: crawl={settings.crawl_name} "
                     f"concurrency={settings.concurrency} parse_workers={settings.parse.workers} "

@@ -143,21 +143,17 @@ class Processor:
         decision = retry.conclude(last.decision, attempts, self.s.max_attempts, self._rng)
         if self._auth_streak.observe(decision):
             self._on_fatal(f"{self._auth_streak.count} consecutive 407s from the gateway: bad proxy credentials", 3)
-        prom = self.metrics.prom
         if decision.action is Action.RELEASE:
             self._say(
                 "the proxy gateway answered 407 Proxy Authentication Required: check the credentials "
                 f"of {', '.join(st.redacted for st in self.proxies.states)}",
                 "error",
             )
-            if prom is not None:
-                prom.outcome(decision.action.value)
+            self.metrics.release()
             return Outcome(lease, Action.RELEASE, lease.attempts)
         result = last.result
         if decision.action is Action.RETRY_LATER:
             self.metrics.attempt_error(decision.reason or "retry")
-            if prom is not None:
-                prom.outcome(decision.action.value)
             err = self._error(decision, result, cause or last.error)
             return Outcome(lease, Action.RETRY_LATER, attempts, due_s=time.time() + decision.delay_s, error=err)
         if decision.action is Action.DEAD:
@@ -179,7 +175,11 @@ class Processor:
         return err
 
     def _new_links(self, lease: Lease, page: ParsedPage | None) -> list[NewLink]:
-        if page is None or not page.follow or (self.s.scope.max_depth is not None and lease.depth >= self.s.scope.max_depth):
+        if (
+            page is None
+            or not page.follow
+            or (self.s.scope.max_depth is not None and lease.depth >= self.s.scope.max_depth)
+        ):
             return []
         return [NewLink(fp, host, url, lease.depth + 1) for fp, host, url in page.follow if self.seen.add(fp)]
 
@@ -213,9 +213,7 @@ class Processor:
             ok = decision.action is Action.DONE and error is None and (result is None or result.status < 500)
             self.proxies.report(choice, ok, decision.ban)
         if decision.action is Action.RETRY_NOW:
-            self.metrics.attempt_error(decision.reason or "retry")
-            if self.metrics.prom is not None:
-                self.metrics.prom.outcome(decision.action.value)
+            self.metrics.attempt_error(decision.reason or "retry", "retry_now")
         return Attempt(result, page, decision, choice.redacted if choice is not None else None, error)
 
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
