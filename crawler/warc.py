@@ -149,9 +149,8 @@ class _RecordEncoder:
         req_headers = dict(common)
         req_headers["WARC-Concurrent-To"] = response.rec_headers.get_header("WARC-Record-ID")
         http_req = StatusAndHeaders(
-            f"{ex.request_method} {_request_target(ex.url)}",
+            f"{ex.request_method} {_request_target(ex.url)} HTTP/{ex.http_version}",
             request_headers_for_record(ex.request_headers),
-            protocol=f"HTTP/{ex.http_version}",
         )
         request = self._warcio.create_warc_record(
             ex.url, "request", payload=io.BytesIO(b""), length=0, warc_headers_dict=req_headers, http_headers=http_req
@@ -226,11 +225,8 @@ class WarcWriter:
         self.close()
 
     def _next_number(self) -> int:
-        taken = [
-            int(m["n"])
-            for p in self.directory.iterdir()
-            if (m := _NAME.match(p.name)) and m["worker"] == self.worker_id
-        ]
+        name = re.compile(re.escape(self.worker_id) + r"-(\d+)\.warc\.gz")
+        taken = [int(m[1]) for p in self.directory.iterdir() if (m := name.fullmatch(p.name))]
         return max(taken, default=0) + 1
 
     def _open_next(self) -> None:
