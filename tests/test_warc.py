@@ -174,7 +174,11 @@ def warcio_read(path: Path) -> list[tuple[str, str, bytes]]:
     """(type, uri, payload) per record by warcio, which stops silently at a cut last record."""
     with path.open("rb") as f:
         return [
-            (r.rec_type, r.rec_headers.get_header("WARC-Target-URI") or "", r.content_stream().read())
+            (
+                r.rec_type,
+                r.rec_headers.get_header("WARC-Target-URI") or "",
+                r.raw_stream.read(),
+            )  # raw: content coding intact
             for r in WarcioIterator(f)
         ]
 
