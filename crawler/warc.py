@@ -5,8 +5,8 @@ leaves to the caller: file naming and rotation, the write-then-flush guarantee, 
 
 Guarantees
 - `WarcWriter.write` returns only after the batch's bytes reached the kernel (and the disk with `fsync=True`), so a
-  URL acked after it returns has its records on file. A SIGKILL can leave only a cut last record, which readers
-  (warcio, fastwarc) report at the end of the file after every complete record.
+  URL acked after it returns has its records on file. A SIGKILL can leave only a cut last record: readers (warcio,
+  fastwarc) return every complete record, then the cut one, whose block digest fails (tests/test_warc.py).
 - A failed write (ENOSPC, EIO, EFBIG, the file or its directory removed) is cut back to the end of the previous
   batch, so the file ends at a record boundary and holds none of the failed batch; then `WarcWriteError` is raised
   and the caller hands that batch's leases back. The batch is all or nothing: no duplicates from partial batches.
