@@ -216,6 +216,8 @@ def _parse_xml(pieces: Iterable[bytes], entries: _Entries) -> tuple[str | None, 
         return stop.error, handler.root == "sitemapindex"
     except expat.ExpatError as exc:
         return f"{ERROR_MALFORMED}: {expat.ErrorString(exc.code)} at line {exc.lineno}", handler.root == "sitemapindex"
+    except LookupError as exc:  # a declared encoding Python has no codec for
+        return f"{ERROR_MALFORMED}: {exc}", handler.root == "sitemapindex"
     return None, handler.root == "sitemapindex"
 
 
@@ -290,7 +292,8 @@ def _decoded(body: bytes, content_encoding: str | None, max_bytes: int) -> Itera
     total = 0
     for piece in _prepend(first, pieces):
         total += len(piece)
-        if total > max_bytes:
+        if total > max_bytes:  # the bytes up to the cap are still parsed: their complete entries are kept
+            yield piece[: len(piece) - (total - max_bytes)]
             raise _Stop(f"{ERROR_TOO_LARGE}: more than {max_bytes} bytes uncompressed")
         yield piece
 
