@@ -207,6 +207,9 @@ class WarcWriter:
         except OSError as exc:
             self._roll_back()
             raise WarcWriteError(exc.errno, f"WARC write failed, batch rolled back: {exc}") from exc
+        except BaseException:  # a record that cannot be built, or a cancellation: still nothing of the batch kept
+            self._roll_back()
+            raise
         self._size = os.lseek(self._fd, 0, os.SEEK_CUR)
         self.records += 2 * len(exchanges)
         if self._size >= self.rotate_bytes:

@@ -468,3 +468,15 @@ def _get_until(url: str, deadline: float) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)  # poll with a deadline: the server is still starting
+
+
+def test_a_record_that_cannot_be_built_rolls_the_batch_back(tmp_path: Path) -> None:
+    with WarcWriter(tmp_path, "w", 10**9, "crawl/test") as writer:
+        writer.write([exchange("http://site.test/ok", b"ok")])
+        bad = exchange("http://site.test/bad", b"x")
+        object.__setattr__(bad, "body", None)  # not bytes: warcio fails while building the record
+        with pytest.raises(TypeError):
+            writer.write([exchange("http://site.test/first-of-batch", b"1"), bad])
+        writer.write([exchange("http://site.test/after", b"2")])
+    uris = [r.uri for r in fast_read(writer.files[0]) if r.type == "response"]
+    assert uris == ["http://site.test/ok", "http://site.test/after"]
