@@ -258,6 +258,10 @@ def test_secrets_never_reach_the_file(tmp_path: Path, fetched: list[WarcExchange
     for secret in (b"s3cr3t", b"t0ken", b"dXNlcjpwYXNz"):
         assert secret not in raw
     assert raw.count(REDACTED.encode()) == 2 * len(fetched) + 1
+    (info,) = [r for r in fast_read(writer.files[0]) if r.type == "warcinfo"]
+    fields = dict(line.split(": ", 1) for line in info.payload.decode().splitlines())
+    assert sorted(fields) == ["conformsTo", "format", "hostname", "isPartOf", "software"]  # no proxy, no settings
+    assert (fields["software"], fields["isPartOf"]) == ("crawl/test", "w")
 
 
 def test_rotation_starts_every_file_with_warcinfo_and_never_reuses_one(tmp_path: Path) -> None:
