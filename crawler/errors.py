@@ -9,7 +9,9 @@
         ├── ConnectError       "connect": refused, reset, DNS, TLS
         ├── FetchTimeout       "timeout": total or read deadline passed
         ├── ProxyError         "proxy": the gateway failed (502/504 from the gateway, tunnel refused)
-        │   └── ProxyAuthError "proxy_auth": the gateway answered 407: a configuration error, never a result
+        │   ├── ProxyAuthError "proxy_auth": the gateway answered 407: a configuration error, never a result
+        │   └── GatewayUnreachable "gateway_down": the gateway itself cannot be reached (refused, reset): an
+        │                      infrastructure fault, never charged to the URL (crawler.breaker)
         ├── BodyTooLarge       "body_too_large": the body passed --max-body-bytes (raw or decompressed)
         ├── TooManyRedirects   "too_many_redirects"
         ├── InvalidResponse    "invalid_response": unparsable status line or headers, headers too large
@@ -58,6 +60,10 @@ class ProxyError(FetchError):
 
 class ProxyAuthError(ProxyError):
     kind = "proxy_auth"
+
+
+class GatewayUnreachable(ProxyError):
+    kind = "gateway_down"
 
 
 class BodyTooLarge(FetchError):

@@ -23,6 +23,7 @@ from crawler.errors import (
     ConnectError,
     FetchError,
     FetchTimeout,
+    GatewayUnreachable,
     InvalidResponse,
     InvalidTarget,
     ProxyAuthError,
@@ -110,8 +111,8 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         if exc.status == 407:
             raise ProxyAuthError("gateway refused the credentials (407)") from None
         raise ProxyError(f"gateway answered {exc.status} to CONNECT") from None
-    except aiohttp.ClientProxyConnectionError:
-        raise ProxyError("cannot connect to the gateway") from None
+    except aiohttp.ClientProxyConnectionError as exc:
+        raise GatewayUnreachable(f"cannot connect to the gateway: {exc.os_error.strerror or exc}") from exc
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, BlockedAddressOSError):
             raise BlockedAddress(str(exc.os_error)) from None

@@ -229,6 +229,8 @@ def format_line(snap: dict[str, Any], fmt: str) -> str:
     st = _pairs(snap["status"])
     er = _pairs(snap["errors"])
     px = f" proxy_ok={snap['proxy_success_rate']:.0%}" if snap.get("proxy_success_rate") is not None else ""
+    if snap.get("gateways_down"):
+        px += f" GATEWAYS_DOWN={snap['gateways_down']}"
     return (
         f"[{snap['worker']}] {snap['pages_per_s']:.1f} pages/s ({snap['pages_per_s_total']:.1f} avg) "
         f"{snap['mb_per_s']:.2f} MB/s | {st} | err {er} | retries={snap['retries']} "

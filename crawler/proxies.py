@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from crawler.errors import ConfigError
+from crawler.breaker import Breaker
+from crawler.errors import ConfigError, GatewayUnreachable
 from crawler.redact import redact_url
 
 SESSION_PLACEHOLDER = "{session}"
@@ -62,6 +64,7 @@ class ProxyState:
     requests: int = 0
     failures: int = 0
     rotations: int = 0
+    breaker: Breaker = field(default_factory=Breaker)  # up/down: a down gateway gets no requests
 
     @property
     def url(self) -> str:
@@ -74,7 +77,7 @@ class ProxyState:
     def __repr__(self) -> str:
         return (
             f"ProxyState({self.redacted}, health={self.health:.2f}, requests={self.requests}, "
-            f"failures={self.failures}, rotations={self.rotations})"
+            f"failures={self.failures}, rotations={self.rotations}, {self.breaker.state})"
         )
 
 
@@ -93,9 +96,11 @@ class ProxyPool:
 
     _ALPHA = 0.05  # EWMA weight of one outcome: ~20 requests of memory
 
-    def __init__(self, proxies: tuple[str, ...], session_requests: int = 0, seed: int | None = None) -> None:
-        # state per gateway endpoint: its sticky session and health
-        self._states = [ProxyState(p) for p in proxies]
+    def __init__(
+        self, proxies: tuple[str, ...], session_requests: int = 0, seed: int | None = None, gateway_failures: int = 5
+    ) -> None:
+        # state per gateway endpoint: its sticky session, health and circuit breaker
+        self._states = [ProxyState(p, breaker=Breaker(gateway_failures)) for p in proxies]
         self.session_requests = session_requests
         self._rng = random.Random(seed)
 
@@ -109,13 +114,26 @@ class ProxyPool:
     def states(self) -> list[ProxyState]:
         return self._states
 
+    def all_down(self) -> bool:
+        """Gateways are configured and every one of them is down: lease nothing, fetch nothing."""
+        return bool(self._states) and all(st.breaker.down for st in self._states)
+
+    def down_count(self) -> int:
+        return sum(1 for st in self._states if st.breaker.down)
+
     def choose(self) -> ProxyChoice | None:
+        """A gateway for the next request; None when none is configured (direct).
+
+        Raises GatewayUnreachable when every gateway is down: never falls back to a direct connection."""
         if not self._states:
             return None
-        if len(self._states) == 1:
-            i = 0
+        up = [i for i, st in enumerate(self._states) if not st.breaker.down]
+        if not up:
+            raise GatewayUnreachable("every gateway is down")
+        if len(up) == 1:
+            i = up[0]
         else:
-            a, b = self._rng.randrange(len(self._states)), self._rng.randrange(len(self._states))
+            a, b = self._rng.choice(up), self._rng.choice(up)
             i = a if self._states[a].health >= self._states[b].health else b
         st = self._states[i]
         if self.session_requests and st.session_uses >= self.session_requests:
@@ -124,8 +142,14 @@ class ProxyPool:
         st.requests += 1
         return ProxyChoice(st.url, st.redacted, i, st.session_id)
 
+    def gateway_failed(self, choice: ProxyChoice, cause: str) -> bool:
+        """The gateway itself could not be reached; True when its breaker just opened."""
+        return self._states[choice.index].breaker.failure(time.monotonic(), cause)
+
     def report(self, choice: ProxyChoice, ok: bool, ban: bool = False) -> None:
+        """An answer came through the gateway (it is reachable); `ok` says whether it was a good one."""
         st = self._states[choice.index]
+        st.breaker.success()
         st.health += self._ALPHA * ((1.0 if ok else 0.0) - st.health)
         if not ok:
             st.failures += 1

@@ -8,6 +8,7 @@
 |                                           | Retry-After, else exponential backoff with jitter        |
 | 403 or a ban marker, through a proxy      | RETRY_NOW with a fresh session (a block, not the page)   |
 | 407 from the gateway                      | RELEASE: a configuration error, never a result           |
+| the gateway itself unreachable            | RELEASE without an attempt; its circuit breaker counts it |
 | body too large, redirect loop, blocked,   | DONE with `error` set (permanent: retrying cannot help)  |
 | a URL the HTTP client refuses             |                                                          |
 | any retryable outcome on the last attempt | DEAD with the last error                                 |
@@ -32,6 +33,7 @@ from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
     FetchError,
+    GatewayUnreachable,
     InvalidTarget,
     ProxyAuthError,
     TooManyRedirects,
@@ -61,6 +63,7 @@ class Decision:
 
 
 PROXY_AUTH = Decision(Action.RELEASE, "proxy_auth", ban=True)  # a 407: the credentials, never the URL
+GATEWAY_DOWN = Decision(Action.RELEASE, "gateway_down")  # the gateway cannot be reached: not the URL's fault
 
 _PERMANENT: tuple[type[FetchError], ...] = (BodyTooLarge, TooManyRedirects, BlockedAddress, InvalidTarget)
 
@@ -103,6 +106,8 @@ def decide(
     rng = rng or random.Random()
     if isinstance(error, ProxyAuthError) or (via_proxy and status == 407):
         return PROXY_AUTH
+    if isinstance(error, GatewayUnreachable):
+        return GATEWAY_DOWN
     if isinstance(error, _PERMANENT):
         return Decision(Action.DONE, error.kind)
     if error is not None:

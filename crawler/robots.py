@@ -22,7 +22,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from crawler.errors import BlockedAddress, ConfigError, FetchError, ProxyAuthError, TooManyRedirects
+from crawler.errors import (
+    BlockedAddress,
+    ConfigError,
+    FetchError,
+    GatewayUnreachable,
+    ProxyAuthError,
+    TooManyRedirects,
+)
 
 MAX_ROBOTS_BYTES = 500 * 1024  # RFC 9309 2.5: at least 500 KiB must be parsed; we parse exactly that much
 MAX_SITEMAPS = 1000  # `Sitemap:` lines kept per file
@@ -375,7 +382,8 @@ class RobotsCache:
     """Per-origin rules for one agent, fetched once (concurrent askers share one fetch), bounded LRU.
 
     `fetch(robots_url) -> (status, body)`: body up to at least MAX_ROBOTS_BYTES (longer is cut here). Status 0 means no
-    answer. It may raise: ProxyAuthError (the gateway refused our credentials) and BlockedAddress (the SSRF guard) go
+    answer. It may raise: ProxyAuthError (the gateway refused our credentials), GatewayUnreachable (the gateway is
+    down) and BlockedAddress (the SSRF guard) go
     to every caller waiting on that origin and nothing is cached; TooManyRedirects is "unavailable" (RFC 9309
     2.3.1.2); any other FetchError is "unreachable" with the error as `cause`.
     """
@@ -441,7 +449,7 @@ class RobotsCache:
     async def _load(self, origin: str) -> tuple[RobotsRules, float]:
         try:
             status, body = await self._fetch(origin + "/robots.txt")
-        except (ProxyAuthError, BlockedAddress):
+        except (ProxyAuthError, BlockedAddress, GatewayUnreachable):  # not the site: never cached
             raise  # a configuration error and the SSRF guard's verdict: the caller's business, never cached
         except TooManyRedirects as exc:
             return RobotsRules(state=RobotsState.UNAVAILABLE, cause=_detached(exc)), CACHE_TTL_S

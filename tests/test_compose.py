@@ -264,7 +264,7 @@ def test_worker_scales_and_stops_gracefully(monkeypatch: pytest.MonkeyPatch) -> 
     assert str(ctx.params["output"]) == "/data/output"
     mounts = [str(v).split(":") for v in w["volumes"] if isinstance(v, str)]
     assert any(m[1] == "/data/output" and m[0] in COMPOSE["volumes"] for m in mounts)
-    assert ctx.params["until_idle"] is False, "a service worker must keep running"
+    assert not ctx.params["until_idle"], "a service worker must keep running"
 
 
 def test_every_named_volume_is_declared() -> None:

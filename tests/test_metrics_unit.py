@@ -306,16 +306,17 @@ def test_prometheus_receives_every_event_once() -> None:
 
 
 def test_a_dead_url_is_one_dead_outcome_whatever_the_pipeline_calls() -> None:
-    """The pipeline calls both metrics.dead_letter(kind) and metrics.prom.outcome(action) for a DEAD decision;
-    on main that counted crawl_outcomes_total{action="dead"} twice per dead URL."""
+    """The processing stage makes these calls for a URL retried in process, then later, then decided dead; on
+    the old main the worker also called prom.outcome(action), which counted every dead URL twice."""
     prom = PromMetrics()
     m = WorkerMetrics("w1")
     m.prom = prom
-    for _ in range(3):  # exactly the calls workers/pipeline.py makes for one URL decided dead
-        m.prom.outcome("dead")
+    for _ in range(3):  # exactly the calls workers/processing.py makes for one URL that ends dead
+        m.attempt_error("http_503", "retry_now")
+        m.attempt_error("http_503")
         m.dead_letter("http_503")
     assert prom.registry.get_sample_value("crawl_outcomes_total", {"action": "dead"}) == 3 == m.dead
-    assert prom.registry.get_sample_value("crawl_errors_total", {"kind": "http_503"}) == 3
+    assert prom.registry.get_sample_value("crawl_errors_total", {"kind": "http_503"}) == 9
 
 
 def test_crawl_counters_and_gateways_become_gauges() -> None:

@@ -163,7 +163,7 @@ def finished_crawl(
     name = "t" + uuid.uuid4().hex[:10]
     enqueue(redis_server, name, directory, [site.url + "/p/0"])
     out = directory / "out"
-    run = crawl(worker_args(redis_server.url, name, out, "--until-idle", "--log-interval", "0.5"), timeout_s=60)
+    run = crawl(worker_args(redis_server.url, name, out, "--until-idle", "--log-interval", "0.2"), timeout_s=60)
     assert run.returncode == 0, run.stdout + run.stderr
     return FinishedCrawl(redis_server, name, run, read_records(out))
 
@@ -192,7 +192,7 @@ def test_json_log_lines_add_up_to_the_records(finished_crawl: FinishedCrawl) -> 
     assert len(summaries) == 1, summaries
     summary = summaries[0]
     assert len(records) > PAGES  # /p, /q and /missing pages: the crawl is big enough to span several windows
-    assert len(throughput) >= 2, f"expected several 0.5 s windows, got {len(throughput)}"
+    assert len(throughput) >= 2, f"expected several 0.2 s windows, got {len(throughput)}"
 
     worker = summary["worker"]
     running = 0

@@ -107,6 +107,7 @@ class Engine:
         """The one backpressure predicate: lease nothing while any of these is true."""
         return (
             self.stopping.is_set()
+            or self.proxies.all_down()
             or self.parse_pool.backlog > self.parse_pool.backlog_limit
             or self.committer.backlogged()
             or self.leaser.budget_spent()
@@ -145,6 +146,7 @@ class Engine:
             self._spawn(self.housekeeping.renew(self._closed), "renew"),
             self._spawn(self.housekeeping.reclaim(self.stopping), "reclaim"),
             self._spawn(self.housekeeping.report(self._closed), "report"),
+            self._spawn(self.housekeeping.probe_gateways(self.stopping, self.leaser.capacity.set), "probe"),
         ]
         lag = self._spawn(monitor_loop_lag(self.metrics), "lag")
         try:

@@ -14,17 +14,33 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from crawler.backoff import pause
 from crawler.errors import RedisUnavailable
 from crawler.frontier import Frontier
 from crawler.heartbeat import publish_heartbeat
 from crawler.metrics import WorkerMetrics
-from crawler.proxies import ProxyPool
+from crawler.proxies import SESSION_PLACEHOLDER, ProxyPool
 from crawler.settings import Settings
 from workers.leaser import LeaseBook
 
 RECLAIM_BATCH = 1000  # expired leases reclaimed per script call
+PROBE_TICK_S = 0.1  # how often down gateways are looked at (each has its own backoff)
+PROBE_TIMEOUT_S = 2.0
+
+
+async def _reachable(proxy_url: str) -> bool:
+    """Does the gateway accept a TCP connection? (Its credentials are not checked: a 407 is another matter.)"""
+    parts = urlsplit(proxy_url.replace(SESSION_PLACEHOLDER, "s"))
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class Housekeeping:
@@ -83,6 +99,20 @@ class Housekeeping:
                     f"reclaimed {requeued} expired leases ({dead} dead-lettered after their last attempt)", "info"
                 )
 
+    async def probe_gateways(self, until: asyncio.Event, on_back: Callable[[], None]) -> None:
+        """Probe each down gateway (a TCP connect to it) with backoff; the first success closes its breaker."""
+        while not await pause(PROBE_TICK_S, until):
+            now = time.monotonic()
+            for st in self.proxies.states:
+                if not st.breaker.probe_due(now):
+                    continue
+                if await _reachable(st.template):
+                    downtime = st.breaker.close(time.monotonic())
+                    self._say(f"gateway {st.redacted} is back up after {downtime:.1f}s; resuming", "warning")
+                    on_back()
+                else:
+                    st.breaker.probe_failed(time.monotonic())
+
     async def report(self, until: asyncio.Event) -> None:
         """A throughput line every --log-interval, a heartbeat every heartbeat TTL / 3."""
         interval = min(self.s.output.log_interval_s, self.s.lifecycle.heartbeat_ttl_s / 3)
@@ -92,6 +122,8 @@ class Housekeeping:
             if time.monotonic() >= next_line:
                 next_line += self.s.output.log_interval_s
                 snap = self.metrics.snapshot(self.proxies.success_rate())
+                if self.proxies:
+                    snap["gateways_down"] = self.proxies.down_count()
                 self._emit(snap)
             await self._heartbeat(snap)
 
@@ -116,7 +148,7 @@ class Housekeeping:
                     "requests": st.requests,
                     "failures": st.failures,
                     "rotations": st.rotations,
-                    "state": "up",
+                    "state": st.breaker.state,
                 }
                 for st in self.proxies.states
             ],

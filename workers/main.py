@@ -130,7 +130,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             redis = await redis_when_up(stack, settings, log)
-            politeness = settings.politeness
+            politeness, proxy = settings.politeness, settings.proxy
             frontier = Frontier(
                 redis,
                 settings.crawl_name,
@@ -153,7 +153,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
                     frontier,
                     Fetcher(session, settings, slots, trust),
                     parse_pool,
-                    ProxyPool(settings.proxy.urls, settings.proxy.session_requests, None),
+                    ProxyPool(proxy.urls, proxy.session_requests, None, proxy.gateway_failures),
                     sink,
                     metrics,
                     log,

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawler import retry
-from crawler.errors import BlockedAddress, FetchError, ProxyAuthError, RedisUnavailable
+from crawler.errors import BlockedAddress, FetchError, GatewayUnreachable, ProxyAuthError, RedisUnavailable
 from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
 from crawler.parse import ParsedPage, ParseTask
-from crawler.proxies import ProxyPool
+from crawler.proxies import ProxyChoice, ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
@@ -113,6 +113,8 @@ class Processor:
             return self._unfetched(lease, "blocked_address")
         except ProxyAuthError:  # the gateway refused robots.txt: the credentials, not the site
             return self._finish(lease, lease.attempts, Attempt(None, None, retry.PROXY_AUTH, None))
+        except GatewayUnreachable:  # the gateway is down: hand the URL back, no attempt spent
+            return self._finish(lease, lease.attempts, Attempt(None, None, retry.GATEWAY_DOWN, None))
         if verdict.allowed is None:
             attempts = lease.attempts + 1
             decision = retry.robots_unreachable(verdict.rules.cause, attempts, self.s.max_attempts, self._rng)
@@ -144,11 +146,12 @@ class Processor:
         if self._auth_streak.observe(decision):
             self._on_fatal(f"{self._auth_streak.count} consecutive 407s from the gateway: bad proxy credentials", 3)
         if decision.action is Action.RELEASE:
-            self._say(
-                "the proxy gateway answered 407 Proxy Authentication Required: check the credentials "
-                f"of {', '.join(st.redacted for st in self.proxies.states)}",
-                "error",
-            )
+            if decision is retry.PROXY_AUTH:
+                self._say(
+                    "the proxy gateway answered 407 Proxy Authentication Required: check the credentials "
+                    f"of {', '.join(st.redacted for st in self.proxies.states)}",
+                    "error",
+                )
             self.metrics.release()
             return Outcome(lease, Action.RELEASE, lease.attempts)
         result = last.result
@@ -188,12 +191,19 @@ class Processor:
         return Outcome(lease, Action.DONE, lease.attempts, record=self._record(lease, lease.attempts, error=error))
 
     async def _attempt(self, lease: Lease, attempts: int) -> Attempt:
-        choice = self.proxies.choose()
+        try:
+            choice = self.proxies.choose()
+        except GatewayUnreachable as exc:  # every gateway is down: the URL goes back untouched
+            return Attempt(None, None, retry.GATEWAY_DOWN, None, exc)
         result: FetchResult | None = None
         error: FetchError | None = None
         page: ParsedPage | None = None
         try:
             result = await self.fetcher.fetch(lease.url, choice)
+        except GatewayUnreachable as exc:
+            assert choice is not None
+            self._gateway_failed(choice, exc)
+            return Attempt(None, None, retry.GATEWAY_DOWN, choice.redacted, exc)
         except FetchError as exc:
             error = exc
         if result is not None and result.body is not None and result.is_html and 200 <= result.status < 600:
@@ -258,7 +268,22 @@ class Processor:
         return rec
 
     async def _fetch_robots(self, url: str) -> tuple[int, bytes]:
-        return await self.fetcher.fetch_small(url, self.proxies.choose())
+        choice = self.proxies.choose()  # GatewayUnreachable when every gateway is down
+        try:
+            return await self.fetcher.fetch_small(url, choice)
+        except GatewayUnreachable as exc:
+            if choice is not None:
+                self._gateway_failed(choice, exc)
+            raise
+
+    def _gateway_failed(self, choice: ProxyChoice, exc: GatewayUnreachable) -> None:
+        """Count a gateway failure on its breaker; one warning when the breaker opens."""
+        if self.proxies.gateway_failed(choice, str(exc)):
+            self._say(
+                f"gateway {choice.redacted} is down ({scrub(str(exc), self._secrets)}); URLs that need it are handed "
+                "back without spending an attempt, and leasing pauses while every gateway is down; probing it",
+                "warning",
+            )
 
 
 def _describe(exc: BaseException) -> str:
