@@ -96,7 +96,12 @@ class Committer:
         s = settlement(todo, extra_release or [])
         if not s:
             return
-        await self._settle_until_done(s, give_up_at)
+        members = {ls.member for ls in s.leases}
+        self.book.settling |= members
+        try:
+            await self._settle_until_done(s, give_up_at)
+        finally:
+            self.book.settling -= members
         settled = {id(o) for o in todo}
         self.written = [o for o in self.written if id(o) not in settled]
         self.metrics.released += len(s.released)

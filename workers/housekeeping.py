@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from crawler.backoff import pause
 from crawler.errors import RedisUnavailable
-from crawler.frontier import Frontier
+from crawler.frontier import Frontier, Lease
 from crawler.heartbeat import publish_heartbeat
 from crawler.metrics import WorkerMetrics
 from crawler.proxies import SESSION_PLACEHOLDER, ProxyPool
@@ -69,18 +69,17 @@ class Housekeeping:
         """Extend every held lease each ttl/3, through the grace period too."""
         interval = self.s.lifecycle.lease_ttl_s / 3
         while not await pause(interval, until):
-            held = self.book.leases()
-            try:
-                lost = await self.frontier.renew(held, self.s.lifecycle.lease_ttl_s)
-            except RedisUnavailable:
-                continue
-            # a lease settled (acked, deferred...) while the renew was in flight is not lost: it is just gone
-            really_lost = [ls for ls in lost if self.book.owns(ls.member)]
-            if really_lost:
-                self._say(
-                    f"{len(really_lost)} leases were reclaimed by others while held (this worker stalled?)",
-                    "warning",
-                )
+            with contextlib.suppress(RedisUnavailable):
+                lost = await self.renew_once()
+                if lost:
+                    self._say(
+                        f"{len(lost)} leases were reclaimed by others while held (this worker stalled?)", "warning"
+                    )
+
+    async def renew_once(self) -> list[Lease]:
+        """Extend every held lease; returns the ones really lost (not those settled while the renew ran)."""
+        lost = await self.frontier.renew(self.book.leases(), self.s.lifecycle.lease_ttl_s)
+        return self.book.really_lost(lost)
 
     async def reclaim(self, until: asyncio.Event) -> None:
         """Return expired leases of dead workers to the frontier, batch after batch while they come back full."""

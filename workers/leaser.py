@@ -24,13 +24,16 @@ MAX_POLL_S = 0.5
 class LeaseBook:
     """Every lease this process owns (member -> lease): renewed while held, handed back at stop.
 
-    Removal is by identity: the same member may have been leased again (after expiring) since.
+    Removal is by identity: the same member may have been leased again (after expiring) since. `settling` holds the
+    members whose settlement is on its way to Redis: the renew loop, on its own connection, may see them gone
+    before the committer hears back, and must not call that a loss.
     """
 
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "settling")
 
     def __init__(self) -> None:
         self._held: dict[str, Lease] = {}
+        self.settling: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -47,6 +50,10 @@ class LeaseBook:
 
     def owns(self, member: str) -> bool:
         return member in self._held
+
+    def really_lost(self, lost: list[Lease]) -> list[Lease]:
+        """Of the leases a renew found gone, those that were neither settled nor being settled meanwhile."""
+        return [ls for ls in lost if ls.member in self._held and ls.member not in self.settling]
 
     def leases(self) -> list[Lease]:
         return list(self._held.values())
