@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support._loop import run_loop
+from crawler.testing.loop import run_loop
 
 # Handlers still running at shutdown (e.g. /hang, /infinite) get this long before being cancelled.
 SHUTDOWN_TIMEOUT_S = 1.0

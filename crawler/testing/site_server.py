@@ -4,7 +4,7 @@ Why: an end-to-end crawl can only be checked if the exact set of reachable URLs 
 and BFS depths) is computable independently of the crawler. :func:`expected_pages` computes it from the
 very same :func:`resolve` function the HTTP handler renders from, so the two cannot disagree.
 
-Run as ``python -m tests.support.site_server --port 0 --pages N --seed S [--processes K]
+Run as ``python -m crawler.testing.site_server --port 0 --pages N --seed S [--processes K]
 [--disallow PREFIX ...] [--tls-cert F --tls-key F] [--page-kb KB]``; prints ``READY http(s)://...``.
 
 Site layout:
@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from aiohttp import web
 
-from tests.support._serving import bind_socket, run_prefork, server_ssl_context
+from crawler.testing.serving import bind_socket, run_prefork, server_ssl_context
 
 OFFSITE_LINKS = ("http://offsite.invalid/x", "http://127.0.0.2:9/x")
 STAT_PREFIXES = ("/p", "/q", "/missing", "/private", "/robots.txt")

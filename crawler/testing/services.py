@@ -1,14 +1,19 @@
-"""Run the test servers as real subprocesses from tests and scripts.
+"""Local services for tests, benchmarks and the demo: free ports, polling, stopping by PID, a real
+redis-server, and the test HTTP servers (site, proxy, hostile) as subprocesses.
 
-Why subprocesses: the crawler is tested as a separate process talking over real sockets, and the
-servers must not share its event loop or GIL (a busy server would otherwise distort timings).
+Why one module: the test suite, ``scripts/bench*.py``, ``scripts/scale.py`` and ``scripts/demo.py`` all need
+the same few services, and each copy used to drift on its own. It is installed with the library (like
+aiohttp's ``test_utils``), so scripts import it with no path edits.
+
+Why subprocesses: the crawler is tested as a separate process talking over real sockets, and the servers
+must not share its event loop or GIL (a busy server would otherwise distort timings).
 
 Usage::
 
-    with start_server("tests.support.site_server", "--port", 0, "--pages", 60, "--seed", 1) as site:
-        ...  # site.url, site.stats()
+    with RedisServer(tmp / "redis") as redis, start_server(SITE_SERVER, "--port", 0, "--pages", 60) as site:
+        ...  # redis.url, site.url, site.stats()
 
-Every started server is also stopped at interpreter exit, so a crashing test does not leak processes.
+Every started HTTP server is also stopped at interpreter exit, so a crashing test does not leak processes.
 """
 
 from __future__ import annotations
@@ -27,13 +32,25 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from crawler.embedded import redis_server_binary
+
+# The directory that holds this copy of the ``crawler`` package: a server started with ``python -m`` from
+# there imports the same copy as its parent (a checkout, or site-packages after ``pip install .``).
+IMPORT_ROOT = Path(__file__).resolve().parents[2]
 STDOUT_TAIL_LINES = 200
+SITE_SERVER = "crawler.testing.site_server"
+PROXY_SERVER = "crawler.testing.proxy_server"
+HOSTILE_SERVER = "crawler.testing.hostile_server"
+
+# The test Redis keeps its data across stop/start (the outage tests restart it): AOF, fsync on every write.
+DURABLE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction")
+# Benchmarks measure the frontier, not the disk: no AOF, no RDB.
+IN_MEMORY = ("--appendonly", "no", "--save", "", "--maxmemory-policy", "noeviction")
 
 T = TypeVar("T")
 
@@ -101,7 +118,11 @@ _RUNNING: set[RunningServer] = set()
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
-    """Send `sig` to a process we started (by its PID), wait up to `timeout_s`, then SIGKILL it."""
+    """Send ``sig`` to a process we started (by its PID), wait up to ``timeout_s``, then SIGKILL it.
+
+    Only ever the one process: what it started itself is its own business (the pre-forked servers forward
+    the signal to their workers).
+    """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
@@ -111,6 +132,80 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0, sig: int 
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(timeout=timeout_s)
+
+
+class RedisServer:
+    """A real redis-server on 127.0.0.1:<free port>, started and stopped by PID; also a context manager.
+
+    ``config`` is the server's persistence and memory settings (:data:`DURABLE` by default, so stop/start
+    keeps the data); the port, bind address and directory always come last, so they win. Its log is
+    ``<directory>/redis.log``.
+    """
+
+    def __init__(self, directory: Path, password: str | None = None, *, config: Sequence[str] = DURABLE) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.password = password
+        self.config = tuple(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the server (again, on the same port and directory) and return once it answers PONG."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [redis_server_binary(), "--loglevel", "warning", *self.config]
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--daemonize", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        with open(self.dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = self.proc
+        try:
+            wait_until(lambda: self._pong() or proc.poll() is not None, timeout_s)
+        except TimeoutError:
+            self.stop(signal.SIGKILL)
+            raise RuntimeError(f"redis-server did not answer within {timeout_s} s") from None
+        if proc.poll() is not None:
+            self.proc = None
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {self.dir / 'redis.log'}")
+
+    def _pong(self) -> bool:
+        """PING over a raw socket (AUTH first when there is a password): no client library needed."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.password:
+                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    sock.recv(64)
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
+        """Send ``sig`` to the server's PID (SIGKILL after ``timeout_s``); a no-op when it is not running."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s, sig)
+        self.proc = None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RedisServer(port={self.port}, pid={self.pid})"
 
 
 @atexit.register
@@ -127,7 +222,7 @@ def start_server(
     timeout_s: float = 20.0,
     ssl_context: ssl.SSLContext | None = None,
 ) -> RunningServer:
-    """Launch ``python -m <module> <args>`` from the repo root and wait for its ``READY <url>`` line.
+    """Launch ``python -m <module> <args>`` from :data:`IMPORT_ROOT` and wait for its ``READY <url>`` line.
 
     ``ssl_context`` is used by :meth:`RunningServer.stats` for https servers (default: unverified, the
     servers are local test fixtures).
@@ -139,7 +234,7 @@ def start_server(
     with os.fdopen(fd, "wb") as stderr_file:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO_ROOT,
+            cwd=IMPORT_ROOT,
             env=full_env,
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -206,7 +301,7 @@ def fetch_json(url: str, *, timeout_s: float = 5.0, ssl_context: ssl.SSLContext 
 
 
 def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (racy by nature; prefer ``--port 0`` where possible)."""
+    """A currently free TCP port on 127.0.0.1 (racy by nature; prefer ``--port 0`` where a server takes it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

@@ -4,7 +4,7 @@ Why: retries, Retry-After, connection resets, size caps, decompression bombs, sl
 hangs, header floods, redirect loops and charset confusion only show their true failure modes on the
 wire; mocks tend to be kinder than the internet.
 
-Run as ``python -m tests.support.hostile_server --port 0``; prints ``READY http://127.0.0.1:<port>``.
+Run as ``python -m crawler.testing.hostile_server --port 0``; prints ``READY http://127.0.0.1:<port>``.
 State for the ``/flaky/...`` endpoints is per process and keyed by the full path plus query, so tests
 isolate themselves by using a unique token.
 
@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 import brotli
 from aiohttp import web
 
-from tests.support._serving import bind_socket, run_prefork
+from crawler.testing.serving import bind_socket, run_prefork
 
 MIB = 1024 * 1024
 CHUNK = 64 * 1024
