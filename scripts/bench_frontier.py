@@ -20,8 +20,6 @@ import argparse
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,66 +28,12 @@ from pathlib import Path
 
 import redis
 
-from crawler.embedded import redis_server_binary
 from crawler.keys import CrawlKeys
+from crawler.testing.services import IN_MEMORY, RedisServer, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 CONSUMER = REPO / "tests" / "frontier_consumer.py"
 CRAWL = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    args = [
-        redis_server_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--appendonly",
-        "no",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
-        "--loglevel",
-        "warning",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    deadline = time.monotonic() + 15
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return proc, url
-            except redis.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop(proc)
-                raise SystemExit(f"redis-server did not start (exit {proc.poll()})")
-            time.sleep(0.02)
-    finally:
-        client.close()
-
-
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 def write_urls(path: Path, n: int, hosts: int) -> None:
@@ -118,7 +62,9 @@ def main() -> int:
     command = shlex.join(["python", "scripts/bench_frontier.py", *sys.argv[1:]])
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-frontier-"))
-    server, url = start_redis(tmp)
+    server = RedisServer(tmp / "redis", config=IN_MEMORY)
+    server.start()
+    url = server.url
     consumers: list[subprocess.Popen[bytes]] = []
     client = redis.Redis.from_url(url)
     keys = CrawlKeys(CRAWL)
@@ -227,11 +173,11 @@ def main() -> int:
         return 0
     finally:
         for c in consumers:
-            stop(c, timeout_s=5)
+            stop_process(c, timeout_s=5)
             if c.stderr:
                 c.stderr.close()
         client.close()
-        stop(server)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,13 +48,10 @@ from typing import Any
 import psutil
 import yaml
 
+from crawler.testing.services import SITE_SERVER, RedisServer, RunningServer, start_server, stop_process
+from crawler.testing.site_server import expected_pages
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from crawler.embedded import redis_server_binary  # noqa: E402
-from tests.support.servers import RunningServer, start_server  # noqa: E402
-from tests.support.site_server import expected_pages  # noqa: E402
-
 SEED = 1
 POLL_S = 0.25
 BENCH_ENV = {"CRAWL_PER_HOST_CONCURRENCY": "0", "CRAWL_ALLOW_PRIVATE_NETWORKS": "true"}
@@ -130,42 +126,6 @@ def worker_env(spec: ComposeWorker, redis_url: str, crawl_name: str) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(directory: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [redis_server_binary(), *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}: {' '.join(cmd)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(64).startswith(b"+PONG"):
-                return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=5)
-    raise RuntimeError("redis-server did not answer within 15 s")
-
-
-def stop_proc(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=timeout_s)
-
-
 def kill_pids(procs: dict[int, psutil.Process]) -> None:
     """SIGKILL processes we started (directly or as a worker's children), by PID, only if still the same process."""
     for pid, p in procs.items():
@@ -350,7 +310,7 @@ def run_once(
     finally:
         for p in procs:
             if p.poll() is None:
-                stop_proc(p, timeout_s=30)
+                stop_process(p, timeout_s=30)
         kill_pids(seen)  # any descendant left behind (none expected)
         for log in logs:
             log.close()
@@ -474,15 +434,15 @@ def main() -> int:
 
     spec = read_compose()
     work = Path(tempfile.mkdtemp(prefix="crawl-scale-"))
-    redis_proc: subprocess.Popen[bytes] | None = None
+    redis = RedisServer(work / "redis", config=spec.redis_args)
     site: RunningServer | None = None
     results: list[RunResult] = []
     try:
-        (work / "redis").mkdir()
-        redis_proc, redis_url = start_redis(work / "redis", spec.redis_args)
-        say(f"redis: {redis_url} pid {redis_proc.pid} ({' '.join(spec.redis_args)})")
+        redis.start()
+        redis_url, redis_pid = redis.url, redis.pid or 0
+        say(f"redis: {redis_url} pid {redis_pid} ({' '.join(spec.redis_args)})")
         site = start_server(
-            "tests.support.site_server",
+            SITE_SERVER,
             "--port",
             0,
             "--pages",
@@ -501,7 +461,7 @@ def main() -> int:
         say(f"expected: {len(expected):,} reachable URLs (computed in {time.monotonic() - t:.1f}s)")
         for n in counts:
             say(f"run: {n} worker(s) (machine {wait_for_quiet(args.quiet_wait_s):.0%} busy before) ...")
-            r = run_once(f"w{n}", n, spec, redis_url, site, redis_proc.pid, expected, work, args.deadline_s, [])
+            r = run_once(f"w{n}", n, spec, redis_url, site, redis_pid, expected, work, args.deadline_s, [])
             say(
                 f"  {r.pages:,} records in {r.wall_s:.1f}s = {r.rate:,.0f} pages/s; lost={r.lost} "
                 f"duplicates={r.duplicates} exit={r.exit_codes}"
@@ -520,7 +480,7 @@ def main() -> int:
                 spec,
                 redis_url,
                 site,
-                redis_proc.pid,
+                redis_pid,
                 expected,
                 work,
                 args.deadline_s,
@@ -536,8 +496,7 @@ def main() -> int:
     finally:
         if site is not None:
             site.stop()
-        if redis_proc is not None:
-            stop_proc(redis_proc)
+        redis.stop()
         if args.keep:
             say(f"kept: {work}")
         else:
