@@ -32,14 +32,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchkit import ROOT
+from benchkit.contenders import clean_env, crawl_log_metrics, found_urls_jsonl
+from benchkit.measure import measure, reap_strays
+from benchkit.processes import Managed, become_subreaper, start_redis, wait_port
+from benchkit.profile import PROFILE_RATE, PYSPY_MODE, PoolSpy, summarise_profile
+from benchkit.report import code_identity, profile_markdown
 
-import bench  # noqa: E402  (scripts/bench.py: process management and measurement)
+from crawler.testing.services import free_port
+from crawler.testing.serving import fork_workers
 
 PAGE = (
     '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Slow {i}</title></head><body><h1>Slow page {i}</h1>'
@@ -115,57 +119,31 @@ def serve(port: int, processes: int) -> int:
         s.listen(somaxconn())
         s.setblocking(False)
         socks.append(s)
-    children: list[int] = []
-    for k, s in enumerate(socks):
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                for other in socks:
-                    if other is not s:
-                        other.close()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                import uvloop
 
-                uvloop.run(serve_one(s, k))
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-    for s in socks:
-        s.close()
+    def serve_child(index: int) -> None:
+        for other in socks:
+            if other is not socks[index]:
+                other.close()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        import uvloop
 
-    def forward(_sig: int, _frame: object) -> None:
-        for c in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(c, signal.SIGTERM)
+        uvloop.run(serve_one(socks[index], index))
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    print(f"READY http://127.0.0.1:{port} processes={processes} nofile={nofile} backlog={somaxconn()}", flush=True)
-    for c in children:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(c, 0)
-    return 0
+    ready = f"READY http://127.0.0.1:{port} processes={processes} nofile={nofile} backlog={somaxconn()}"
+    return fork_workers(processes, serve_child, ready, close_in_parent=socks)
 
 
-def start_server(port: int, processes: int, workdir: Path) -> bench.Managed:
+def start_server(port: int, processes: int, workdir: Path) -> Managed:
     log = workdir / "server.log"
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port), "--processes", str(processes)],
-        cwd=bench.ROOT,
+        cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
     )
-    bench.wait_port(port)
-    return bench.Managed("origin", proc, port, {"impl": f"aiohttp, {processes} processes", "log": str(log)})
+    wait_port(port)
+    return Managed("origin", proc, port, {"impl": f"aiohttp, {processes} processes", "log": str(log)})
 
 
 # ------------------------------------------------------------------------------------------------ the scenario
@@ -188,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=10_000)
     ap.add_argument("--latency-ms", type=int, default=1000)
     ap.add_argument("--server-processes", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=bench.ROOT / "bench-out")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--timeout-s", type=float, default=600)
     ap.add_argument("--worker-args", default="", help="extra `crawl worker` flags, e.g. '--parse-workers 2'")
     ap.add_argument(
@@ -205,24 +183,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
-    subreaper = bench.become_subreaper()
-    code = bench.code_identity()
+    subreaper = become_subreaper()
+    code = code_identity()
     workdir = Path(tempfile.mkdtemp(prefix="crawl-bench-scale10k-"))
-    servers: list[bench.Managed] = []
-    redis: bench.Managed | None = None
+    servers: list[Managed] = []
+    redis: Managed | None = None
     try:
-        port = bench.free_port()
+        port = free_port()
         server = start_server(port, args.server_processes, workdir)
         servers.append(server)
-        redis = bench.start_redis(workdir, "redis")
+        redis = start_redis(workdir, "redis")
         keep = server.pids() | {redis.proc.pid}
-        env = bench.clean_env()
+        env = clean_env()
         urls = workdir / "urls.txt"
         urls.write_text("".join(f"http://127.0.0.1:{port}/slow/{args.latency_ms}/{i}\n" for i in range(args.urls)))
         t0 = time.monotonic()
         enq = subprocess.run(
             [sys.executable, "-m", "crawler", "enqueue", str(urls), "--redis", redis.info["url"]],
-            cwd=bench.ROOT,
+            cwd=ROOT,
             env=env,
             capture_output=True,
             text=True,
@@ -266,22 +244,22 @@ def main(argv: list[str] | None = None) -> int:
                 "--format",
                 "raw",
                 "--rate",
-                str(bench.PROFILE_RATE),
-                *bench.PYSPY_MODE,
+                str(PROFILE_RATE),
+                *PYSPY_MODE,
                 "-o",
                 str(raw),
                 "--",
                 *cmd,
             ]
-            pool_spy = bench.PoolSpy(pyspy, args.out / f"scale10k-profile-{stamp}", bench.PROFILE_RATE)
+            pool_spy = PoolSpy(pyspy, args.out / f"scale10k-profile-{stamp}", PROFILE_RATE)
             pool_spy.start()
         try:
-            m = bench.measure(cmd, env, workdir / "worker.log", args.timeout_s, keep, [server], redis)
+            m = measure(cmd, env, workdir / "worker.log", args.timeout_s, keep, [server], redis)
         finally:
             pool_files = pool_spy.finish() if pool_spy else []
         stats = subprocess.run(
             [sys.executable, "-m", "crawler", "stats", "--json", "--redis", redis.info["url"]],
-            cwd=bench.ROOT,
+            cwd=ROOT,
             env=env,
             capture_output=True,
             text=True,
@@ -292,13 +270,13 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
         for s in servers:
             s.stop()
-        bench.reap_strays(set(), 10)
+        reap_strays(set(), 10)
 
     worker_log = (workdir / "worker.log").read_text(errors="replace")
     server_log = (workdir / "server.log").read_text(errors="replace")
-    records, statuses = bench.found_urls_jsonl(sorted(out.glob("*.jsonl")))
+    records, statuses = found_urls_jsonl(sorted(out.glob("*.jsonl")))
     pages = len(set(records))
-    crawl = bench.crawl_log_metrics(workdir / "worker.log")
+    crawl = crawl_log_metrics(workdir / "worker.log")
     windows = []
     for line in worker_log.splitlines():
         if line.startswith('{"') and '"event":"throughput"' in line:
@@ -366,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.profile and raw.exists():
         files = [("worker process (event loop)", raw)] + [("parse pool process", f) for f in pool_files]
-        prof = bench.summarise_profile(files)
+        prof = summarise_profile(files)
         prof.update(
             raw=[str(f) for _, f in files],
             pages=pages,
@@ -399,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     if result.get("profile"):
-        table += "\n\n" + bench.profile_markdown(result["profile"])
+        table += "\n\n" + profile_markdown(result["profile"])
     (args.out / f"scale10k-{stamp}.md").write_text(table + "\n")
     print("\n" + table + f"\n\nJSON: {path}", flush=True)
     if not args.keep_workdir:
