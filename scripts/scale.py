@@ -48,6 +48,7 @@ from typing import Any
 import psutil
 import yaml
 
+from crawler.testing.envfile import env_assignments
 from crawler.testing.services import SITE_SERVER, RedisServer, RunningServer, start_server, stop_process
 from crawler.testing.site_server import expected_pages
 
@@ -62,21 +63,7 @@ def say(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ the compose definition
-_ASSIGNMENT = re.compile(r"^\s*([A-Z][A-Z0-9_]*)=(.*)$")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
-
-
-def env_file(path: Path) -> dict[str, str]:
-    """Active KEY=value lines of an env file (as Compose reads them; quotes stripped)."""
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        m = _ASSIGNMENT.match(line)
-        if m:
-            value = m.group(2).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            out[m.group(1)] = value
-    return out
 
 
 @dataclass
@@ -99,7 +86,10 @@ def read_compose() -> ComposeWorker:
     assert redis_cmd[0] == "redis-server", redis_cmd
     example = ROOT / ".env.example"
     return ComposeWorker(
-        [str(a) for a in worker["command"]], environment, redis_cmd[1:], env_file(example) if example.exists() else {}
+        [str(a) for a in worker["command"]],
+        environment,
+        redis_cmd[1:],
+        env_assignments(example)[0] if example.exists() else {},
     )
 
 

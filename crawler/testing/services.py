@@ -10,8 +10,10 @@ must not share its event loop or GIL (a busy server would otherwise distort timi
 
 Usage::
 
-    with RedisServer(tmp / "redis") as redis, start_server(SITE_SERVER, "--port", 0, "--pages", 60) as site:
-        ...  # redis.url, site.url, site.stats()
+    redis = RedisServer(tmp / "redis")
+    redis.start()  # redis.url; redis.stop() (SIGTERM by PID) in a finally block
+    with start_server(SITE_SERVER, "--port", 0, "--pages", 60) as site:
+        ...  # site.url, site.stats()
 
 Every started HTTP server is also stopped at interpreter exit, so a crashing test does not leak processes.
 """
@@ -135,7 +137,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0, sig: int 
 
 
 class RedisServer:
-    """A real redis-server on 127.0.0.1:<free port>, started and stopped by PID; also a context manager.
+    """A real redis-server on 127.0.0.1:<free port>, started and stopped by PID (``start()`` / ``stop()``).
 
     ``config`` is the server's persistence and memory settings (:data:`DURABLE` by default, so stop/start
     keeps the data); the port, bind address and directory always come last, so they win. Its log is
@@ -194,15 +196,6 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc, timeout_s, sig)
         self.proc = None
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"RedisServer(port={self.port}, pid={self.pid})"
