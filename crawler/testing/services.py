@@ -233,53 +233,70 @@ def start_server(
             stderr=stderr_file,
             stdin=subprocess.DEVNULL,
         )
-    lines: queue.Queue[str | None] = queue.Queue()
-    tail: list[str] = []
-    ready = threading.Event()
-
-    def read_stdout() -> None:
-        """Forward lines until READY, then keep draining so a chatty server never blocks on a full pipe."""
-        assert proc.stdout is not None
-        with contextlib.suppress(ValueError, OSError):
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                if ready.is_set():
-                    tail.append(line)
-                    del tail[:-STDOUT_TAIL_LINES]
-                else:
-                    lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=read_stdout, name=f"{module}-stdout", daemon=True)
-    reader.start()
-
-    def fail(reason: str) -> ServerStartError:
+    reader = _StdoutReader(proc, f"{module}-stdout")
+    try:
+        url = reader.ready_url(timeout_s)
+    except _NotReady as exc:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         stderr = stderr_path.read_text(errors="replace")
         with contextlib.suppress(OSError):
             stderr_path.unlink()
-        return ServerStartError(f"{' '.join(cmd)}: {reason} (exit code {proc.returncode})\n--- stderr ---\n{stderr}")
+        raise ServerStartError(
+            f"{' '.join(cmd)}: {exc} (exit code {proc.returncode})\n--- stderr ---\n{stderr}"
+        ) from None
+    server = RunningServer(url, proc, stderr_path, reader.tail, reader.thread, ssl_context)
+    _RUNNING.add(server)
+    return server
 
-    deadline = time.monotonic() + timeout_s
-    seen: list[str] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise fail(f"no READY line within {timeout_s}s; stdout so far: {seen!r}")
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if line is None:
-            raise fail(f"exited before READY; stdout: {seen!r}")
-        if line.startswith("READY "):
-            ready.set()
-            server = RunningServer(line.split(" ", 1)[1].strip(), proc, stderr_path, tail, reader, ssl_context)
-            _RUNNING.add(server)
-            return server
-        seen.append(line)
+
+class _NotReady(Exception):
+    """No READY line: the reason, for :class:`ServerStartError`."""
+
+
+class _StdoutReader:
+    """Reads a server's stdout in a thread: lines are handed over until READY, then only a tail is kept, so a
+    chatty server never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        self._proc = proc
+        self._lines: queue.Queue[str | None] = queue.Queue()  # lines before READY; None at EOF
+        self.tail: list[str] = []  # the last STDOUT_TAIL_LINES lines after READY
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        assert self._proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for raw in self._proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if self._ready.is_set():
+                    self.tail.append(line)
+                    del self.tail[:-STDOUT_TAIL_LINES]
+                else:
+                    self._lines.put(line)
+        self._lines.put(None)
+
+    def ready_url(self, timeout_s: float) -> str:
+        """The URL of the ``READY <url>`` line; :class:`_NotReady` on EOF first or after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        seen: list[str] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _NotReady(f"no READY line within {timeout_s}s; stdout so far: {seen!r}")
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise _NotReady(f"exited before READY; stdout: {seen!r}")
+            if line.startswith("READY "):
+                self._ready.set()
+                return line.split(" ", 1)[1].strip()
+            seen.append(line)
 
 
 def fetch_json(url: str, *, timeout_s: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:

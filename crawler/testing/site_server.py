@@ -32,7 +32,7 @@ import os
 import random
 import sys
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -59,6 +59,22 @@ _LINK_KINDS: tuple[tuple[str, int], ...] = (
     ("javascript", 2),
     ("private", 5),
 )
+
+
+# How each kind of link is written, from its target page number and the site's origin.
+_HREFS: dict[str, Callable[[int, str], str]] = {
+    "plain": lambda j, _origin: f"/p/{j}",
+    "fragment": lambda j, _origin: f"/p/{j}#sec",
+    "absolute": lambda j, origin: f"{origin}/p/{j}",
+    "relative": lambda j, _origin: f"../p/{j}",
+    "query": lambda j, _origin: f"/q/{j}?a=1&b=2",
+    "query_reordered": lambda j, _origin: f"/q/{j}?b=2&a=1",
+    "missing": lambda j, _origin: f"/missing/{j}",
+    "offsite": lambda j, _origin: OFFSITE_LINKS[j % len(OFFSITE_LINKS)],
+    "mailto": lambda j, _origin: f"mailto:user{j}@example.invalid",
+    "javascript": lambda j, _origin: f"javascript:void({j})",
+    "private": lambda j, _origin: f"/private/{j}",
+}
 
 
 @dataclass(frozen=True)
@@ -94,29 +110,7 @@ def page_hrefs(pages: int, seed: int, page: int, origin: str, private: bool) -> 
     hrefs: list[str] = []
     for _ in range(rng.randint(5, 15)):
         kind = rng.choices(kinds, weights)[0]
-        j = target()
-        if kind == "plain":
-            hrefs.append(f"/p/{j}")
-        elif kind == "fragment":
-            hrefs.append(f"/p/{j}#sec")
-        elif kind == "absolute":
-            hrefs.append(f"{origin}/p/{j}")
-        elif kind == "relative":
-            hrefs.append(f"../p/{j}")
-        elif kind == "query":
-            hrefs.append(f"/q/{j}?a=1&b=2")
-        elif kind == "query_reordered":
-            hrefs.append(f"/q/{j}?b=2&a=1")
-        elif kind == "missing":
-            hrefs.append(f"/missing/{j}")
-        elif kind == "offsite":
-            hrefs.append(OFFSITE_LINKS[j % len(OFFSITE_LINKS)])
-        elif kind == "mailto":
-            hrefs.append(f"mailto:user{j}@example.invalid")
-        elif kind == "javascript":
-            hrefs.append(f"javascript:void({j})")
-        else:
-            hrefs.append(f"/private/{j}")
+        hrefs.append(_HREFS[kind](target(), origin))
     return tuple(hrefs)
 
 
