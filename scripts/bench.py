@@ -194,6 +194,45 @@ def write_report(
     return 0 if all(a["all_match"] for a in agg.values()) else 1
 
 
+def site_port(args: argparse.Namespace) -> int:
+    """`--site-port`, or a free port when that one is busy (the site's absolute links are generated for it)."""
+    port = int(args.site_port)
+    if not port_free(port):
+        port = free_port()
+        print(f"port {args.site_port} is busy; serving on {port} (the site is generated for that port)", flush=True)
+    return port
+
+
+def run_meta(
+    args: argparse.Namespace,
+    argv: list[str],
+    site: Site,
+    servers: list[Managed],
+    runs_done: int,
+    subreaper: bool,
+    code: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """What was measured, on what, by which command: the report's header and the JSON's `meta`."""
+    return {
+        "command": "python scripts/bench.py " + " ".join(argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "site": site.manifest,
+        "server": servers[0].info if servers else {},
+        "proxy": servers[1].info if len(servers) > 1 else {},
+        "concurrency": args.concurrency,
+        "runs_requested": args.runs,
+        "runs_done": runs_done,
+        "scrapy_runs": args.scrapy_runs,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "subreaper": subreaper,
+        "code": code,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -212,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if not subreaper:
         print("warning: could not become a child subreaper; the embedded Redis's CPU is not counted", flush=True)
 
-    port = args.site_port
-    if not port_free(port):
-        port = free_port()
-        print(f"port {args.site_port} is busy; serving on {port} (the site is generated for that port)", flush=True)
+    port = site_port(args)
     code = code_identity(args.crawl_src)
     print(f"measuring code {code}", flush=True)
     site = ensure_site(args.cache_dir, args.pages, args.seed, port)
@@ -245,23 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    meta = {
-        "command": "python scripts/bench.py " + " ".join(argv),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "site": site.manifest,
-        "server": servers[0].info if servers else {},
-        "proxy": servers[1].info if len(servers) > 1 else {},
-        "concurrency": args.concurrency,
-        "runs_requested": args.runs,
-        "runs_done": runs_done,
-        "scrapy_runs": args.scrapy_runs,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "subreaper": subreaper,
-        "code": code,
-        "elapsed_s": round(time.monotonic() - started, 1),
-    }
+    meta = run_meta(args, argv, site, servers, runs_done, subreaper, code, started)
     return write_report(args, results, profile, meta, stamp)
 
 
