@@ -51,14 +51,67 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def main() -> int:
+def enqueue(src: Path, url: str, timeout_s: float, cwd: Path) -> tuple[float, str]:
+    """`crawl enqueue` through the real CLI; returns (seconds, its summary line)."""
+    t = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "crawler", "enqueue", str(src), "--redis", url, "--crawl", CRAWL],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=cwd,
+    )
+    enqueue_s = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"enqueue failed ({r.returncode}): {r.stderr[-500:]}")
+    return enqueue_s, r.stdout.strip()
+
+
+def start_consumers(args: argparse.Namespace, url: str) -> list[subprocess.Popen[bytes]]:
+    """N consumer processes, each waiting at the barrier for the go signal."""
+    cmd = [sys.executable, str(CONSUMER), "--redis", url, "--crawl", CRAWL, "--batch", str(args.batch)]
+    cmd += ["--ttl", "120", "--barrier", "--deadline-s", str(args.timeout_s)]
+    return [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(args.consumers)
+    ]
+
+
+def drain(client: redis.Redis, consumers: list[subprocess.Popen[bytes]], n: int, timeout_s: float) -> float:
+    """Release the consumers together and time them until `done` == n; returns seconds."""
+    keys = CrawlKeys(CRAWL)
+    for _ in consumers:
+        if client.blpop([keys.prefix + "test_ready"], timeout=60) is None:
+            raise SystemExit("consumers did not start within 60 s")
+    t = time.perf_counter()
+    client.rpush(keys.prefix + "test_go", *range(len(consumers)))
+    deadline = time.monotonic() + timeout_s
+    while int(client.hget(keys.stats, "done") or 0) < n:
+        if time.monotonic() > deadline or any(c.poll() not in (None, 0) for c in consumers):
+            errs = [c.stderr.read().decode()[-300:] for c in consumers if c.poll() not in (None, 0) and c.stderr]
+            raise SystemExit(f"crawl did not finish: {client.hgetall(keys.stats)} {errs}")
+        time.sleep(0.01)
+    crawl_s = time.perf_counter() - t
+    for c in consumers:
+        c.wait(timeout=60)
+    bad = [c.returncode for c in consumers if c.returncode != 0]
+    if bad:
+        raise SystemExit(f"consumers exited with {bad}")
+    return crawl_s
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--urls", type=int, default=1_000_000)
     p.add_argument("--hosts", type=int, default=10_000)
     p.add_argument("--consumers", type=int, default=4)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--timeout-s", type=float, default=900, help="deadline of each phase")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     command = shlex.join(["python", "scripts/bench_frontier.py", *sys.argv[1:]])
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-frontier-"))
@@ -77,70 +130,22 @@ def main() -> int:
         mem0 = used_memory(client)
 
         # 1. enqueue through the real CLI
-        t = time.perf_counter()
-        r = subprocess.run(
-            [sys.executable, "-m", "crawler", "enqueue", str(src), "--redis", url, "--crawl", CRAWL],
-            capture_output=True,
-            text=True,
-            timeout=args.timeout_s,
-            cwd=tmp,
-        )
-        enqueue_s = time.perf_counter() - t
-        if r.returncode != 0:
-            raise SystemExit(f"enqueue failed ({r.returncode}): {r.stderr[-500:]}")
-        summary = r.stdout.strip()
+        enqueue_s, summary = enqueue(src, url, args.timeout_s, tmp)
         queued = int(client.hget(keys.stats, "queued") or 0)
         if queued != args.urls:
             raise SystemExit(f"expected {args.urls} queued, got {queued} ({summary})")
         mem_queued = used_memory(client)
 
         # 2. drain with N consumer processes, released together
-        for _ in range(args.consumers):
-            consumers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(CONSUMER),
-                        "--redis",
-                        url,
-                        "--crawl",
-                        CRAWL,
-                        "--batch",
-                        str(args.batch),
-                        "--ttl",
-                        "120",
-                        "--barrier",
-                        "--deadline-s",
-                        str(args.timeout_s),
-                    ],
-                    cwd=REPO,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-            )
-        for _ in range(args.consumers):
-            if client.blpop([keys.prefix + "test_ready"], timeout=60) is None:
-                raise SystemExit("consumers did not start within 60 s")
-        t = time.perf_counter()
-        client.rpush(keys.prefix + "test_go", *range(args.consumers))
-        deadline = time.monotonic() + args.timeout_s
-        while int(client.hget(keys.stats, "done") or 0) < args.urls:
-            if time.monotonic() > deadline or any(c.poll() not in (None, 0) for c in consumers):
-                errs = [c.stderr.read().decode()[-300:] for c in consumers if c.poll() not in (None, 0) and c.stderr]
-                raise SystemExit(f"crawl did not finish: {client.hgetall(keys.stats)} {errs}")
-            time.sleep(0.01)
-        crawl_s = time.perf_counter() - t
-        for c in consumers:
-            c.wait(timeout=60)
-        bad = [c.returncode for c in consumers if c.returncode != 0]
-        if bad:
-            raise SystemExit(f"consumers exited with {bad}")
+        consumers = start_consumers(args, url)
+        crawl_s = drain(client, consumers, args.urls, args.timeout_s)
 
-        stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
+        stats = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(keys.stats).items()}
         seen = int(client.scard(keys.seen))
         mem_done = used_memory(client)
         seen_bytes = int(client.memory_usage(keys.seen) or 0)
-        left = sorted({k.decode().split(":")[2] for k in client.scan_iter(match=keys.pattern, count=10_000)})
+        names = (k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=keys.pattern, count=10_000))
+        left = sorted({name.split(":")[2] for name in names})
 
         n = args.urls
         rows = [
