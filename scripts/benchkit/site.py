@@ -14,6 +14,7 @@ import random
 import shutil
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,28 +153,25 @@ def make_plan(pages: int, seed: int) -> Plan:
     return Plan(pages, seed, orphans, links, sizes)
 
 
+# How each kind of link is written, from its target page number and the site's origin ("anchor": "#top").
+HREFS: dict[str, Callable[[int, str], str]] = {
+    "plain": lambda j, _origin: f"/p/{j}.html",
+    "repeat": lambda j, _origin: f"/p/{j}.html",
+    "fragment": lambda j, _origin: f"/p/{j}.html#s{j % 7}",
+    "absolute": lambda j, origin: f"{origin}/p/{j}.html",
+    "relative": lambda j, _origin: f"../p/{j}.html",
+    "query": lambda j, _origin: f"/q/{j}.html?a=1&b=2",
+    "query_reordered": lambda j, _origin: f"/q/{j}.html?b=2&a=1",
+    "missing": lambda j, _origin: f"/missing/{j}.html",
+    "offsite": lambda j, _origin: f"{OFFSITE[j % 2]}{j}",
+    "mailto": lambda j, _origin: f"mailto:user{j}@example.invalid",
+    "javascript": lambda j, _origin: f"javascript:void({j})",
+}
+
+
 def href_of(kind: str, j: int, origin: str) -> str:
-    if kind in ("plain", "repeat"):
-        return f"/p/{j}.html"
-    if kind == "fragment":
-        return f"/p/{j}.html#s{j % 7}"
-    if kind == "absolute":
-        return f"{origin}/p/{j}.html"
-    if kind == "relative":
-        return f"../p/{j}.html"
-    if kind == "query":
-        return f"/q/{j}.html?a=1&b=2"
-    if kind == "query_reordered":
-        return f"/q/{j}.html?b=2&a=1"
-    if kind == "missing":
-        return f"/missing/{j}.html"
-    if kind == "offsite":
-        return f"{OFFSITE[j % 2]}{j}"
-    if kind == "mailto":
-        return f"mailto:user{j}@example.invalid"
-    if kind == "javascript":
-        return f"javascript:void({j})"
-    return "#top"
+    write = HREFS.get(kind)
+    return "#top" if write is None else write(j, origin)
 
 
 def reachable(plan: Plan, origin: str) -> list[tuple[str, int, int]]:
