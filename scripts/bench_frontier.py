@@ -20,8 +20,6 @@ import argparse
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,66 +28,12 @@ from pathlib import Path
 
 import redis
 
-from crawler.embedded import redis_server_binary
 from crawler.keys import CrawlKeys
+from crawler.testing.services import IN_MEMORY, RedisServer, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 CONSUMER = REPO / "tests" / "frontier_consumer.py"
 CRAWL = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    args = [
-        redis_server_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--appendonly",
-        "no",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
-        "--loglevel",
-        "warning",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    deadline = time.monotonic() + 15
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return proc, url
-            except redis.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop(proc)
-                raise SystemExit(f"redis-server did not start (exit {proc.poll()})")
-            time.sleep(0.02)
-    finally:
-        client.close()
-
-
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 def write_urls(path: Path, n: int, hosts: int) -> None:
@@ -107,18 +51,73 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def main() -> int:
+def enqueue(src: Path, url: str, timeout_s: float, cwd: Path) -> tuple[float, str]:
+    """`crawl enqueue` through the real CLI; returns (seconds, its summary line)."""
+    t = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "crawler", "enqueue", str(src), "--redis", url, "--crawl", CRAWL],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=cwd,
+    )
+    enqueue_s = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"enqueue failed ({r.returncode}): {r.stderr[-500:]}")
+    return enqueue_s, r.stdout.strip()
+
+
+def start_consumers(args: argparse.Namespace, url: str) -> list[subprocess.Popen[bytes]]:
+    """N consumer processes, each waiting at the barrier for the go signal."""
+    cmd = [sys.executable, str(CONSUMER), "--redis", url, "--crawl", CRAWL, "--batch", str(args.batch)]
+    cmd += ["--ttl", "120", "--barrier", "--deadline-s", str(args.timeout_s)]
+    return [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(args.consumers)
+    ]
+
+
+def drain(client: redis.Redis, consumers: list[subprocess.Popen[bytes]], n: int, timeout_s: float) -> float:
+    """Release the consumers together and time them until `done` == n; returns seconds."""
+    keys = CrawlKeys(CRAWL)
+    for _ in consumers:
+        if client.blpop([keys.prefix + "test_ready"], timeout=60) is None:
+            raise SystemExit("consumers did not start within 60 s")
+    t = time.perf_counter()
+    client.rpush(keys.prefix + "test_go", *range(len(consumers)))
+    deadline = time.monotonic() + timeout_s
+    while int(client.hget(keys.stats, "done") or 0) < n:
+        if time.monotonic() > deadline or any(c.poll() not in (None, 0) for c in consumers):
+            errs = [c.stderr.read().decode()[-300:] for c in consumers if c.poll() not in (None, 0) and c.stderr]
+            raise SystemExit(f"crawl did not finish: {client.hgetall(keys.stats)} {errs}")
+        time.sleep(0.01)
+    crawl_s = time.perf_counter() - t
+    for c in consumers:
+        c.wait(timeout=60)
+    bad = [c.returncode for c in consumers if c.returncode != 0]
+    if bad:
+        raise SystemExit(f"consumers exited with {bad}")
+    return crawl_s
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--urls", type=int, default=1_000_000)
     p.add_argument("--hosts", type=int, default=10_000)
     p.add_argument("--consumers", type=int, default=4)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--timeout-s", type=float, default=900, help="deadline of each phase")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     command = shlex.join(["python", "scripts/bench_frontier.py", *sys.argv[1:]])
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-frontier-"))
-    server, url = start_redis(tmp)
+    server = RedisServer(tmp / "redis", config=IN_MEMORY)
+    server.start()
+    url = server.url
     consumers: list[subprocess.Popen[bytes]] = []
     client = redis.Redis.from_url(url)
     keys = CrawlKeys(CRAWL)
@@ -131,70 +130,22 @@ def main() -> int:
         mem0 = used_memory(client)
 
         # 1. enqueue through the real CLI
-        t = time.perf_counter()
-        r = subprocess.run(
-            [sys.executable, "-m", "crawler", "enqueue", str(src), "--redis", url, "--crawl", CRAWL],
-            capture_output=True,
-            text=True,
-            timeout=args.timeout_s,
-            cwd=tmp,
-        )
-        enqueue_s = time.perf_counter() - t
-        if r.returncode != 0:
-            raise SystemExit(f"enqueue failed ({r.returncode}): {r.stderr[-500:]}")
-        summary = r.stdout.strip()
+        enqueue_s, summary = enqueue(src, url, args.timeout_s, tmp)
         queued = int(client.hget(keys.stats, "queued") or 0)
         if queued != args.urls:
             raise SystemExit(f"expected {args.urls} queued, got {queued} ({summary})")
         mem_queued = used_memory(client)
 
         # 2. drain with N consumer processes, released together
-        for _ in range(args.consumers):
-            consumers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(CONSUMER),
-                        "--redis",
-                        url,
-                        "--crawl",
-                        CRAWL,
-                        "--batch",
-                        str(args.batch),
-                        "--ttl",
-                        "120",
-                        "--barrier",
-                        "--deadline-s",
-                        str(args.timeout_s),
-                    ],
-                    cwd=REPO,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-            )
-        for _ in range(args.consumers):
-            if client.blpop([keys.prefix + "test_ready"], timeout=60) is None:
-                raise SystemExit("consumers did not start within 60 s")
-        t = time.perf_counter()
-        client.rpush(keys.prefix + "test_go", *range(args.consumers))
-        deadline = time.monotonic() + args.timeout_s
-        while int(client.hget(keys.stats, "done") or 0) < args.urls:
-            if time.monotonic() > deadline or any(c.poll() not in (None, 0) for c in consumers):
-                errs = [c.stderr.read().decode()[-300:] for c in consumers if c.poll() not in (None, 0) and c.stderr]
-                raise SystemExit(f"crawl did not finish: {client.hgetall(keys.stats)} {errs}")
-            time.sleep(0.01)
-        crawl_s = time.perf_counter() - t
-        for c in consumers:
-            c.wait(timeout=60)
-        bad = [c.returncode for c in consumers if c.returncode != 0]
-        if bad:
-            raise SystemExit(f"consumers exited with {bad}")
+        consumers = start_consumers(args, url)
+        crawl_s = drain(client, consumers, args.urls, args.timeout_s)
 
-        stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
+        stats = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(keys.stats).items()}
         seen = int(client.scard(keys.seen))
         mem_done = used_memory(client)
         seen_bytes = int(client.memory_usage(keys.seen) or 0)
-        left = sorted({k.decode().split(":")[2] for k in client.scan_iter(match=keys.pattern, count=10_000)})
+        names = (k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=keys.pattern, count=10_000))
+        left = sorted({name.split(":")[2] for name in names})
 
         n = args.urls
         rows = [
@@ -227,11 +178,11 @@ def main() -> int:
         return 0
     finally:
         for c in consumers:
-            stop(c, timeout_s=5)
+            stop_process(c, timeout_s=5)
             if c.stderr:
                 c.stderr.close()
         client.close()
-        stop(server)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

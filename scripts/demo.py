@@ -2,7 +2,7 @@
 
 No internet and no Redis install needed: a real HTTP site (the test suite's generated site) is served on
 127.0.0.1, `crawl run` enqueues its front page and crawls until the frontier is idle, and the results land in
-`demo-output/`. Run from the repository root: `python scripts/demo.py [--pages N]`.
+`demo-output/`. With `crawl` installed (`pip install .`): `python scripts/demo.py [--pages N]`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.servers import start_server  # noqa: E402
+from crawler.testing.services import SITE_SERVER, start_server
 
 
 def main() -> int:
@@ -26,7 +23,7 @@ def main() -> int:
     ap.add_argument("--output", default="demo-output")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="crawl-demo-"))
-    with start_server("tests.support.site_server", "--port", 0, "--pages", args.pages, "--seed", 1) as site:
+    with start_server(SITE_SERVER, "--port", 0, "--pages", args.pages, "--seed", 1) as site:
         seeds = home / "seeds.txt"
         seeds.write_text(f"{site.url}/p/0\n")
         print(f"site: {site.url} ({args.pages} pages); embedded Redis under {home / '.crawl'}", flush=True)

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,13 +48,11 @@ from typing import Any
 import psutil
 import yaml
 
+from crawler.testing.envfile import env_assignments
+from crawler.testing.services import SITE_SERVER, RedisServer, RunningServer, start_server, stop_process
+from crawler.testing.site_server import expected_pages
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from crawler.embedded import redis_server_binary  # noqa: E402
-from tests.support.servers import RunningServer, start_server  # noqa: E402
-from tests.support.site_server import expected_pages  # noqa: E402
-
 SEED = 1
 POLL_S = 0.25
 BENCH_ENV = {"CRAWL_PER_HOST_CONCURRENCY": "0", "CRAWL_ALLOW_PRIVATE_NETWORKS": "true"}
@@ -66,21 +63,7 @@ def say(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ the compose definition
-_ASSIGNMENT = re.compile(r"^\s*([A-Z][A-Z0-9_]*)=(.*)$")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
-
-
-def env_file(path: Path) -> dict[str, str]:
-    """Active KEY=value lines of an env file (as Compose reads them; quotes stripped)."""
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        m = _ASSIGNMENT.match(line)
-        if m:
-            value = m.group(2).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            out[m.group(1)] = value
-    return out
 
 
 @dataclass
@@ -103,7 +86,10 @@ def read_compose() -> ComposeWorker:
     assert redis_cmd[0] == "redis-server", redis_cmd
     example = ROOT / ".env.example"
     return ComposeWorker(
-        [str(a) for a in worker["command"]], environment, redis_cmd[1:], env_file(example) if example.exists() else {}
+        [str(a) for a in worker["command"]],
+        environment,
+        redis_cmd[1:],
+        env_assignments(example)[0] if example.exists() else {},
     )
 
 
@@ -130,42 +116,6 @@ def worker_env(spec: ComposeWorker, redis_url: str, crawl_name: str) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(directory: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [redis_server_binary(), *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}: {' '.join(cmd)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(64).startswith(b"+PONG"):
-                return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=5)
-    raise RuntimeError("redis-server did not answer within 15 s")
-
-
-def stop_proc(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=timeout_s)
-
-
 def kill_pids(procs: dict[int, psutil.Process]) -> None:
     """SIGKILL processes we started (directly or as a worker's children), by PID, only if still the same process."""
     for pid, p in procs.items():
@@ -270,44 +220,111 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
     """Wait (bounded) until the machine is mostly idle, so other jobs distort a run less; returns busy share."""
     deadline = time.monotonic() + max_wait_s
     while True:
-        busy = psutil.cpu_percent(interval=2.0) / 100
+        busy = float(psutil.cpu_percent(interval=2.0)) / 100
         if busy < threshold or time.monotonic() >= deadline:
             return busy
 
 
-def run_once(
-    label: str,
-    n: int,
-    spec: ComposeWorker,
-    redis_url: str,
-    site: RunningServer,
-    redis_pid: int,
-    expected: set[str],
-    work: Path,
-    deadline_s: float,
-    extra_flags: list[str],
-    kill_fraction: float | None = None,
-) -> RunResult:
+@dataclass(frozen=True)
+class Setup:
+    """What every run shares: the compose definition, the Redis, the site and its reachable set."""
+
+    spec: ComposeWorker
+    redis_url: str
+    redis_pid: int
+    site: RunningServer
+    expected: set[str]
+    work: Path
+    deadline_s: float
+
+
+class TreeCpu:
+    """CPU seconds of each worker's event-loop process and of its descendants (the parse pool), sampled while
+    they run; every process ever seen is remembered so that leftovers can be killed by PID at the end."""
+
+    def __init__(self) -> None:
+        self.loop_cpu: dict[int, float] = {}
+        self.pool_cpu: dict[int, float] = {}
+        self.seen: dict[int, psutil.Process] = {}
+
+    def sample(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                root = self.seen.setdefault(p.pid, psutil.Process(p.pid))
+                self.loop_cpu[p.pid] = cpu_s(root)
+                for c in root.children(recursive=True):
+                    self.seen.setdefault(c.pid, c)
+                    with contextlib.suppress(psutil.Error):
+                        self.pool_cpu[c.pid] = cpu_s(c)
+
+
+def kill_worker(proc: subprocess.Popen[bytes], done: int, expected: int) -> None:
+    """SIGKILL a worker and its forkserver and parse processes, like a `docker kill` of its container."""
+    victim = psutil.Process(proc.pid)
+    tree = {proc.pid: victim}
+    with contextlib.suppress(psutil.Error):
+        tree.update({c.pid: c for c in victim.children(recursive=True)})
+    kill_pids(tree)  # the worker first, then its descendants
+    share = done / expected
+    say(f"  SIGKILLed worker pid {proc.pid} and {len(tree) - 1} parse processes at {done:,} records ({share:.0%})")
+
+
+def watch(
+    setup: Setup, procs: list[subprocess.Popen[bytes]], out: Path, result: RunResult, kill_fraction: float | None
+) -> TreeCpu:
+    """Sample CPU until every worker has exited (or the deadline), SIGKILLing the first one at ``kill_fraction``."""
+    cpu = TreeCpu()
+    kill_at = int(kill_fraction * len(setup.expected)) if kill_fraction else None
+    deadline = time.monotonic() + setup.deadline_s
+    while any(p.poll() is None for p in procs):
+        if time.monotonic() > deadline:
+            result.timed_out = True
+            break
+        cpu.sample(procs)
+        if kill_at is not None and result.killed_at_pages is None:
+            done = count_lines(out)
+            if done >= kill_at:
+                kill_worker(procs[0], done, len(setup.expected))
+                result.killed_at_pages = done
+        time.sleep(POLL_S)
+    return cpu
+
+
+def score(setup: Setup, result: RunResult, out: Path, cli_env: dict[str, str], run_dir: Path) -> None:
+    """Compare the records with the reachable set (lost, unexpected, duplicates) and read `crawl stats`."""
+    urls, result.torn_lines = read_urls(out)
+    result.pages = sum(urls.values())
+    result.lost = len(setup.expected - set(urls))
+    result.unexpected = len(set(urls) - setup.expected)
+    result.duplicates = result.pages - len(urls)
+    result.stats = json.loads(crawl_cli(["stats", "--json"], cli_env, run_dir))
+    result.dead = int(result.stats.get("dead", 0))
+    if not result.ok:
+        for i in range(result.workers):
+            tail = (run_dir / f"worker-{i}.log").read_text(errors="replace").splitlines()[-5:]
+            say(f"  worker {i} exit={result.exit_codes[i]} log tail:\n    " + "\n    ".join(tail))
+
+
+def run_once(setup: Setup, label: str, n: int, extra_flags: list[str], kill_fraction: float | None = None) -> RunResult:
+    """One fresh crawl of the site by ``n`` workers started as compose starts them; measured and scored."""
     name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
-    run_dir = work / name
+    run_dir = setup.work / name
     out = run_dir / "output"
     run_dir.mkdir(parents=True)
-    env = worker_env(spec, redis_url, name)
+    env = worker_env(setup.spec, setup.redis_url, name)
     cli_env = {k: v for k, v in env.items() if k in ("CRAWL_REDIS_URL", "CRAWL_NAME") or not k.startswith("CRAWL_")}
     seeds = run_dir / "seeds.txt"
-    seeds.write_text(f"{site.url}/p/0\n")
+    seeds.write_text(f"{setup.site.url}/p/0\n")
     crawl_cli(["purge", "--yes"], cli_env, run_dir)
     crawl_cli(["enqueue", str(seeds)], cli_env, run_dir)
-    cmd = worker_command(spec, out, ["--until-idle", *extra_flags])
+    cmd = worker_command(setup.spec, out, ["--until-idle", *extra_flags])
     result = RunResult(label, n)
 
-    site_proc, redis_proc, me = psutil.Process(site.pid), psutil.Process(redis_pid), psutil.Process()
+    site_proc, redis_proc, me = psutil.Process(setup.site.pid), psutil.Process(setup.redis_pid), psutil.Process()
     site0, redis0, me0, busy0 = tree_cpu_s(site_proc), cpu_s(redis_proc), cpu_s(me), busy_cpu_s()
-    loop_cpu: dict[int, float] = {}
-    pool_cpu: dict[int, float] = {}
-    seen: dict[int, psutil.Process] = {}
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
+    cpu = TreeCpu()
     t0 = time.monotonic()
     try:
         for i in range(n):
@@ -318,46 +335,19 @@ def run_once(
                     cmd, env=env, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
                 )
             )
-        kill_at = int(kill_fraction * len(expected)) if kill_fraction else None
-        deadline = t0 + deadline_s
-        while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline:
-                result.timed_out = True
-                break
-            for p in procs:  # sample every worker's tree: event loop process vs parse pool descendants
-                with contextlib.suppress(psutil.Error):
-                    root = seen.setdefault(p.pid, psutil.Process(p.pid))
-                    loop_cpu[p.pid] = cpu_s(root)
-                    for c in root.children(recursive=True):
-                        seen.setdefault(c.pid, c)
-                        with contextlib.suppress(psutil.Error):
-                            pool_cpu[c.pid] = cpu_s(c)
-            if kill_at is not None and result.killed_at_pages is None:
-                done = count_lines(out)
-                if done >= kill_at:
-                    victim = psutil.Process(procs[0].pid)
-                    tree = {procs[0].pid: victim}
-                    with contextlib.suppress(psutil.Error):
-                        tree.update({c.pid: c for c in victim.children(recursive=True)})
-                    kill_pids(tree)  # the worker first, then its forkserver and parse processes: a `docker kill`
-                    result.killed_at_pages = done
-                    say(
-                        f"  SIGKILLed worker pid {procs[0].pid} and {len(tree) - 1} parse processes "
-                        f"at {done:,} records ({done / len(expected):.0%})"
-                    )
-            time.sleep(POLL_S)
+        cpu = watch(setup, procs, out, result, kill_fraction)
         result.wall_s = time.monotonic() - t0
     finally:
         for p in procs:
             if p.poll() is None:
-                stop_proc(p, timeout_s=30)
-        kill_pids(seen)  # any descendant left behind (none expected)
+                stop_process(p, timeout_s=30)
+        kill_pids(cpu.seen)  # any descendant left behind (none expected)
         for log in logs:
             log.close()
     result.exit_codes = [p.returncode for p in procs]
     result.cpu = {
-        "worker event loops": sum(loop_cpu.values()),
-        "parse pools": sum(pool_cpu.values()),
+        "worker event loops": sum(cpu.loop_cpu.values()),
+        "parse pools": sum(cpu.pool_cpu.values()),
         "site server": tree_cpu_s(site_proc) - site0,
         "redis": cpu_s(redis_proc) - redis0,
         "this script": cpu_s(me) - me0,
@@ -365,18 +355,7 @@ def run_once(
     busy = busy_cpu_s() - busy0
     result.cpu["other processes"] = max(0.0, busy - sum(result.cpu.values()))
     result.machine_busy = busy / (result.wall_s * (os.cpu_count() or 1)) if result.wall_s else 0
-
-    urls, result.torn_lines = read_urls(out)
-    result.pages = sum(urls.values())
-    result.lost = len(expected - set(urls))
-    result.unexpected = len(set(urls) - expected)
-    result.duplicates = result.pages - len(urls)
-    result.stats = json.loads(crawl_cli(["stats", "--json"], cli_env, run_dir))
-    result.dead = int(result.stats.get("dead", 0))
-    if not result.ok:
-        for i in range(n):
-            tail = (run_dir / f"worker-{i}.log").read_text(errors="replace").splitlines()[-5:]
-            say(f"  worker {i} exit={result.exit_codes[i]} log tail:\n    " + "\n    ".join(tail))
+    score(setup, result, out, cli_env, run_dir)
     crawl_cli(["purge", "--yes"], cli_env, run_dir)
     return result
 
@@ -452,7 +431,7 @@ def report(
         )
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=20_000)
     ap.add_argument("--page-kb", type=int, default=8)
@@ -469,20 +448,24 @@ def main() -> int:
         help="before each run, wait up to this long for the machine to be <25%% busy",
     )
     ap.add_argument("--keep", action="store_true", help="keep the outputs, logs and Redis files")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
 
     spec = read_compose()
     work = Path(tempfile.mkdtemp(prefix="crawl-scale-"))
-    redis_proc: subprocess.Popen[bytes] | None = None
+    redis = RedisServer(work / "redis", config=spec.redis_args)
     site: RunningServer | None = None
     results: list[RunResult] = []
     try:
-        (work / "redis").mkdir()
-        redis_proc, redis_url = start_redis(work / "redis", spec.redis_args)
-        say(f"redis: {redis_url} pid {redis_proc.pid} ({' '.join(spec.redis_args)})")
+        redis.start()
+        redis_url, redis_pid = redis.url, redis.pid or 0
+        say(f"redis: {redis_url} pid {redis_pid} ({' '.join(spec.redis_args)})")
         site = start_server(
-            "tests.support.site_server",
+            SITE_SERVER,
             "--port",
             0,
             "--pages",
@@ -499,9 +482,10 @@ def main() -> int:
         t = time.monotonic()
         expected = set(expected_pages(args.pages, SEED, site.url))
         say(f"expected: {len(expected):,} reachable URLs (computed in {time.monotonic() - t:.1f}s)")
+        setup = Setup(spec, redis_url, redis_pid, site, expected, work, args.deadline_s)
         for n in counts:
             say(f"run: {n} worker(s) (machine {wait_for_quiet(args.quiet_wait_s):.0%} busy before) ...")
-            r = run_once(f"w{n}", n, spec, redis_url, site, redis_proc.pid, expected, work, args.deadline_s, [])
+            r = run_once(setup, f"w{n}", n, [])
             say(
                 f"  {r.pages:,} records in {r.wall_s:.1f}s = {r.rate:,.0f} pages/s; lost={r.lost} "
                 f"duplicates={r.duplicates} exit={r.exit_codes}"
@@ -514,19 +498,8 @@ def main() -> int:
                 f"run: {n} workers, one SIGKILLed at {args.kill_at:.0%}, --lease-ttl-s {args.kill_lease_ttl_s:g} "
                 f"(machine {busy:.0%} busy before) ..."
             )
-            r = run_once(
-                f"kill{n}",
-                n,
-                spec,
-                redis_url,
-                site,
-                redis_proc.pid,
-                expected,
-                work,
-                args.deadline_s,
-                ["--lease-ttl-s", f"{args.kill_lease_ttl_s:g}"],
-                kill_fraction=args.kill_at,
-            )
+            kill_flags = ["--lease-ttl-s", f"{args.kill_lease_ttl_s:g}"]
+            r = run_once(setup, f"kill{n}", n, kill_flags, kill_fraction=args.kill_at)
             say(
                 f"  {r.pages:,} records in {r.wall_s:.1f}s; lost={r.lost} duplicates={r.duplicates} exit={r.exit_codes}"
             )
@@ -536,8 +509,7 @@ def main() -> int:
     finally:
         if site is not None:
             site.stop()
-        if redis_proc is not None:
-            stop_proc(redis_proc)
+        redis.stop()
         if args.keep:
             say(f"kept: {work}")
         else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer
 from tests.helpers import CrawlRun, crawl_env, stats
 
 LINE_RE = re.compile(r"^(?P<src>.+):(?P<line>\d+): invalid URL: (?P<reason>.+)$")

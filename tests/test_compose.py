@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from crawler.cli import main
+from crawler.testing.envfile import env_assignments
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -107,21 +108,9 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): interpolate(str(v)) for k, v in env.items()}
 
 
-_ASSIGNMENT = re.compile(r"^\s*(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
-
-
 def env_example() -> tuple[dict[str, str], dict[str, str]]:
     """(active, commented-out) assignments of .env.example; both kinds must name real CLI variables."""
-    active: dict[str, str] = {}
-    commented: dict[str, str] = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        m = _ASSIGNMENT.match(line)
-        if m:
-            value = m.group(3).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            (commented if m.group(1) else active)[m.group(2)] = value
-    return active, commented
+    return env_assignments(ENV_EXAMPLE)
 
 
 def cli_envvars() -> set[str]:

@@ -16,7 +16,7 @@ from crawler.cli import main
 from crawler.errors import ConfigError
 from crawler.options import OPTIONS
 from crawler.settings import Settings
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer
 from tests.helpers import crawl_env
 from tests.test_options_table import cli_settings
 

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer
 from tests.helpers import crawl
 
 LINES = 30_000

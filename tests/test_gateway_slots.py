@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer, RunningServer, start_server
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, read_records, spawn_crawl, stats, worker_args
-from tests.support.servers import RunningServer, start_server
 
 URLS = 90
 
 
 @pytest.fixture(scope="module")
 def slow_site() -> Iterator[RunningServer]:
-    with start_server("tests.support.hostile_server", "--port", 0) as h:
+    with start_server("crawler.testing.hostile_server", "--port", 0) as h:
         yield h
 
 
@@ -26,7 +25,7 @@ def crawl_with_three_workers(
     redis: RedisServer, name: str, tmp_path: Path, site: RunningServer, *cap: str
 ) -> tuple[dict[str, int], list[dict[str, object]]]:
     with start_server(
-        "tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+        "crawler.testing.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
     ) as proxy:
         gateway = proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")
         seeds = tmp_path / "seeds.txt"

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RedisServer
+from crawler.testing.hostile_server import CP1251_TITLE, LATIN1_TITLE, PDF_BYTES, PNG_BYTES
+from crawler.testing.services import RedisServer, RunningServer, start_server
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, enqueue, read_records, stats, worker_args
-from tests.support.hostile_server import CP1251_TITLE, LATIN1_TITLE, PDF_BYTES, PNG_BYTES
-from tests.support.servers import RunningServer, start_server
 
 MAX_BODY = 2 * 1024 * 1024
 SLOW_PAGES = 100
@@ -31,7 +30,7 @@ BOMB_MB = 500
 
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[RunningServer]:
-    with start_server("tests.support.hostile_server", "--port", 0) as h:
+    with start_server("crawler.testing.hostile_server", "--port", 0) as h:
         # The server compresses a bomb on its first request (about 2 s per 100 MiB, cached afterwards). Warm the
         # cache first, so the crawl meets a bomb and not a slow server that --timeout would turn into a timeout.
         for enc in ("gzip", "deflate", "br"):
@@ -185,9 +184,9 @@ def test_flaky_gateway_drops_and_502s_are_retried_until_every_page_is_done(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path
 ) -> None:
     with (
-        start_server("tests.support.site_server", "--port", 0, "--pages", FLAKY_PAGES, "--seed", 5) as site,
+        start_server("crawler.testing.site_server", "--port", 0, "--pages", FLAKY_PAGES, "--seed", 5) as site,
         start_server(
-            "tests.support.proxy_server",
+            "crawler.testing.proxy_server",
             "--port",
             0,
             "--user",

@@ -41,9 +41,8 @@ from crawler.keys import CrawlKeys
 from crawler.metrics import WorkerMetrics
 from crawler.prometheus import PromMetrics, start_metrics_server
 from crawler.settings import Settings
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer, RunningServer, free_port, start_server, wait_until
 from tests.helpers import REPO_ROOT, CrawlRun, crawl, crawl_env, read_records, spawn_crawl, stats, worker_args
-from tests.support.servers import RunningServer, free_port, start_server, wait_until
 
 PAGES = 500
 SEED = 23
@@ -59,13 +58,13 @@ RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 # ---------------------------------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def site() -> Iterator[RunningServer]:
-    with start_server("tests.support.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED) as s:
+    with start_server("crawler.testing.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[RunningServer]:
-    with start_server("tests.support.hostile_server", "--port", 0) as h:
+    with start_server("crawler.testing.hostile_server", "--port", 0) as h:
         yield h
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer, RunningServer, start_server, wait_until
 from tests.helpers import count_lines, crawl, read_records, spawn_crawl, stats, worker_args
-from tests.support.servers import RunningServer, start_server, wait_until
 
 PAGES = 300
 STOP_AFTER = 50  # records written before Redis goes away
@@ -34,7 +33,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[RunningServer]:
-    with start_server("tests.support.hostile_server", "--port", 0) as h:
+    with start_server("crawler.testing.hostile_server", "--port", 0) as h:
         yield h
 
 

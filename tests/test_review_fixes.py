@@ -12,8 +12,8 @@ from crawler.errors import ConfigError
 from crawler.frontier import LINKS_PER_CALL, Frontier, NewLink, Settlement
 from crawler.proxies import parse_proxy_url
 from crawler.redact import redact_url, url_password
+from crawler.testing.services import RedisServer
 from crawler.urls import normalize
-from tests.conftest import RedisServer
 
 
 def test_settle_splits_a_huge_link_batch_and_loses_none(redis_server: RedisServer, crawl_name: str) -> None:

@@ -30,7 +30,7 @@ from crawler.robots import (
     split_url,
 )
 from crawler.settings import DEFAULT_USER_AGENT, Settings
-from tests.conftest import free_port
+from crawler.testing.services import free_port
 
 ROBOTS = """
 User-agent: otherbot

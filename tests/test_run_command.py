@@ -12,15 +12,14 @@ import pytest
 from crawler.embedded import EmbeddedPaths, stop_embedded_server
 from crawler.records import Record
 from crawler.sinks import JsonlSink
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer, RunningServer, start_server
+from crawler.testing.site_server import expected_pages
 from tests.helpers import crawl, read_records, worker_args
-from tests.support.servers import RunningServer, start_server
-from tests.support.site_server import expected_pages
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[RunningServer]:
-    with start_server("tests.support.site_server", "--port", 0, "--pages", 150, "--seed", 5) as s:
+    with start_server("crawler.testing.site_server", "--port", 0, "--pages", 150, "--seed", 5) as s:
         yield s
 
 

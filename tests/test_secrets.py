@@ -18,9 +18,8 @@ import pytest
 from crawler.proxies import ProxyPool
 from crawler.redact import redact_url
 from crawler.settings import ProxySettings, Settings
-from tests.conftest import RedisServer, free_port
+from crawler.testing.services import RedisServer, RunningServer, free_port, start_server, wait_until
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, CrawlRun, crawl, read_records, spawn_crawl, worker_args
-from tests.support.servers import RunningServer, start_server, wait_until
 
 REDIS_PASSWORD = "redis-s3cret-pw"
 WRONG_PROXY_PASSWORD = "wr0ng-pr0xy-s3cret"
@@ -40,10 +39,10 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[RunningServer, RunningServer, RunningServer]]:
     with (
-        start_server("tests.support.site_server", "--port", 0, "--pages", 30, "--seed", 11) as site,
-        start_server("tests.support.hostile_server", "--port", 0) as hostile,
+        start_server("crawler.testing.site_server", "--port", 0, "--pages", 30, "--seed", 11) as site,
+        start_server("crawler.testing.hostile_server", "--port", 0) as hostile,
         start_server(
-            "tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+            "crawler.testing.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
         ) as proxy,
     ):
         yield site, hostile, proxy

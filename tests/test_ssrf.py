@@ -19,10 +19,9 @@ import pytest
 from aiohttp import web
 
 from crawler.ssrf import is_private_address
+from crawler.testing.services import RedisServer, RunningServer, start_server
 from crawler.urls import normalize
-from tests.conftest import RedisServer
 from tests.helpers import crawl, enqueue, read_records, stats, worker_args
-from tests.support.servers import RunningServer, start_server
 
 # ------------------------------------------------------------------------------------------------ unit tests
 PRIVATE = [
@@ -155,7 +154,7 @@ def make_app() -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.support._serving import bind_socket, run_prefork
+    from crawler.testing.serving import bind_socket, run_prefork
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)

@@ -25,8 +25,8 @@ from crawler.metrics import WorkerMetrics
 from crawler.records import Record
 from crawler.retry import Action
 from crawler.sinks import JsonlSink
+from crawler.testing.services import free_port
 from crawler.urls import normalize
-from tests.conftest import free_port
 from workers.committer import Committer
 from workers.leaser import LeaseBook, Leaser, plan_lease
 from workers.outcomes import Outcome

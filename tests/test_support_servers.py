@@ -22,16 +22,16 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.support.hostile_server import CP1251_TITLE, LATIN1_TITLE
-from tests.support.proxy_server import ProxyServer
-from tests.support.servers import RunningServer, ServerStartError, start_server, wait_until
-from tests.support.site_server import expected_pages
+from crawler.testing.hostile_server import CP1251_TITLE, LATIN1_TITLE
+from crawler.testing.proxy_server import ProxyServer
+from crawler.testing.services import RunningServer, ServerStartError, start_server, wait_until
+from crawler.testing.site_server import expected_pages
 
 pytestmark = pytest.mark.timeout(30)
 
-PROXY = "tests.support.proxy_server"
-SITE = "tests.support.site_server"
-HOSTILE = "tests.support.hostile_server"
+PROXY = "crawler.testing.proxy_server"
+SITE = "crawler.testing.site_server"
+HOSTILE = "crawler.testing.hostile_server"
 PAGES, SEED = 60, 7
 HREF_RE = re.compile(r'href="([^"]*)"')
 TITLE_RE = re.compile(r"<title>(.*?)</title>", re.S)

@@ -27,9 +27,8 @@ from fastwarc.warc import ArchiveIterator as FastIterator
 from fastwarc.warc import WarcRecordType
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
 
+from crawler.testing.services import free_port, stop_process
 from crawler.warc import REDACTED, WarcExchange, WarcWriteError, WarcWriter
-from tests.conftest import free_port
-from tests.support.servers import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 CAP = 4000  # the test's body cap: /big is cut here

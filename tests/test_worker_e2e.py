@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer, RunningServer, start_server, wait_until
+from crawler.testing.site_server import expected_pages
 from tests.helpers import (
     PROXY_PASSWORD,
     PROXY_USER,
@@ -21,8 +22,6 @@ from tests.helpers import (
     stats,
     worker_args,
 )
-from tests.support.servers import RunningServer, start_server, wait_until
-from tests.support.site_server import expected_pages
 
 PAGES = 400
 SEED = 7
@@ -31,7 +30,7 @@ SEED = 7
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[RunningServer]:
     with start_server(
-        "tests.support.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+        "crawler.testing.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
     ) as p:
         yield p
 
@@ -43,14 +42,14 @@ def proxy_url(p: RunningServer) -> str:
 @pytest.fixture(scope="module")
 def site() -> Iterator[RunningServer]:
     with start_server(
-        "tests.support.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED, "--disallow", "/private/"
+        "crawler.testing.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED, "--disallow", "/private/"
     ) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[RunningServer]:
-    with start_server("tests.support.hostile_server", "--port", 0) as h:
+    with start_server("crawler.testing.hostile_server", "--port", 0) as h:
         yield h
 
 
@@ -103,7 +102,7 @@ def test_crawl_through_authenticating_proxy_finds_exactly_the_reachable_pages(
 def test_sequential_crawl_records_breadth_first_depths(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path
 ) -> None:
-    with start_server("tests.support.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED) as site:
+    with start_server("crawler.testing.site_server", "--port", 0, "--pages", PAGES, "--seed", SEED) as site:
         enqueue(redis_server, crawl_name, tmp_path, [site.url + "/p/0"])
         out = tmp_path / "out"
         run = crawl(
@@ -126,7 +125,7 @@ def test_https_through_connect(
     cert.private_key_pem.write_to_path(str(key_pem))
     ca.cert_pem.write_to_path(str(ca_pem))
     with start_server(
-        "tests.support.site_server",
+        "crawler.testing.site_server",
         "--port",
         0,
         "--pages",

@@ -8,9 +8,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scrapy.crawler import CrawlerProcess
 from settings import bench_settings

@@ -14,12 +14,12 @@ import socket
 import ssl
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from aiohttp import web
 
-from tests.support._loop import run_loop
+from crawler.testing.loop import run_loop
 
 # Handlers still running at shutdown (e.g. /hang, /infinite) get this long before being cancelled.
 SHUTDOWN_TIMEOUT_S = 1.0
@@ -91,11 +91,9 @@ def run_prefork(
     use_uvloop: bool = True,
     runner_kwargs: dict[str, Any] | None = None,
 ) -> int:
-    """Serve with ``processes`` forked workers sharing ``sock``; print READY once they are forked.
+    """Serve ``make_app()`` on ``sock`` with ``processes`` forked workers; print ``READY <url>`` once they are forked.
 
-    The parent owns no event loop (forking after creating one is unsafe); it forwards SIGTERM/SIGINT to
-    its workers and waits for them. If a worker dies on its own the rest are stopped and the exit
-    status is 1, so a broken server is noticed rather than silently running at reduced capacity.
+    One process serves in place (no fork). See :func:`fork_workers` for how the workers are supervised.
     """
     url = socket_url(sock, ssl_context is not None)
     if processes <= 1:
@@ -105,31 +103,60 @@ def run_prefork(
             use_uvloop=use_uvloop,
         )
         return 0
-
     parent = os.getpid()
+
+    def serve_child(_index: int) -> None:
+        run_loop(
+            lambda: serve_app(make_app(), sock, ssl_context, watch_parent=parent, runner_kwargs=runner_kwargs),
+            use_uvloop=use_uvloop,
+        )
+
+    return fork_workers(processes, serve_child, f"READY {url}", close_in_parent=[sock])
+
+
+def fork_workers(
+    processes: int,
+    serve_child: Callable[[int], None],
+    ready_line: str,
+    *,
+    close_in_parent: Sequence[socket.socket] = (),
+) -> int:
+    """Fork ``processes`` workers that each run ``serve_child(index)``, print ``ready_line``, supervise them.
+
+    The parent owns no event loop (forking after creating one is unsafe) and closes its copies of the
+    listening sockets; it forwards SIGTERM/SIGINT to its workers and waits for them. If a worker dies on its
+    own the rest are stopped and the exit status is 1, so a broken server is noticed rather than silently
+    running at reduced capacity. A worker should watch its parent (``serve_app(watch_parent=...)``) so that
+    it does not outlive a parent that was SIGKILLed.
+    """
     children: list[int] = []
-    for _ in range(processes):
+    for index in range(processes):
         sys.stdout.flush()
         pid = os.fork()
-        if pid == 0:  # worker
-            code = 0
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                run_loop(
-                    lambda: serve_app(make_app(), sock, ssl_context, watch_parent=parent, runner_kwargs=runner_kwargs),
-                    use_uvloop=use_uvloop,
-                )
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        if pid == 0:
+            _run_child(serve_child, index)
         children.append(pid)
-    sock.close()
+    for sock in close_in_parent:
+        sock.close()
+    return _supervise(children, ready_line)
 
+
+def _run_child(serve_child: Callable[[int], None], index: int) -> NoReturn:
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        serve_child(index)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _supervise(children: list[int], ready_line: str) -> int:
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -141,7 +168,7 @@ def run_prefork(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    print(f"READY {url}", flush=True)
+    print(ready_line, flush=True)
 
     status = 0
     remaining = set(children)

@@ -4,7 +4,7 @@ Why: retries, Retry-After, connection resets, size caps, decompression bombs, sl
 hangs, header floods, redirect loops and charset confusion only show their true failure modes on the
 wire; mocks tend to be kinder than the internet.
 
-Run as ``python -m tests.support.hostile_server --port 0``; prints ``READY http://127.0.0.1:<port>``.
+Run as ``python -m crawler.testing.hostile_server --port 0``; prints ``READY http://127.0.0.1:<port>``.
 State for the ``/flaky/...`` endpoints is per process and keyed by the full path plus query, so tests
 isolate themselves by using a unique token.
 
@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 import brotli
 from aiohttp import web
 
-from tests.support._serving import bind_socket, run_prefork
+from crawler.testing.serving import bind_socket, run_prefork
 
 MIB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -126,56 +126,170 @@ def _bomb_body(encoding: str, mb: int) -> bytes:
     return b"".join(parts)
 
 
-def make_app() -> web.Application:
-    state: dict[str, int] = {}
-    by_segment: Counter[str] = Counter()
-    flight = {"now": 0, "peak": 0, "total": 0}
-    bomb_locks: dict[tuple[str, int], asyncio.Lock] = {}
+async def big(request: web.Request) -> web.StreamResponse:
+    total = min(int(request.match_info["mb"]), MAX_MB) * MIB
+    chunked = request.path.startswith("/big-chunked/")
+    resp = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+    if chunked:
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = total
+    await resp.prepare(request)
+    await _stream_html(resp, total, "big")
+    await resp.write_eof()
+    return resp
 
-    def hits(request: web.Request) -> int:
+
+async def drip(request: web.Request) -> web.StreamResponse:
+    seconds = int(request.match_info["seconds"])
+    text = b"<html><head><title>drip</title></head><body>" + b"." * max(seconds, 0)
+    resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for n in range(seconds):
+        await resp.write(text[n : n + 1])
+        await asyncio.sleep(1.0)
+    await resp.write_eof()
+    return resp
+
+
+async def infinite(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    chunk = b"<html><head><title>infinite</title></head><body>" + b"<p>more</p>" * (CHUNK // 11)
+    while True:
+        await resp.write(chunk)
+        await asyncio.sleep(0)  # write() only yields under backpressure; stay fair to other requests
+
+
+async def hang(request: web.Request) -> web.StreamResponse:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def huge_headers(request: web.Request) -> web.Response:
+    headers = {f"X-Huge-{n}": "h" * 1024 for n in range(200)}
+    return web.Response(text="<title>huge headers</title>", content_type="text/html", headers=headers)
+
+
+async def huge_header_one(request: web.Request) -> web.Response:
+    headers = {"X-Huge": "h" * (100 * 1024)}
+    return web.Response(text="<title>huge header</title>", content_type="text/html", headers=headers)
+
+
+async def redirect_loop(request: web.Request) -> web.Response:
+    return web.Response(status=302, headers={"Location": "/redirect/loop"})
+
+
+async def redirect_chain(request: web.Request) -> web.Response:
+    n = int(request.match_info["n"])
+    if n <= 0:
+        return _html_page("chain end")
+    return web.Response(status=302, headers={"Location": f"/redirect/chain/{n - 1}"})
+
+
+async def links(request: web.Request) -> web.Response:
+    n = int(request.match_info["n"])
+    items = "".join(f'<a href="/x/{k}">x{k}</a>\n' for k in range(n))
+    return _html_page(f"links {n}", items)
+
+
+async def x_page(request: web.Request) -> web.Response:
+    return _html_page(f"X {request.match_info['k']}")
+
+
+async def charset_latin1(request: web.Request) -> web.Response:
+    return web.Response(body=_LATIN1_HTML.encode("latin-1"), headers={"Content-Type": "text/html; charset=iso-8859-1"})
+
+
+async def charset_lying(request: web.Request) -> web.Response:
+    return web.Response(body=_LATIN1_HTML.encode("latin-1"), headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def charset_meta(request: web.Request) -> web.Response:
+    return web.Response(body=_CP1251_HTML.encode("cp1251"), headers={"Content-Type": "text/html"})
+
+
+async def broken_html(request: web.Request) -> web.Response:
+    return web.Response(body=BROKEN_HTML, headers={"Content-Type": "text/html"})
+
+
+async def image(request: web.Request) -> web.Response:
+    return web.Response(body=PNG_BYTES, headers={"Content-Type": "image/png"})
+
+
+async def pdf(request: web.Request) -> web.Response:
+    return web.Response(body=PDF_BYTES, headers={"Content-Type": "application/pdf"})
+
+
+async def big_page(request: web.Request) -> web.Response:
+    kb = min(int(request.match_info["kb"]), MAX_MB * 1024)
+    return web.Response(body=_big_page(kb), headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+    return _html_page("slow")
+
+
+class _Hostile:
+    """The per-process state of the endpoints that remember: /flaky counters, request counts, bomb locks."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}  # path+query -> requests so far (the /flaky endpoints)
+        self.by_segment: Counter[str] = Counter()
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.total = 0
+        # One lock per bomb: concurrent first requests compress it once, not once each.
+        self.bomb_locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    def hits(self, request: web.Request) -> int:
         """How many times this exact path+query was requested before (0 on the first request)."""
         key = request.path_qs
-        seen = state.get(key, 0)
-        state[key] = seen + 1
+        seen = self.seen.get(key, 0)
+        self.seen[key] = seen + 1
         return seen
 
     @web.middleware
-    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count every request but /__stats, and how many are being handled at once (``peak_in_flight``)."""
         segment = request.path.split("/", 2)[1]
         if segment == "__stats":
             return await handler(request)
-        by_segment[segment] += 1
-        flight["total"] += 1
-        flight["now"] += 1
-        flight["peak"] = max(flight["peak"], flight["now"])
+        self.by_segment[segment] += 1
+        self.total += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await handler(request)
         finally:
-            flight["now"] -= 1
+            self.in_flight -= 1
 
-    async def stats(request: web.Request) -> web.Response:
+    async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
-                "requests": flight["total"],
-                "by_first_segment": dict(by_segment),
-                "in_flight": flight["now"],
-                "peak_in_flight": flight["peak"],
+                "requests": self.total,
+                "by_first_segment": dict(self.by_segment),
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
             }
         )
 
-    async def flaky_503(request: web.Request) -> web.Response:
-        if hits(request) < int(request.match_info["n"]):
+    async def flaky_503(self, request: web.Request) -> web.Response:
+        if self.hits(request) < int(request.match_info["n"]):
             return web.Response(status=503, text="try again later")
         return _html_page("ok")
 
-    async def flaky_429(request: web.Request) -> web.Response:
-        if hits(request) == 0:
+    async def flaky_429(self, request: web.Request) -> web.Response:
+        if self.hits(request) == 0:
             retry_after = request.match_info["seconds"]
             return web.Response(status=429, text="slow down", headers={"Retry-After": retry_after})
         return _html_page("ok")
 
-    async def flaky_reset(request: web.Request) -> web.StreamResponse:
-        if hits(request) > 0:
+    async def flaky_reset(self, request: web.Request) -> web.StreamResponse:
+        if self.hits(request) > 0:
             return _html_page("ok")
         resp = web.StreamResponse(headers={"Content-Type": "text/html"})
         resp.content_length = 1000
@@ -189,113 +303,26 @@ def make_app() -> web.Application:
             transport.abort()
         raise asyncio.CancelledError  # nothing sensible is left to send; end the handler quietly
 
-    async def big(request: web.Request) -> web.StreamResponse:
-        total = min(int(request.match_info["mb"]), MAX_MB) * MIB
-        chunked = request.path.startswith("/big-chunked/")
-        resp = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
-        if chunked:
-            resp.enable_chunked_encoding()
-        else:
-            resp.content_length = total
-        await resp.prepare(request)
-        await _stream_html(resp, total, "big")
-        await resp.write_eof()
-        return resp
-
-    async def bomb(request: web.Request) -> web.Response:
+    async def bomb(self, request: web.Request) -> web.Response:
         encoding = request.match_info["encoding"]
         mb = min(int(request.match_info["mb"]), MAX_MB)
-        lock = bomb_locks.setdefault((encoding, mb), asyncio.Lock())
+        lock = self.bomb_locks.setdefault((encoding, mb), asyncio.Lock())
         async with lock:  # compress once, off the event loop, even under concurrent requests
             body = await asyncio.to_thread(_bomb_body, encoding, mb)
         return web.Response(body=body, headers={"Content-Type": "text/html", "Content-Encoding": encoding})
 
-    async def drip(request: web.Request) -> web.StreamResponse:
-        seconds = int(request.match_info["seconds"])
-        text = b"<html><head><title>drip</title></head><body>" + b"." * max(seconds, 0)
-        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        for n in range(seconds):
-            await resp.write(text[n : n + 1])
-            await asyncio.sleep(1.0)
-        await resp.write_eof()
-        return resp
 
-    async def infinite(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        chunk = b"<html><head><title>infinite</title></head><body>" + b"<p>more</p>" * (CHUNK // 11)
-        while True:
-            await resp.write(chunk)
-            await asyncio.sleep(0)  # write() only yields under backpressure; stay fair to other requests
-
-    async def hang(request: web.Request) -> web.StreamResponse:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    async def huge_headers(request: web.Request) -> web.Response:
-        headers = {f"X-Huge-{n}": "h" * 1024 for n in range(200)}
-        return web.Response(text="<title>huge headers</title>", content_type="text/html", headers=headers)
-
-    async def huge_header_one(request: web.Request) -> web.Response:
-        headers = {"X-Huge": "h" * (100 * 1024)}
-        return web.Response(text="<title>huge header</title>", content_type="text/html", headers=headers)
-
-    async def redirect_loop(request: web.Request) -> web.Response:
-        return web.Response(status=302, headers={"Location": "/redirect/loop"})
-
-    async def redirect_chain(request: web.Request) -> web.Response:
-        n = int(request.match_info["n"])
-        if n <= 0:
-            return _html_page("chain end")
-        return web.Response(status=302, headers={"Location": f"/redirect/chain/{n - 1}"})
-
-    async def links(request: web.Request) -> web.Response:
-        n = int(request.match_info["n"])
-        items = "".join(f'<a href="/x/{k}">x{k}</a>\n' for k in range(n))
-        return _html_page(f"links {n}", items)
-
-    async def x_page(request: web.Request) -> web.Response:
-        return _html_page(f"X {request.match_info['k']}")
-
-    async def charset_latin1(request: web.Request) -> web.Response:
-        return web.Response(
-            body=_LATIN1_HTML.encode("latin-1"), headers={"Content-Type": "text/html; charset=iso-8859-1"}
-        )
-
-    async def charset_lying(request: web.Request) -> web.Response:
-        return web.Response(body=_LATIN1_HTML.encode("latin-1"), headers={"Content-Type": "text/html; charset=utf-8"})
-
-    async def charset_meta(request: web.Request) -> web.Response:
-        return web.Response(body=_CP1251_HTML.encode("cp1251"), headers={"Content-Type": "text/html"})
-
-    async def broken_html(request: web.Request) -> web.Response:
-        return web.Response(body=BROKEN_HTML, headers={"Content-Type": "text/html"})
-
-    async def image(request: web.Request) -> web.Response:
-        return web.Response(body=PNG_BYTES, headers={"Content-Type": "image/png"})
-
-    async def pdf(request: web.Request) -> web.Response:
-        return web.Response(body=PDF_BYTES, headers={"Content-Type": "application/pdf"})
-
-    async def big_page(request: web.Request) -> web.Response:
-        kb = min(int(request.match_info["kb"]), MAX_MB * 1024)
-        return web.Response(body=_big_page(kb), headers={"Content-Type": "text/html; charset=utf-8"})
-
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
-        return _html_page("slow")
-
-    app = web.Application(middlewares=[count])
-    app.router.add_get("/__stats", stats)
-    app.router.add_get(r"/flaky/503/{n:\d+}/{token}", flaky_503)
-    app.router.add_get(r"/flaky/429/{seconds:\d+}/{token}", flaky_429)
-    app.router.add_get("/flaky/reset/{token}", flaky_reset)
+def make_app() -> web.Application:
+    """The hostile endpoints as an aiohttp app, with fresh per-process state."""
+    state = _Hostile()
+    app = web.Application(middlewares=[state.count])
+    app.router.add_get("/__stats", state.stats)
+    app.router.add_get(r"/flaky/503/{n:\d+}/{token}", state.flaky_503)
+    app.router.add_get(r"/flaky/429/{seconds:\d+}/{token}", state.flaky_429)
+    app.router.add_get("/flaky/reset/{token}", state.flaky_reset)
     app.router.add_get(r"/big/{mb:\d+}", big)
     app.router.add_get(r"/big-chunked/{mb:\d+}", big)
-    app.router.add_get(r"/bomb/{encoding:gzip|deflate|br}/{mb:\d+}", bomb)
+    app.router.add_get(r"/bomb/{encoding:gzip|deflate|br}/{mb:\d+}", state.bomb)
     app.router.add_get(r"/drip/{seconds:\d+}", drip)
     app.router.add_get("/infinite", infinite)
     app.router.add_get("/hang", hang)

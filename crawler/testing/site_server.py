@@ -4,7 +4,7 @@ Why: an end-to-end crawl can only be checked if the exact set of reachable URLs 
 and BFS depths) is computable independently of the crawler. :func:`expected_pages` computes it from the
 very same :func:`resolve` function the HTTP handler renders from, so the two cannot disagree.
 
-Run as ``python -m tests.support.site_server --port 0 --pages N --seed S [--processes K]
+Run as ``python -m crawler.testing.site_server --port 0 --pages N --seed S [--processes K]
 [--disallow PREFIX ...] [--tls-cert F --tls-key F] [--page-kb KB]``; prints ``READY http(s)://...``.
 
 Site layout:
@@ -32,14 +32,14 @@ import os
 import random
 import sys
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from aiohttp import web
 
-from tests.support._serving import bind_socket, run_prefork, server_ssl_context
+from crawler.testing.serving import bind_socket, run_prefork, server_ssl_context
 
 OFFSITE_LINKS = ("http://offsite.invalid/x", "http://127.0.0.2:9/x")
 STAT_PREFIXES = ("/p", "/q", "/missing", "/private", "/robots.txt")
@@ -59,6 +59,22 @@ _LINK_KINDS: tuple[tuple[str, int], ...] = (
     ("javascript", 2),
     ("private", 5),
 )
+
+
+# How each kind of link is written, from its target page number and the site's origin.
+_HREFS: dict[str, Callable[[int, str], str]] = {
+    "plain": lambda j, _origin: f"/p/{j}",
+    "fragment": lambda j, _origin: f"/p/{j}#sec",
+    "absolute": lambda j, origin: f"{origin}/p/{j}",
+    "relative": lambda j, _origin: f"../p/{j}",
+    "query": lambda j, _origin: f"/q/{j}?a=1&b=2",
+    "query_reordered": lambda j, _origin: f"/q/{j}?b=2&a=1",
+    "missing": lambda j, _origin: f"/missing/{j}",
+    "offsite": lambda j, _origin: OFFSITE_LINKS[j % len(OFFSITE_LINKS)],
+    "mailto": lambda j, _origin: f"mailto:user{j}@example.invalid",
+    "javascript": lambda j, _origin: f"javascript:void({j})",
+    "private": lambda j, _origin: f"/private/{j}",
+}
 
 
 @dataclass(frozen=True)
@@ -94,29 +110,7 @@ def page_hrefs(pages: int, seed: int, page: int, origin: str, private: bool) -> 
     hrefs: list[str] = []
     for _ in range(rng.randint(5, 15)):
         kind = rng.choices(kinds, weights)[0]
-        j = target()
-        if kind == "plain":
-            hrefs.append(f"/p/{j}")
-        elif kind == "fragment":
-            hrefs.append(f"/p/{j}#sec")
-        elif kind == "absolute":
-            hrefs.append(f"{origin}/p/{j}")
-        elif kind == "relative":
-            hrefs.append(f"../p/{j}")
-        elif kind == "query":
-            hrefs.append(f"/q/{j}?a=1&b=2")
-        elif kind == "query_reordered":
-            hrefs.append(f"/q/{j}?b=2&a=1")
-        elif kind == "missing":
-            hrefs.append(f"/missing/{j}")
-        elif kind == "offsite":
-            hrefs.append(OFFSITE_LINKS[j % len(OFFSITE_LINKS)])
-        elif kind == "mailto":
-            hrefs.append(f"mailto:user{j}@example.invalid")
-        elif kind == "javascript":
-            hrefs.append(f"javascript:void({j})")
-        else:
-            hrefs.append(f"/private/{j}")
+        hrefs.append(_HREFS[kind](target(), origin))
     return tuple(hrefs)
 
 
