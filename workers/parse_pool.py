@@ -196,6 +196,8 @@ class _Slot:
             culprit, reason = outcome
             self._reap()
             self.pool.post(self.pool.batch_lost, self, jobs, culprit, reason)
+            if self.pool.closing:
+                return
             self._start()  # off the event loop: the fork and the parser's import happen here
             self.pool.post(self.pool.slot_ready, self, self.init_error)
         self._stop_process()
@@ -267,6 +269,7 @@ class ParsePool:
         self._pending: deque[_Job] = deque()
         self._idle: deque[_Slot] = deque()
         self._starting: dict[int, asyncio.Future[None]] = {}  # slot index -> ready, until the first start
+        self.closing = False  # read by the slots' threads: no restart once closing
         self.parsed = 0
         self.batches = 0
         self.restarts = 0
@@ -382,9 +385,10 @@ class ParsePool:
 
     def close(self) -> None:
         """Stop every process (a busy one is killed after a short wait); never blocks for long."""
+        self.closing = True
         for slot in self._slots:
             slot.inbox.put(None)
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + 1.0
         for slot in self._slots:
             slot.thread.join(max(0.0, deadline - time.monotonic()))
         for slot in self._slots:
