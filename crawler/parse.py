@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import traceback
 import zlib
 from collections.abc import Mapping, MutableSequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class ParseTask:
     label: str | None = None
     parser_spec: str | None = None  # "module:function": loaded once per parse process
     link_rules: LinkRules = NO_RULES
+    want_traceback: bool = False  # `crawl parse`: keep the parser's traceback for the developer
 
 
 class FollowLink(NamedTuple):
@@ -88,6 +90,7 @@ class ParsedPage:
     items_count: int = 0
     parser_error_detail: str | None = None  # "KeyError: 'price'": the exception type and first line
     parser_ms: float = 0.0  # time in the user's parser
+    parser_traceback: str | None = None  # only with ParseTask.want_traceback (`crawl parse`), capped
 
 
 class _TooLarge(Exception):
@@ -263,6 +266,8 @@ def _run_user_parser(task: ParseTask, page: ParsedPage, view: Page, base: str) -
     except Exception as exc:  # user code: any failure is this page's recorded error, never the batch's
         page.error = "parser_error"
         page.parser_error_detail = describe(exc) if not isinstance(exc, ParserOutputError) else str(exc)[:300]
+        if task.want_traceback:
+            page.parser_traceback = traceback.format_exc()[-8000:]
         return
     finally:
         page.parser_ms = (time.perf_counter() - t0) * 1000
