@@ -274,9 +274,11 @@ def _run_user_parser(task: ParseTask, page: ParsedPage, view: Page, base: str) -
     page.items, page.items_count = out.items, out.count
     # built-in follows exist only with --follow (task.follow); the parser's own Follow of the same URL wins,
     # as it carries the user data and label
-    merged = {f.url: f for f in page.follow}
-    merged.update((f.url, f) for f in follows if f is not None)
-    page.follow = list(merged.values())
+    own = [f for f in follows if f is not None]
+    if own:
+        merged = {f.url: f for f in page.follow}
+        merged.update((f.url, f) for f in own)
+        page.follow = list(merged.values())
 
 
 def _follow_link(f: Any, base: str, task: ParseTask) -> FollowLink | None:
