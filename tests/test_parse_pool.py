@@ -86,6 +86,7 @@ def test_a_hung_parser_is_killed_its_page_timed_out_and_its_batch_mates_parsed_a
             old_pid = item(first)["pid"]
             pages = await run_batch(pool, {5: label}, 10)
             assert pages[5].error == "parse_timeout" and pages[5].items == b""
+            assert "--parse-timeout" in (pages[5].parser_error_detail or "")
             for i, p in enumerate(pages):
                 if i != 5:
                     assert p.error is None and item(p)["n"] == i, (i, p)

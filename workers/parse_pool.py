@@ -219,6 +219,9 @@ class _Slot:
             return results
         except (EOFError, OSError):
             return int(self.progress[0]), "parser_crashed"
+        except Exception as exc:  # a task or result that cannot be pickled: the process is fine, the batch is not
+            detail = f"cannot pass the page to or from the parse process: {type(exc).__name__}"
+            return [ParsedPage(size=len(j.task.body), error="parse_error", parser_error_detail=detail) for j in jobs]
 
     def _stop_process(self) -> None:
         if self.conn is not None:
@@ -375,13 +378,19 @@ class ParsePool:
                 continue
             job.tries += 1
             if i == culprit or job.tries >= MAX_TRIES:
-                job.fut.set_result(
-                    ParsedPage(size=len(job.task.body), error=reason if i == culprit else "parser_crashed")
-                )
+                job.fut.set_result(self._lost_page(job, reason if i == culprit else "parser_crashed"))
             else:
                 again.append(job)
         self._pending.extendleft(reversed(again))
         self._dispatch()
+
+    def _lost_page(self, job: _Job, reason: str) -> ParsedPage:
+        detail = (
+            f"parsing took over {self.timeout_s:g} s (--parse-timeout): the parse process was replaced"
+            if reason == "parse_timeout"
+            else "the parse process died on this page and was replaced"
+        )
+        return ParsedPage(size=len(job.task.body), error=reason, parser_error_detail=detail)
 
     def close(self) -> None:
         """Stop every process (a busy one is killed after a short wait); never blocks for long."""
