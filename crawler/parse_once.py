@@ -34,7 +34,10 @@ class ParseOutcome:
 
     @property
     def follows(self) -> list[FollowLink]:
-        return self.page.follow if self.page is not None else []
+        """The parser's requests, then the page's links followed with --follow."""
+        if self.page is None:
+            return []
+        return [*self.page.requests, *(FollowLink(*f) for f in self.page.follow)]
 
     @property
     def ok(self) -> bool:

@@ -58,7 +58,8 @@ def _mini_crawl(rules: LinkRules) -> tuple[list[dict[str, Any]], list[str]]:
         assert page.error is None, (url, page.parser_error_detail)
         items += [json.loads(line) for line in page.items.splitlines()]
         assert page.items_count == len(page.items.splitlines())
-        for f in page.follow:
+        assert page.follow == []  # --parser without --follow: only the parser's requests
+        for f in page.requests:
             if f.url not in seen:
                 seen.add(f.url)
                 queue.append((f.url, depth + 1, f.data, f.label))

@@ -96,7 +96,8 @@ def test_the_page_attributes_and_the_follows() -> None:
     all_links = ["http://shop.test/a", "http://shop.test/dir/b.html", "http://shop.test/c", "http://elsewhere.test/x"]
     assert item["links"] == all_links == page.links  # no rules: every link; scope applies to what is followed
     # follow=False (a parser without --follow): only the parser's follows, in scope, with their options
-    by_url = {f.url: f for f in page.follow}
+    assert page.follow == []
+    by_url = {f.url: f for f in page.requests}
     assert list(by_url) == [*all_links[:3], "http://shop.test/dir/rel/d.html"]
     assert json.loads(by_url["http://shop.test/a"].data or "") == {"from": URL}
     assert by_url["http://shop.test/a"].label == "next" and by_url["http://shop.test/a"].priority == 3
@@ -107,12 +108,13 @@ def test_the_page_attributes_and_the_follows() -> None:
 
 def test_with_follow_on_the_builtin_links_are_kept_and_the_parser_options_win() -> None:
     page = parse_page(task(parser_spec="tests.test_scrape:echo", follow=True))
-    assert [f.url for f in page.follow][:3] == [
+    assert [f.url for f in page.requests][:3] == [
         "http://shop.test/a",
         "http://shop.test/dir/b.html",
         "http://shop.test/c",
     ]
-    assert all(f.label == "next" for f in page.follow[:3])
+    assert all(f.label == "next" for f in page.requests[:3])
+    assert page.follow == []  # each built-in link was also the parser's request, which carries the options
 
 
 def test_an_exception_is_the_pages_recorded_error_and_its_output_is_dropped() -> None:
@@ -147,7 +149,7 @@ def test_return_forms_and_item_url() -> None:
     one = parse_page(task(parser_spec="tests.test_scrape:returns_one"))
     assert json.loads(one.items) == {"only": URL, "_url": URL} and one.items_count == 1
     none = parse_page(task(parser_spec="tests.test_scrape:returns_none"))
-    assert none.error is None and none.items == b"" and none.follow == []
+    assert none.error is None and none.items == b"" and none.requests == []
 
 
 def test_the_parser_runs_on_2xx_pages_only() -> None:
@@ -181,9 +183,9 @@ def test_link_rules_apply_to_the_parsers_follows_and_page_links() -> None:
     SEEN.clear()
     page = parse_page(task(parser_spec="tests.test_scrape:echo", link_rules=rules))
     assert SEEN[0]["links"] == ["http://shop.test/a", "http://shop.test/dir/b.html"]
-    assert [f.url for f in page.follow] == [*SEEN[0]["links"], "http://shop.test/dir/rel/d.html"]
+    assert [f.url for f in page.requests] == [*SEEN[0]["links"], "http://shop.test/dir/rel/d.html"]
     page = parse_page(task(parser_spec="tests.test_scrape:echo", link_rules=LinkRules(include=("/rel/",))))
-    assert [f.url for f in page.follow] == ["http://shop.test/dir/rel/d.html"]
+    assert [f.url for f in page.requests] == ["http://shop.test/dir/rel/d.html"]
 
 
 @pytest.mark.parametrize(

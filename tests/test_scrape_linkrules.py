@@ -20,7 +20,7 @@ HTML = b"""<nav><a href="/cat/1">c1</a><a href="/cat/2?sort=price">c2</a></nav>
 def follows(rules: LinkRules) -> list[str]:
     page = parse_page(ParseTask(body=HTML, url=URL, final_url=URL, link_rules=rules))
     assert len(page.links) == 7  # the record keeps every link of the page; the rules pick what is followed
-    return [f.url for f in page.follow]
+    return [u for _, _, u in page.follow]
 
 
 def test_no_rules_follow_everything_in_scope() -> None:
