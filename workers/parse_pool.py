@@ -341,6 +341,7 @@ class ParsePool:
         if starting is not None and not starting.done():
             if init_error is not None:
                 starting.set_exception(ConfigError(init_error))
+                starting.add_done_callback(lambda f: f.exception())  # retrieved even when nobody warmed up
             else:
                 starting.set_result(None)
         self._idle.append(slot)
