@@ -168,3 +168,28 @@ def test_the_backlog_is_bounded_in_bytes() -> None:
             pool.close()
 
     asyncio.run(main())
+
+
+def test_a_module_parser_loads_in_the_parse_processes_and_batches_stay_batched() -> None:
+    """`module:function` from the working directory (the repo root here), as a worker started there loads it."""
+    from examples.bookshop import site
+
+    book = next(b for b in site.CATALOGUE if not b.removed)
+    status, body = site.render(book.path)
+    url = "http://shop.test" + book.path
+
+    async def main() -> list[ParsedPage]:
+        pool = ParsePool(1, 1 << 24, batch_max=64, parser_spec="examples.bookshop.parser:router")
+        try:
+            await pool.warm_up()
+            t = ParseTask(
+                body=body, url=url, final_url=url, status=status, label="product", parser_spec=pool.parser_spec
+            )
+            pages = await asyncio.wait_for(asyncio.gather(*(pool.parse(t) for _ in range(200))), 30)
+            assert pool.batches < 20  # one message per batch, not per page
+            return pages
+        finally:
+            pool.close()
+
+    pages = asyncio.run(main())
+    assert {json.loads(p.items)["sku"] for p in pages} == {book.slug}
