@@ -2,25 +2,34 @@
 
 Top level and picklable, importing no asyncio (rq keeps job functions importable the same way). Decompression
 happens here too, capped at `max_bytes` of output, so a gzip, deflate or brotli bomb costs the pool at most the
-cap and never touches the event loop. Decoding never raises: header charset, else a `<meta>` charset, else UTF-8
-with replacement characters.
+cap and never touches the event loop. Decoding follows the WHATWG Encoding Standard through w3lib's
+`html_to_unicode` (as Scrapy does): a BOM, else the header charset, else a `<meta>` charset, else UTF-8, with the
+standard's labels (`iso-8859-1` is windows-1252); it never raises, bad bytes become U+FFFD.
+
+With `parser_spec`, the user's parser (crawler.scrape) runs here too, on the tree the built-in extraction used;
+its failures are the page's recorded error, never the batch's.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import re
+import json
+import time
+import traceback
 import zlib
+from collections.abc import Mapping, MutableSequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from selectolax.lexbor import LexborHTMLParser
+from w3lib.encoding import html_to_unicode
 
+from crawler.linkrules import LinkFilter, LinkRules
+from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_data, get_parser, run_parser
 from crawler.settings import ExtractRule
 from crawler.urls import InvalidURL, LinkNormalizer, in_domain, normalize, origin_of
 
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.IGNORECASE)
+NO_RULES = LinkRules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,27 @@ class ParseTask:
     allow_domains: tuple[str, ...] = ()
     rules: tuple[ExtractRule, ...] = ()
     ban_markers: tuple[str, ...] = ()
+    # what the user's parser is given (crawler.scrape.Page); `data` may be the frontier's JSON text, decoded here
+    status: int = 200
+    depth: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+    data: Mapping[str, Any] | str | None = None
+    label: str | None = None
+    parser_spec: str | None = None  # "module:function": loaded once per parse process
+    link_rules: LinkRules = NO_RULES
+    want_traceback: bool = False  # `crawl parse`: keep the parser's traceback for the developer
+
+
+class FollowLink(NamedTuple):
+    """A URL to add to the frontier: a page's link, or a parser's `Follow` (with its options)."""
+
+    fingerprint: bytes
+    host: str
+    url: str
+    data: str | None = None  # the user data as JSON text (validated: JSON, at most 8 KiB)
+    label: str | None = None
+    priority: int | None = None
+    headers: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(slots=True)
@@ -48,12 +78,24 @@ class ParsedPage:
     canonical: str | None = None
     links: list[str] = field(default_factory=list)  # absolute, normalised, deduplicated, capped
     links_total: int = 0  # distinct links on the page before the cap
-    follow: list[tuple[bytes, str, str]] = field(default_factory=list)  # (fingerprint, host, url) in scope
+    # the page's links to follow: (fingerprint, host, url), in scope, allowed by the link rules; plain tuples, as
+    # they cross the process boundary by the thousand (a NamedTuple doubles the pickling time of a batch)
+    follow: list[tuple[bytes, str, str]] = field(default_factory=list)
     text_length: int = 0
     charset: str = "utf-8"
     data: dict[str, Any] | None = None
-    error: str | None = None  # "body_too_large", "decode_error": the page is still recorded
+    # "body_too_large", "decode_error", "parser_error", "parse_timeout", "parser_crashed": the page is still recorded
+    error: str | None = None
     banned: bool = False  # a configured ban marker is in the body: the gateway's exit IP is blocked
+    # the user's parser: its items as JSONL bytes (each with "_url"), ready for the items sink, and how many
+    items: bytes = b""
+    items_count: int = 0
+    parser_error_detail: str | None = None  # "KeyError: 'price'": the exception type and first line
+    parser_ms: float = 0.0  # time in the user's parser
+    parser_traceback: str | None = None  # only with ParseTask.want_traceback (`crawl parse`), capped
+    # the parser's Follows, resolved, in scope, allowed by the rules, with their options; a URL that is in both
+    # lists is taken out of `follow` (the parser's request carries its data and label)
+    requests: list[FollowLink] = field(default_factory=list)
 
 
 class _TooLarge(Exception):
@@ -86,29 +128,32 @@ def decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
     return out
 
 
-def _charset(body: bytes, header_charset: str | None) -> str:
-    for candidate in (header_charset, _sniff_meta(body)):
-        if candidate:
-            try:
-                return codecs.lookup(candidate).name
-            except LookupError:
-                continue
-    return "utf-8"
+def _decode(raw: bytes, header_charset: str | None) -> tuple[str, str]:
+    """(codec name, text): BOM, header charset, `<meta>` charset, UTF-8, per WHATWG (w3lib). Never raises."""
+    content_type = f"text/html; charset={header_charset}" if header_charset else None
+    try:
+        charset, text = html_to_unicode(content_type, raw)
+    except Exception:  # w3lib is written never to raise; a codec bug must not cost the page
+        return "utf-8", raw.decode("utf-8", "replace")
+    return ("utf-8" if charset in ("utf8", "utf-8") else charset), text
 
 
-def _sniff_meta(body: bytes) -> str | None:
-    m = _META_CHARSET.search(body[:4096])
-    return m.group(1).decode("ascii", "replace") if m else None
+def parse_pages(tasks: list[ParseTask], progress: MutableSequence[float] | None = None) -> list[ParsedPage]:
+    """A batch per call: the pool pays its IPC once per batch, not once per page.
 
-
-def parse_pages(tasks: list[ParseTask]) -> list[ParsedPage]:
-    """A batch per call: the pool pays its IPC once per batch, not once per page."""
+    `progress` (shared memory from the pool) gets [index of the page being parsed, its start on the monotonic
+    clock] before each page and index -1 after the batch: the pool's watchdog reads it to find a hung page."""
     out = []
-    for t in tasks:
+    for i, t in enumerate(tasks):
+        if progress is not None:
+            progress[1] = time.monotonic()
+            progress[0] = i
         try:
             out.append(parse_page(t))
         except Exception:  # parse_page is written never to raise; one bad page must not fail its batch
             out.append(ParsedPage(size=len(t.body), error="parse_error"))
+    if progress is not None:
+        progress[0] = -1
     return out
 
 
@@ -125,8 +170,7 @@ def parse_page(task: ParseTask) -> ParsedPage:
         page.error = "decode_error"
         return page
     page.size = len(raw)
-    page.charset = _charset(raw, task.header_charset)
-    text = raw.decode(page.charset, errors="replace")
+    page.charset, text = _decode(raw, task.header_charset)
     if task.ban_markers and any(m in text for m in task.ban_markers):
         page.banned = True
     tree = LexborHTMLParser(text)
@@ -151,18 +195,23 @@ def parse_page(task: ParseTask) -> ParsedPage:
         with contextlib.suppress(InvalidURL):
             page.canonical = normalize(canon.attributes["href"] or "", base).url
 
-    _links(tree, base, task, page)
+    allowed = task.link_rules.bind(tree) if task.link_rules.active else None
+    _links(tree, base, task, page, allowed)
     body = tree.body
     page.text_length = len(body.text(separator=" ")) if body is not None else 0
     if task.rules:
         page.data = extract(tree, task.rules)
+    if task.parser_spec is not None and (task.status == 0 or 200 <= task.status < 300):
+        _run_user_parser(task, page, _page_view(task, page, tree, text, allowed), base)
     return page
 
 
 _NORMALIZERS: dict[bool, LinkNormalizer] = {}  # one per parse process and keep_tracking setting
 
 
-def _links(tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage) -> None:
+def _links(
+    tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage, allowed: LinkFilter | None = None
+) -> None:
     own_hosts = {_host(task.url), _host(task.final_url)}
     seen: set[str] = set()
     follow_ok = task.follow and not page.nofollow
@@ -181,9 +230,78 @@ def _links(tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage)
         if len(page.links) < task.max_links:
             page.links.append(n.url)
             in_scope = n.host in own_hosts or (task.allow_domains and in_domain(n.host, task.allow_domains))
-            if follow_ok and in_scope and "nofollow" not in (a.attributes.get("rel") or ""):
+            ok = allowed is None or allowed(n.url, a)  # the link rules (crawler.linkrules); records what passed
+            if ok and follow_ok and in_scope and "nofollow" not in (a.attributes.get("rel") or ""):
                 page.follow.append((n.fingerprint, n.host, n.url))
     page.links_total = len(seen)
+
+
+def _page_view(
+    task: ParseTask, page: ParsedPage, tree: LexborHTMLParser, text: str, allowed: LinkFilter | None
+) -> Page:
+    """The parser's view of the page: the tree and text already built, the links after the rules."""
+    data = task.data
+    if isinstance(data, str):
+        try:
+            data = json.loads(data) if data else None
+        except ValueError:
+            data = None
+    return Page(
+        url=task.url,
+        final_url=task.final_url,
+        status=task.status,
+        headers=Headers(task.headers),
+        depth=task.depth,
+        data=dict(data) if isinstance(data, Mapping) else {},
+        label=task.label,
+        text=text,
+        charset=page.charset,
+        tree=tree,
+        links=allowed.accepted if allowed is not None else list(page.links),
+    )
+
+
+def _run_user_parser(task: ParseTask, page: ParsedPage, view: Page, base: str) -> None:
+    """Run the user's parser on `view`; its items and follows join `page`, or its failure becomes `page.error`."""
+    assert task.parser_spec is not None
+    t0 = time.perf_counter()
+    try:
+        out = run_parser(get_parser(task.parser_spec), view, task.max_links)
+        follows = [_follow_link(f, base, task) for f in out.follows]
+    except Exception as exc:  # user code: any failure is this page's recorded error, never the batch's
+        page.error = "parser_error"
+        page.parser_error_detail = describe(exc) if not isinstance(exc, ParserOutputError) else str(exc)[:300]
+        if task.want_traceback:
+            page.parser_traceback = traceback.format_exc()[-8000:]
+        return
+    finally:
+        page.parser_ms = (time.perf_counter() - t0) * 1000
+    page.items, page.items_count = out.items, out.count
+    # built-in follows exist only with --follow (task.follow); the parser's own Follow of the same URL wins
+    seen: set[str] = set()
+    for f in follows:
+        if f is not None and f.url not in seen:
+            seen.add(f.url)
+            page.requests.append(f)
+    if seen and page.follow:
+        page.follow = [f for f in page.follow if f[2] not in seen]
+
+
+def _follow_link(f: Any, base: str, task: ParseTask) -> FollowLink | None:
+    """A parser's Follow as a frontier link: resolved against the page, normalised, in scope, allowed by the
+    include/exclude rules; None when it is not crawlable or not allowed (dropped, as a link would be)."""
+    data = encode_data(f.data)  # raises ParserOutputError: bad data is the parser's error, not a silent drop
+    try:
+        n = normalize(f.url, base, keep_tracking=task.keep_tracking)
+    except InvalidURL:
+        return None
+    own_hosts = {_host(task.url), _host(task.final_url)}
+    if n.host not in own_hosts and not (task.allow_domains and in_domain(n.host, task.allow_domains)):
+        return None
+    if task.link_rules.active and not task.link_rules.allows_url(n.url):
+        return None
+    headers = tuple(dict(f.headers).items()) if f.headers else None
+    return FollowLink(n.fingerprint, n.host, n.url, data, f.label, f.priority, headers)
 
 
 def _host(url: str) -> str:

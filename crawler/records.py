@@ -2,7 +2,8 @@
 
 Fields from DESIGN.md, never renamed: url, final_url, status, depth, fetched_at, elapsed_ms, bytes, content_type,
 title, links, error, attempts, proxy (redacted). Added: worker, links_total (distinct links before the cap),
-canonical, noindex, nofollow, text_length, charset, redirects, data (extraction rules), truncated_links.
+canonical, noindex, nofollow, text_length, charset, redirects, data (extraction rules), truncated_links,
+items (count of the parser's items), parser_error_detail.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Record:
     charset: str | None = None
     redirects: int = 0
     data: dict[str, Any] | None = field(default=None)
+    items: int = 0  # items the user's parser yielded for this page (they are in items/<worker>.jsonl)
+    parser_error_detail: str | None = None  # with error parser_error/parse_timeout: "KeyError: 'price'"
 
     def to_dict(self) -> dict[str, Any]:
         # not dataclasses.asdict: it deep-copies every list (the links) for nothing

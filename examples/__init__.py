@@ -1,0 +1,1 @@
+"""Examples that run against local servers; see each directory's README."""
