@@ -165,3 +165,53 @@ class ItemSink(_LineFile):
         n = self._append(data)
         self.items += data.count(b"\n")
         return n
+
+
+class Outputs:
+    """Every sink of one worker, written together: records, then the parser's items (then WARC, when set).
+
+    `write` is all or nothing per sink, and raises OSError when any sink fails (a full disk, EIO, a directory
+    removed): the caller then hands the batch's leases back; records already written for it become at-least-once
+    duplicates, never losses. `probe` tells when writing works again.
+    """
+
+    def __init__(self, records: JsonlSink, items: ItemSink | None = None) -> None:
+        self.records = records
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"Outputs({self.records!r}, {self.items!r})"
+
+    @property
+    def directories(self) -> list[Path]:
+        dirs = [self.records.directory]
+        if self.items is not None:
+            dirs.append(self.items.directory)
+        return dirs
+
+    def write(self, records: Sequence[Record], item_blobs: Sequence[bytes]) -> None:
+        """Blocking: call from a thread. Flushed (to the kernel) before it returns."""
+        if records:
+            self.records.write(records)
+        if item_blobs and self.items is not None:
+            self.items.write(item_blobs)
+
+    def probe(self) -> None:
+        """Raise OSError unless a small file can be written, flushed and removed in every output directory."""
+        for d in self.directories:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".probe-{self.records.worker_id}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"\n" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+
+    def close(self) -> None:
+        """Never raises."""
+        self.records.close()
+        if self.items is not None:
+            self.items.close()

@@ -24,7 +24,7 @@ from crawler.frontier import Frontier, Lease
 from crawler.metrics import WorkerMetrics
 from crawler.records import Record
 from crawler.retry import Action
-from crawler.sinks import JsonlSink
+from crawler.sinks import JsonlSink, Outputs
 from crawler.testing.services import free_port
 from crawler.urls import normalize
 from workers.committer import Committer
@@ -165,7 +165,7 @@ def test_written_but_unsettled_results_are_settled_later_and_never_written_twice
             errors: list[str] = []
             settled = asyncio.Event()
             committer = Committer(
-                away, sink, book, WorkerMetrics("w1"), settled.set, lambda e, _w: errors.append(str(e))
+                away, Outputs(sink), book, WorkerMetrics("w1"), settled.set, lambda e, _w: errors.append(str(e))
             )
             for ls in leases:
                 committer.submit(Outcome(ls, Action.DONE, 1, record=record_of(ls)))

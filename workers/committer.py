@@ -10,6 +10,8 @@ gathers by itself (group commit without a timer, so a lease holds its host slot 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import time
 from collections.abc import Callable
 
@@ -18,11 +20,12 @@ from crawler.errors import RedisUnavailable
 from crawler.frontier import Frontier, Lease, Settlement
 from crawler.metrics import WorkerMetrics
 from crawler.retry import Action
-from crawler.sinks import JsonlSink
+from crawler.sinks import Outputs
 from workers.leaser import LeaseBook
 from workers.outcomes import Outcome, settlement
 
 COMMIT_MAX = 512  # outcomes per commit at most
+OUTPUT_PROBE_S = 1.0  # while the output cannot be written, how often to try again
 BACKLOG_MAX = 4 * COMMIT_MAX  # finished outcomes waiting: past this, the leaser backs out
 
 
@@ -32,14 +35,15 @@ class Committer:
     def __init__(
         self,
         frontier: Frontier,
-        sink: JsonlSink,
+        outputs: Outputs,
         book: LeaseBook,
         metrics: WorkerMetrics,
         on_settled: Callable[[], None],
         on_redis_error: Callable[[RedisUnavailable, float], None],
+        say: Callable[[str, str], None] = lambda _m, _l: None,
     ) -> None:
         self.frontier = frontier
-        self.sink = sink
+        self.outputs = outputs
         self.book = book
         self.metrics = metrics
         self._on_settled = on_settled  # leases ended: the leaser may take more
@@ -48,9 +52,13 @@ class Committer:
         self.pending: list[Outcome] = []
         # outcomes whose records are flushed and whose settlement has not succeeded yet (Redis away, or cancelled)
         self.written: list[Outcome] = []
+        self._say = say
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self.commits = 0
+        # the output cannot be written (disk full, EIO, directory gone): nothing is written or leased until a
+        # probe succeeds; the batch that failed was handed back
+        self.output_error: OSError | None = None
 
     def __repr__(self) -> str:
         return f"Committer(pending={len(self.pending)}, written={len(self.written)}, commits={self.commits})"
@@ -60,7 +68,7 @@ class Committer:
         self._wake.set()
 
     def backlogged(self) -> bool:
-        return len(self.pending) > BACKLOG_MAX
+        return len(self.pending) > BACKLOG_MAX or self.output_error is not None
 
     def unsettled(self) -> bool:
         return bool(self.pending or self.written)
@@ -75,10 +83,44 @@ class Committer:
 
     async def run(self) -> None:
         while not self._closing.is_set():
+            if self.output_error is not None:
+                await self._probe_output()
+                continue
             await self._wake.wait()
             self._wake.clear()
             if self.pending:
                 await self.commit()
+
+    async def _probe_output(self) -> None:
+        """Wait for the output to be writable again (a probe each OUTPUT_PROBE_S), then resume."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), OUTPUT_PROBE_S)
+        if self._closing.is_set():
+            return
+        try:
+            await asyncio.to_thread(self.outputs.probe)
+        except OSError:
+            return
+        self.output_error = None
+        self._say(f"output writable again ({self._where()}): resuming", "warning")
+        self._wake.set()
+        self._on_settled()
+
+    def _where(self) -> str:
+        return ", ".join(str(d) for d in self.outputs.directories)
+
+    def _output_failed(self, batch: list[Outcome], exc: OSError) -> list[Outcome]:
+        """The batch could not be written: its leases go back without an attempt (written lines of it become
+        duplicates later, never losses). Said once per outage."""
+        if self.output_error is None:
+            what = "output disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "output error"
+            self._say(
+                f"{what}: {self._where()} ({exc.strerror or exc}); handing back {len(batch)} leases and pausing "
+                f"until it can be written again",
+                "error",
+            )
+        self.output_error = exc
+        return [Outcome(o.lease, Action.RELEASE, o.lease.attempts) for o in batch]
 
     async def commit(self, extra_release: list[Lease] | None = None, give_up_at: float | None = None) -> None:
         """Write and flush the pending records, then settle everything written (and hand back `extra_release`).
@@ -88,9 +130,14 @@ class Committer:
         batch, self.pending = self.pending[:COMMIT_MAX], self.pending[COMMIT_MAX:]
         if self.pending:
             self._wake.set()  # more than one commit's worth: go again right after this one
-        records = [o.record for o in batch if o.record is not None and o.action is Action.DONE]
-        if records:
-            await asyncio.to_thread(self.sink.write, records)  # flushed before any ack below
+        done = [o for o in batch if o.action is Action.DONE]
+        records = [o.record for o in done if o.record is not None]
+        items = [o.items for o in done if o.items]
+        if records or items:
+            try:
+                await asyncio.to_thread(self.outputs.write, records, items)  # flushed before any ack below
+            except OSError as exc:
+                batch = self._output_failed(batch, exc)
         self.written += batch
         todo = list(self.written)
         s = settlement(todo, extra_release or [])
@@ -134,4 +181,4 @@ class Committer:
         except RedisUnavailable:
             return False
         finally:
-            await asyncio.to_thread(self.sink.close)
+            await asyncio.to_thread(self.outputs.close)

@@ -27,7 +27,7 @@ from crawler.metrics import WorkerMetrics, monitor_loop_lag
 from crawler.proxies import ProxyPool
 from crawler.redact import scrub
 from crawler.settings import Settings
-from crawler.sinks import JsonlSink
+from crawler.sinks import Outputs
 from crawler.ssrf import TrustCache
 from workers.committer import Committer
 from workers.housekeeping import Housekeeping
@@ -50,7 +50,7 @@ class Engine:
         fetcher: Fetcher,
         parse_pool: ParsePool,
         proxies: ProxyPool,
-        sink: JsonlSink,
+        outputs: Outputs,
         metrics: WorkerMetrics,
         log: EventLog,
         trust: TrustCache | None = None,
@@ -82,7 +82,7 @@ class Engine:
             warn=lambda m: self.say(m, "warning"),
         )
         self.committer = Committer(
-            frontier, sink, self.leaser.book, metrics, self.leaser.capacity.set, self._redis_error
+            frontier, outputs, self.leaser.book, metrics, self.leaser.capacity.set, self._redis_error, self.say
         )
         self.tasks = FetchTasks(self.processor, self.leaser.queue, self._deliver)
         self.housekeeping = Housekeeping(

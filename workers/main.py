@@ -27,8 +27,9 @@ from crawler.logs import EventLog, install_logging
 from crawler.metrics import WorkerMetrics
 from crawler.prometheus import start_metrics_server
 from crawler.proxies import ProxyPool
+from crawler.scrape import load_parser
 from crawler.settings import Settings
-from crawler.sinks import JsonlSink
+from crawler.sinks import ItemSink, JsonlSink, Outputs
 from crawler.ssrf import TrustCache
 from workers import signals
 from workers.engine import Engine
@@ -112,11 +113,14 @@ def _metrics(settings: Settings) -> WorkerMetrics:
     return metrics
 
 
-def _sink(settings: Settings) -> JsonlSink:
+def _outputs(settings: Settings) -> Outputs:
+    out = settings.output
     try:
-        return JsonlSink(settings.output.dir, settings.worker_id, settings.output.rotate_bytes)
+        records = JsonlSink(out.dir, settings.worker_id, out.rotate_bytes)
     except OSError as exc:
-        raise ConfigError(f"--output {settings.output.dir}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"--output {out.dir}: {exc.strerror or exc}") from exc
+    items = ItemSink(out.dir, settings.worker_id, out.rotate_bytes) if settings.parse.parser else None
+    return Outputs(records, items)
 
 
 async def _main(settings: Settings, log: EventLog) -> int:
@@ -126,7 +130,14 @@ async def _main(settings: Settings, log: EventLog) -> int:
             f"open-file limit {limit} is below --concurrency {settings.concurrency}; raise it with `ulimit -n`",
             "warning",
         )
-    parse_pool = ParsePool(settings.parse.workers, PARSE_BACKLOG_BYTES)
+    if settings.parse.parser:
+        load_parser(settings.parse.parser)  # a one-line error (exit 2) before anything starts
+    parse_pool = ParsePool(
+        settings.parse.workers,
+        PARSE_BACKLOG_BYTES,
+        parser_spec=settings.parse.parser,
+        timeout_s=settings.parse.timeout_s,
+    )
     try:
         async with contextlib.AsyncExitStack() as stack:
             redis = await redis_when_up(stack, settings, log)
@@ -146,7 +157,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
                 if settings.proxy.max_connections is not None
                 else None
             )
-            sink = _sink(settings)
+            outputs = _outputs(settings)
             async with make_session(settings, trust) as session:
                 engine = Engine(
                     settings,
@@ -154,7 +165,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
                     Fetcher(session, settings, slots, trust),
                     parse_pool,
                     ProxyPool(proxy.urls, proxy.session_requests, None, proxy.gateway_failures),
-                    sink,
+                    outputs,
                     metrics,
                     log,
                     trust,

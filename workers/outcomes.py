@@ -22,6 +22,7 @@ class Outcome:
     links: list[NewLink] = field(default_factory=list)
     due_s: float = 0.0  # RETRY_LATER: when, epoch seconds
     error: dict[str, Any] | None = None  # RETRY_LATER / DEAD: the last error (kind, status, message)
+    items: bytes = b""  # DONE: the parser's items, JSON lines made in the parse pool
 
 
 def settlement(outcomes: Sequence[Outcome], extra_release: Sequence[Lease] = ()) -> Settlement:

@@ -22,6 +22,7 @@ from crawler.fetch import Fetcher, FetchResult
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
 from crawler.parse import ParsedPage, ParseTask
+from crawler.parse_tasks import task_options
 from crawler.proxies import ProxyChoice, ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
@@ -76,6 +77,7 @@ class Processor:
         self._rng = random.Random()
         self._auth_streak = retry.ProxyAuthStreak()
         self._secrets = settings.secrets()
+        self._task_options = task_options(settings)  # what every ParseTask carries from the settings
 
     def __repr__(self) -> str:
         return f"Processor(robots={self.robots!r}, seen={self.seen!r}, auth_streak={self._auth_streak.count})"
@@ -166,7 +168,8 @@ class Processor:
         record = self._record(
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
         )
-        return Outcome(lease, Action.DONE, attempts, record=record, links=self._new_links(lease, page))
+        links = self._new_links(lease, page)
+        return Outcome(lease, Action.DONE, attempts, record=record, links=links, items=page.items if page else b"")
 
     def _error(self, decision: Decision, result: FetchResult | None, cause: FetchError | None) -> dict[str, Any]:
         """The dead letter's (or deferral's) error: the stable kind, the status, and what really happened."""
@@ -238,13 +241,10 @@ class Processor:
             final_url=final,
             content_encoding=result.content_encoding,
             header_charset=result.charset,
-            max_bytes=self.s.fetch.max_body_bytes,
-            max_links=self.s.scope.max_links_per_page,
-            keep_tracking=self.s.scope.keep_tracking_params,
-            follow=self.s.follow_links,
-            allow_domains=self.s.scope.allow_domains,
-            rules=self.s.parse.extract_rules,
-            ban_markers=self.s.proxy.ban_markers,
+            status=result.status,
+            depth=lease.depth,
+            headers=(("Content-Type", result.content_type),) if result.content_type else (),
+            **self._task_options,
         )
         t0 = time.monotonic()
         page = await self.parse_pool.parse(task)
@@ -330,6 +330,8 @@ def build_record(
         charset=page.charset if page else None,
         redirects=result.redirects if result else 0,
         data=page.data if page else None,
+        items=page.items_count if page else 0,
+        parser_error_detail=page.parser_error_detail if page else None,
     )
 
 
