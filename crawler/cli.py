@@ -274,6 +274,43 @@ async def _purge(settings: Settings) -> int:
 worker_options = table_options(OPTIONS)
 
 
+@main.command(cls=TableCommand, name="parse")
+@click.argument("target")
+@click.option("--url", "base_url", default=None, help="For a saved FILE: the URL it was fetched from (links resolve).")
+@click.option("--label", default=None, help="Router label to run (as a Follow(label=...) would).")
+@click.option("--data", "data_json", default=None, help="User data of the URL, a JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: items, follows, error.")
+@worker_options
+def parse_command(
+    target: str, base_url: str | None, label: str | None, data_json: str | None, as_json: bool, **kw: Any
+) -> None:
+    """Run --parser once on TARGET (a live URL, through the configured proxy, or a saved HTML file) and print the
+    items and follow requests it yields: develop a parser without a crawl. Exit 1 when the page or parser failed."""
+    settings = _settings(OPTIONS)
+    if not settings.parse.parser:
+        _fail("crawl parse needs --parser module:function (or CRAWL_PARSER)")
+    data: dict[str, Any] | None = None
+    if data_json is not None:
+        try:
+            data = json.loads(data_json)
+        except ValueError as exc:
+            _fail(f"--data is not JSON: {exc}")
+        if not isinstance(data, dict):
+            _fail("--data must be a JSON object")
+    sys.exit(run_async(_parse_once(settings, target, base_url, data, label, as_json)))
+
+
+async def _parse_once(
+    settings: Settings, target: str, base_url: str | None, data: dict[str, Any] | None, label: str | None, as_json: bool
+) -> int:
+    from crawler.parse_once import format_outcome, parse_once
+
+    assert settings.parse.parser is not None
+    outcome = await parse_once(target, settings.parse.parser, settings, base_url=base_url, data=data, label=label)
+    click.echo(format_outcome(outcome, as_json))
+    return 0 if outcome.ok else 1
+
+
 @main.command(cls=TableCommand)
 @worker_options
 def worker(**kw: Any) -> None:
