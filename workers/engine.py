@@ -86,7 +86,15 @@ class Engine:
         )
         self.tasks = FetchTasks(self.processor, self.leaser.queue, self._deliver)
         self.housekeeping = Housekeeping(
-            settings, frontier, self.leaser.book, metrics, proxies, self._gauges, self.emit, self.say
+            settings,
+            frontier,
+            self.leaser.book,
+            metrics,
+            proxies,
+            self._gauges,
+            self.emit,
+            self.say,
+            self.processor.seen.clear,
         )
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from crawler.backoff import pause
+from crawler.connection import redis_errors
 from crawler.errors import RedisUnavailable
 from crawler.frontier import Frontier, Lease
 from crawler.heartbeat import publish_heartbeat
@@ -54,6 +55,7 @@ class Housekeeping:
         status: Callable[[], dict[str, Any]],
         emit: Callable[[dict[str, Any]], None],
         say: Callable[[str, str], None],
+        on_redis_replaced: Callable[[], None] = lambda: None,
     ) -> None:
         self.s = settings
         self.frontier = frontier
@@ -64,6 +66,8 @@ class Housekeeping:
         self._emit = emit
         self._say = say
         self._rng = random.Random()
+        self._on_redis_replaced = on_redis_replaced  # Redis restarted or failed over: it may have lost writes
+        self._run_id: str | None = None
 
     async def renew(self, until: asyncio.Event) -> None:
         """Extend every held lease each ttl/3, through the grace period too."""
@@ -126,6 +130,21 @@ class Housekeeping:
                 self._emit(snap)
             await self._heartbeat(snap)
 
+    async def check_redis_identity(self) -> bool:
+        """True (and the callback run) when Redis is not the server it was: a restart (from an AOF that may miss
+        its last second) or a failover to a replica. Checked with every heartbeat, well inside a lease TTL."""
+        with redis_errors("run_id check"):
+            info = await self.frontier.redis.info("server")
+        run_id = str(info.get("run_id", ""))
+        replaced = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        if replaced:
+            self._say(
+                "Redis was restarted or replaced (its run_id changed): forgetting the local seen-link cache", "warning"
+            )
+            self._on_redis_replaced()
+        return replaced
+
     async def _heartbeat(self, snap: dict[str, Any] | None) -> None:
         if snap is None:
             snap = self.metrics.snapshot(self.proxies.success_rate(), reset=False)
@@ -154,6 +173,8 @@ class Housekeeping:
             **self._status(),
         }
         self.metrics.set_proxies(info["proxies"])
+        with contextlib.suppress(RedisUnavailable):
+            await self.check_redis_identity()
         with contextlib.suppress(RedisUnavailable):  # crawl-wide gauges for /metrics, refreshed with the beat
             if self.metrics.prom is not None:
                 self.metrics.set_crawl_counters(await self.frontier.counters())
