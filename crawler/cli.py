@@ -154,21 +154,14 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
         except OSError as exc:
             raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
     printer = InvalidLinePrinter(source if source != "-" else "<stdin>")
-    show_progress = sys.stderr.isatty()
-
-    def progress(r: Any) -> None:
-        if show_progress:
-            print(f"\r{r.lines:,} lines, {r.added:,} added", end="", file=sys.stderr, flush=True)
-
     try:
-        async with open_redis(settings.redis_url, settings.home) as redis:
+        async with open_redis(settings.redis_url, settings.home) as redis, EnqueueProgress(stream) as progress:
             frontier = Frontier(redis, settings.crawl_name)
             report = await enqueue_stream(frontier, stream, depth, front, keep_tracking, printer, progress)
+            progress(report)  # the last frame shows the final counts
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-    if show_progress:
-        print(file=sys.stderr)
     printer.finish()
     click.echo(report.summary())
     if report.added == 0 and report.duplicates:
@@ -180,6 +173,54 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
             err=True,
         )
     return 0
+
+
+class EnqueueProgress:
+    """A rich progress bar on a terminal (bytes of the file read, lines, URLs added); nothing when piped.
+
+    Its last frame is drawn from the final report, so it never shows a stale count."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._bar: Any = None
+        self._task: Any = None
+        try:
+            self._total: int | None = os.fstat(stream.fileno()).st_size or None
+        except (OSError, ValueError, AttributeError):
+            self._total = None
+
+    async def __aenter__(self) -> EnqueueProgress:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("enqueue"),
+                BarColumn(),
+                TextColumn("{task.fields[lines]:,} lines, {task.fields[added]:,} added"),
+                TimeElapsedColumn(),
+                transient=False,
+                console=None,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("enqueue", total=self._total, lines=0, added=0)
+        return self
+
+    def __call__(self, report: Any) -> None:
+        if self._bar is not None:
+            pos = self._position()
+            self._bar.update(self._task, completed=pos, lines=report.lines, added=report.added)
+
+    def _position(self) -> int | None:
+        try:
+            return int(self._stream.tell())
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            if self._total is not None:
+                self._bar.update(self._task, completed=self._total)
+            self._bar.stop()
 
 
 # ------------------------------------------------------------------------------------------------------ stats
@@ -229,6 +270,10 @@ async def _dead(settings: Settings, as_json: bool, requeue: bool, limit: int) ->
             click.echo(f"requeued={n}")
             return 0
         entries = await frontier.dead_entries(limit)
+    if not entries and not as_json:
+        from crawler.views import describe_crawl
+
+        click.echo(f"no dead URLs in {describe_crawl(settings)}")
     for e in entries:
         if as_json:
             click.echo(

@@ -338,7 +338,11 @@ def test_bad_value_from_the_environment_is_refused_the_same_way(
         cwd=tmp_path,
         env=crawl_env({"CRAWL_CONCURRENCY": "0", "CRAWL_LOG_FORMAT": "json"}),
     )
-    assert_usage_error(CrawlRun(proc.returncode, proc.stdout, proc.stderr), "--concurrency")
+    # JSON logs asked for: the error is one JSON line (issue 12), with the same message
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    err = json.loads(line)
+    assert err["level"] == "error" and "--concurrency" in err["message"] and "CRAWL_CONCURRENCY" in err["message"]
     assert connections(admin) == before and not (tmp_path / "out").exists()
 
 

@@ -27,6 +27,7 @@ from crawler.logs import EventLog, install_logging
 from crawler.metrics import WorkerMetrics
 from crawler.prometheus import start_metrics_server
 from crawler.proxies import ProxyPool
+from crawler.redact import scrub
 from crawler.scrape import load_parser
 from crawler.settings import Settings
 from crawler.sinks import ItemSink, JsonlSink, Outputs
@@ -75,13 +76,21 @@ def run_worker(settings: Settings, out: Any = None) -> int:
     try:
         return int(runner(_main(settings, log)))
     except RedisUnavailable as exc:
-        log.say(f"{exc}: gave up after --redis-wait {settings.lifecycle.redis_wait_s:g}s", "error")
+        _fatal(log, settings, f"{exc}: gave up after --redis-wait {settings.lifecycle.redis_wait_s:g}s")
         return EXIT_REDIS
     except CrawlError as exc:
-        log.say(str(exc), "error")
+        _fatal(log, settings, str(exc))
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+
+
+def _fatal(log: EventLog, settings: Settings, message: str) -> None:
+    """The one line a fatal start-up error gets: `crawl: error: ...` as every command prints it, or a JSON line."""
+    if settings.output.log_format == "json":
+        log.say(message, "error")
+    else:
+        print(f"crawl: error: {scrub(message, settings.secrets())}", file=sys.stderr, flush=True)
 
 
 async def redis_when_up(stack: contextlib.AsyncExitStack, settings: Settings, log: EventLog) -> aioredis.Redis:
