@@ -9,7 +9,6 @@ with replacement characters.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 from selectolax.lexbor import LexborHTMLParser
 
 from crawler.settings import ExtractRule
-from crawler.urls import InvalidURL, LinkNormalizer, in_domain, normalize, origin_of
+from crawler.urls import LinkResolver, in_domain, resolve
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.IGNORECASE)
 
@@ -142,14 +141,10 @@ def parse_page(task: ParseTask) -> ParsedPage:
     base = task.final_url
     base_node = tree.css_first("base[href]")
     if base_node is not None:
-        href = base_node.attributes.get("href")
-        if href:
-            with contextlib.suppress(InvalidURL):
-                base = normalize(href, task.final_url).url
+        base = resolve(base_node.attributes.get("href") or "", task.final_url) or base  # a bad <base>: ignored
     canon = tree.css_first('link[rel="canonical"]')
     if canon is not None and canon.attributes.get("href"):
-        with contextlib.suppress(InvalidURL):
-            page.canonical = normalize(canon.attributes["href"] or "", base).url
+        page.canonical = resolve(canon.attributes["href"] or "", base)  # None for a bad one
 
     _links(tree, base, task, page)
     body = tree.body
@@ -159,25 +154,26 @@ def parse_page(task: ParseTask) -> ParsedPage:
     return page
 
 
-_NORMALIZERS: dict[bool, LinkNormalizer] = {}  # one per parse process and keep_tracking setting
+_RESOLVERS: dict[bool, LinkResolver] = {}  # one per parse process and keep_tracking setting
 
 
 def _links(tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage) -> None:
+    """Links as a browser resolves them (WHATWG); a bad href costs only that link. One link per dedup key: the
+    first spelling on the page is kept, the others are the same URL to the crawl."""
     own_hosts = {_host(task.url), _host(task.final_url)}
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     follow_ok = task.follow and not page.nofollow
-    norm = _NORMALIZERS.get(task.keep_tracking)
-    if norm is None:
-        norm = _NORMALIZERS[task.keep_tracking] = LinkNormalizer(task.keep_tracking)
-    origin = origin_of(base)
+    resolver = _RESOLVERS.get(task.keep_tracking)
+    if resolver is None:
+        resolver = _RESOLVERS[task.keep_tracking] = LinkResolver(task.keep_tracking)
     for a in tree.css("a[href]"):
         href = a.attributes.get("href")
         if not href:
             continue
-        n = norm(href, base, origin)
-        if n is None or n.url in seen:
+        n = resolver(href, base)
+        if n is None or n.fingerprint in seen:
             continue
-        seen.add(n.url)
+        seen.add(n.fingerprint)
         if len(page.links) < task.max_links:
             page.links.append(n.url)
             in_scope = n.host in own_hosts or (task.allow_domains and in_domain(n.host, task.allow_domains))
