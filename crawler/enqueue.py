@@ -1,13 +1,22 @@
 """`crawl enqueue`: stream a URL file into the frontier.
 
 The file is read line by line in binary (a 10-million-line file never sits in memory), each line is validated and
-normalised, and batches go to Redis as pipelined `add` script calls. A bad line is reported with its line number
+parsed, and batches go to Redis as pipelined `add` script calls. A bad line is reported with its line number
 and never stops the others.
+
+A line is a URL, or a JSON object for a URL with what travels with it (both kinds may be mixed in one file):
+
+    {"url": "https://shop.example/c/1", "data": {"category": "books"}, "priority": "high", "label": "listing"}
+
+`data` is a JSON object of at most 8 KiB serialised, `priority` "high" (the head of the host's queue), "normal"
+or an integer (> 0 is high), `label` the parser function to call, `kind` what the URL is ("sitemap"), `headers`
+extra request headers. A line without those fields costs Redis nothing more than a plain URL line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import sys
 import time
@@ -17,14 +26,29 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from crawler.frontier import Frontier, entry
-from crawler.urls import MAX_URL_BYTES, InvalidURL, NormalizedURL, normalize
+from crawler.frontier import Extras, Frontier, InvalidExtras, entry
+from crawler.urls import MAX_URL_BYTES, CrawlURL, InvalidURL, crawl_url
 
 BATCH = 2000  # lines per chunk: one script call
 PIPELINE_DEPTH = 8  # script calls per round trip
 IN_PROCESS_CHUNKS = 4  # files up to this many chunks are normalised here: a helper process costs ~0.1 s to start
 CHUNKS_AHEAD = 6  # chunks handed to the helper process before we wait for the oldest: bounds memory
 SHOWN_ERRORS = 20
+MAX_LINE_BYTES = 64 * 1024  # a JSON line: a URL, 8 KiB of data (escaped in the file, so it may be longer), fields
+_FIELDS = frozenset({"url", "data", "priority", "label", "kind", "headers"})
+
+
+class InvalidLine(ValueError):
+    """A line that is no URL and no valid JSON line; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """One valid line: the URL, the extras JSON to store after it ("" for none), and its priority."""
+
+    url: CrawlURL
+    extras: str = ""
+    front: bool | None = None  # None: the file's default (`--priority`)
 
 
 @dataclass(slots=True)
@@ -39,13 +63,16 @@ class EnqueueReport:
         return f"added={self.added} duplicates={self.duplicates} invalid={self.invalid}"
 
 
-def check_line(raw: bytes, keep_tracking: bool = False) -> NormalizedURL | None:
-    """Validate one raw line: None for a blank or comment line, InvalidURL (with the reason) for a bad one."""
+def check_line(raw: bytes, keep_tracking: bool = False) -> Seed | None:
+    """Validate one raw line: None for a blank or comment line, InvalidURL or InvalidLine (with the reason) for a
+    bad one."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     raw = raw.rstrip(b"\r\n")
     if len(raw) > MAX_URL_BYTES:
-        raise InvalidURL(f"line longer than {MAX_URL_BYTES} bytes ({len(raw)})")
+        limit = MAX_LINE_BYTES if raw.lstrip().startswith(b"{") else MAX_URL_BYTES
+        if len(raw) > limit:
+            raise InvalidURL(f"line longer than {limit} bytes ({len(raw)})")
     if b"\x00" in raw:
         raise InvalidURL("NUL byte in line")
     try:
@@ -55,12 +82,46 @@ def check_line(raw: bytes, keep_tracking: bool = False) -> NormalizedURL | None:
     text = text.strip()
     if not text or text.startswith("#"):
         return None
-    return normalize(text, keep_tracking=keep_tracking)
+    if text.startswith("{"):
+        return _json_line(text, keep_tracking)
+    return Seed(crawl_url(text, keep_tracking=keep_tracking))
+
+
+def _json_line(text: str, keep_tracking: bool) -> Seed:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InvalidLine(f"bad JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise InvalidLine("a JSON line must be an object")
+    unknown = set(obj) - _FIELDS
+    if unknown:
+        raise InvalidLine(f"unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(_FIELDS))})")
+    url = obj.get("url")
+    if not isinstance(url, str):
+        raise InvalidLine('"url" must be a string')
+    front = _priority(obj.get("priority"))
+    try:
+        extras = Extras(obj.get("data"), obj.get("label"), obj.get("headers"), obj.get("kind")).encode()
+    except InvalidExtras as exc:
+        raise InvalidLine(str(exc)) from None
+    return Seed(crawl_url(url.strip(), keep_tracking=keep_tracking), extras, front)
+
+
+def _priority(value: Any) -> bool | None:
+    """"high" or an integer > 0: the head of the queue; "normal" or an integer <= 0: the tail; absent: default."""
+    if value is None:
+        return None
+    if value in ("high", "normal"):
+        return value == "high"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value > 0
+    raise InvalidLine(f'priority must be "high", "normal" or an integer, not {value!r}')
 
 
 def _lines(stream: BinaryIO) -> Iterator[bytes]:
     """Lines, with over-long ones cut short so they cannot fill memory (the rest of such a line is skipped)."""
-    limit = MAX_URL_BYTES + 2
+    limit = MAX_LINE_BYTES + 2
     while True:
         line = stream.readline(limit)
         if not line:
@@ -78,29 +139,42 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
 
 @dataclass(slots=True)
 class Chunk:
-    """A run of lines, normalised: what one `add` script call needs, plus the bad lines to report."""
+    """A run of lines, parsed: what one or two `add` script calls need, plus the bad lines to report.
+
+    `entries` take the file's default priority; `front_entries` / `back_entries` are the JSON lines that chose
+    their own (rare: most files give none, and then the chunk is one call as before)."""
 
     fingerprints: bytes = b""
     entries: list[str] = field(default_factory=list)
+    front_fingerprints: bytes = b""
+    front_entries: list[str] = field(default_factory=list)
+    back_fingerprints: bytes = b""
+    back_entries: list[str] = field(default_factory=list)
     hosts: set[str] = field(default_factory=set)
-    invalid: list[tuple[int, str]] = field(default_factory=list)
+    invalid: list[tuple[int, str]] = field(default_factory=list)  # (line number, "invalid URL: why")
 
 
 def normalize_chunk(lines: list[bytes], first_lineno: int, depth: int, keep_tracking: bool) -> Chunk:
     """Top level and picklable: runs in a helper process for big files, so Redis and Python work in parallel."""
     out = Chunk()
-    fps: list[bytes] = []
+    fps: dict[bool | None, list[bytes]] = {None: [], True: [], False: []}
+    entries = {None: out.entries, True: out.front_entries, False: out.back_entries}
     for offset, raw in enumerate(lines):
         try:
-            n = check_line(raw, keep_tracking)
+            seed = check_line(raw, keep_tracking)
         except InvalidURL as exc:
-            out.invalid.append((first_lineno + offset, str(exc)))
+            out.invalid.append((first_lineno + offset, f"invalid URL: {exc}"))
             continue
-        if n is not None:
-            fps.append(n.fingerprint)
-            out.entries.append(entry(n.url, depth))
-            out.hosts.add(n.host)
-    out.fingerprints = b"".join(fps)
+        except InvalidLine as exc:
+            out.invalid.append((first_lineno + offset, f"invalid line: {exc}"))
+            continue
+        if seed is not None:
+            fps[seed.front].append(seed.url.fingerprint)
+            entries[seed.front].append(entry(seed.url.url, depth, 0, seed.extras))
+            out.hosts.add(seed.url.host)
+    out.fingerprints = b"".join(fps[None])
+    out.front_fingerprints = b"".join(fps[True])
+    out.back_fingerprints = b"".join(fps[False])
     return out
 
 
@@ -165,13 +239,18 @@ async def enqueue_stream(
             report.invalid += 1
             if on_invalid:
                 on_invalid(lineno, reason)
-        if chunk.entries:
-            kinds.extend(
-                await frontier.add_prepared_in(
-                    pipe, chunk.fingerprints, "\n".join(chunk.entries), chunk.hosts, front, seed=True
+        seed = True  # the chunk's hosts are recorded with its first add call
+        for fps, entries, at_front in (
+            (chunk.fingerprints, chunk.entries, front),
+            (chunk.front_fingerprints, chunk.front_entries, True),
+            (chunk.back_fingerprints, chunk.back_entries, False),
+        ):
+            if entries:
+                kinds.extend(
+                    await frontier.add_prepared_in(pipe, fps, "\n".join(entries), chunk.hosts, at_front, seed=seed)
                 )
-            )
-            report.duplicates += len(chunk.entries)
+                report.duplicates += len(entries)
+                seed = False
         if len(kinds) >= 2 * PIPELINE_DEPTH:
             await flush()
         if on_progress and time.monotonic() - last_progress > 0.5:
@@ -212,7 +291,7 @@ class InvalidLinePrinter:
     def __call__(self, lineno: int, reason: str) -> None:
         self.count += 1
         if self.count <= SHOWN_ERRORS:
-            print(f"{self.source}:{lineno}: invalid URL: {reason}", file=sys.stderr)
+            print(f"{self.source}:{lineno}: {reason}", file=sys.stderr)
 
     def finish(self) -> None:
         if self.count > SHOWN_ERRORS:

@@ -10,6 +10,7 @@ Counters always add up: enqueued = done + dead + queued + deferred + inflight.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from crawler.keys import CrawlKeys
-from crawler.urls import NormalizedURL
+from crawler.urls import CrawlURL
 
 LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
 _SCRIPTS = ("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead")
@@ -35,8 +36,77 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def entry(url: str, depth: int, attempts: int = 0) -> str:
-    return f"{depth} {attempts} {url}"
+MAX_DATA_BYTES = 8192  # user data of one URL, serialised: it sits in Redis for as long as the URL is queued
+MAX_LABEL_CHARS = 200
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an RFC 9110 token
+
+
+class InvalidExtras(ValueError):
+    """User data, label, headers or kind that cannot travel with a URL; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """What travels with a URL beside it: the user's data, the router label, extra request headers, its kind.
+
+    Stored after the URL in its frontier entry as compact JSON (`"<depth> <attempts> <url> <json>"`), only when
+    there is something to store: an entry without extras is as short as it ever was. A serialised URL holds no
+    space and the JSON no newline (entries are split on both), so the split is exact.
+    """
+
+    data: dict[str, Any] | None = None  # JSON object, at most MAX_DATA_BYTES serialised
+    label: str | None = None  # which of the user's parser functions handles the page
+    headers: dict[str, str] | None = None  # extra request headers (a parser's follow request)
+    kind: str | None = None  # "sitemap", ...: what the worker should do with the body
+
+    def __post_init__(self) -> None:
+        if self.data is not None and not isinstance(self.data, dict):
+            raise InvalidExtras(f"data must be a JSON object, not {type(self.data).__name__}")
+        for name in ("label", "kind"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS):
+                raise InvalidExtras(f"{name} must be a string of 1-{MAX_LABEL_CHARS} characters")
+        for k, v in (self.headers or {}).items():
+            if not isinstance(k, str) or not _HEADER_NAME.match(k):
+                raise InvalidExtras(f"bad header name {k!r}")
+            if not isinstance(v, str) or "\r" in v or "\n" in v or "\0" in v:
+                raise InvalidExtras(f"bad value for header {k}")
+
+    def __repr__(self) -> str:
+        # header values may be secrets (Authorization, Cookie): only their names are ever printed
+        shown = None if self.headers is None else sorted(self.headers)
+        return f"Extras(data={self.data!r}, label={self.label!r}, headers={shown!r}, kind={self.kind!r})"
+
+    def encode(self) -> str:
+        """Compact JSON of the fields that are set; "" when none is. InvalidExtras for data too big or not JSON."""
+        fields = {k: v for k in ("data", "label", "headers", "kind") if (v := getattr(self, k)) is not None}
+        if not fields:
+            return ""
+        if self.data is not None:
+            size = len(_dumps(self.data).encode())
+            if size > MAX_DATA_BYTES:
+                raise InvalidExtras(f"data is {size} bytes serialised, over the {MAX_DATA_BYTES}-byte limit")
+        return _dumps(fields)
+
+    @classmethod
+    def decode(cls, text: str) -> Extras | None:
+        """The inverse of `encode`; None for "" (no extras)."""
+        if not text:
+            return None
+        f = json.loads(text)
+        return cls(f.get("data"), f.get("label"), f.get("headers"), f.get("kind"))
+
+
+def _dumps(obj: Any) -> str:
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidExtras(f"not JSON-serialisable ({exc})") from None
+
+
+def entry(url: str, depth: int, attempts: int = 0, extras: str = "") -> str:
+    """A queued entry: "<depth> <attempts> <url>", then " <extras JSON>" only when there are extras."""
+    return f"{depth} {attempts} {url} {extras}" if extras else f"{depth} {attempts} {url}"
 
 
 def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
@@ -46,7 +116,7 @@ def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
 
 
 def _link_blobs(links: Sequence[NewLink]) -> tuple[bytes, str]:
-    return _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in links)
+    return _blobs((ln.fingerprint, entry(ln.url, ln.depth, 0, ln.extras.encode() if ln.extras else "")) for ln in links)
 
 
 _Call = tuple[str, list[str], list[Any]]  # a script call: name, keys, args without the crawl prefix
@@ -54,31 +124,56 @@ _Call = tuple[str, list[str], list[Any]]  # a script call: name, keys, args with
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead."""
+    """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead.
+
+    `extras` (user data, label, headers, kind) come back exactly as they were added, through every retry,
+    release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it is.
+    """
 
     member: str
     url: str
     depth: int
     attempts: int  # fetch attempts already made before this lease
+    extras: Extras | None = None
 
     @classmethod
     def from_member(cls, member: str) -> Lease:
-        _token, depth, attempts, url = member.split(" ", 3)
-        return cls(member, url, int(depth), int(attempts))
+        _token, depth, attempts, rest = member.split(" ", 3)
+        url, _, tail = rest.partition(" ")
+        return cls(member, url, int(depth), int(attempts), Extras.decode(tail))
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        return self.extras.data if self.extras else None
+
+    @property
+    def label(self) -> str | None:
+        return self.extras.label if self.extras else None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self.extras.headers if self.extras else None
+
+    @property
+    def kind(self) -> str | None:
+        return self.extras.kind if self.extras else None
 
 
 @dataclass(frozen=True, slots=True)
 class NewLink:
-    """A URL found on a page, ready for the frontier (normalised and fingerprinted in the parse pool)."""
+    """A URL found on a page (or yielded by a parser), ready for the frontier: fetch URL, its host, and the
+    fingerprint of its dedup key (all from the parse pool). `front` puts it at the head of its host's queue."""
 
     fingerprint: bytes
     host: str
     url: str
     depth: int
+    extras: Extras | None = None
+    front: bool = False
 
     @classmethod
-    def of(cls, n: NormalizedURL, depth: int) -> NewLink:
-        return cls(n.fingerprint, n.host, n.url, depth)
+    def of(cls, n: CrawlURL, depth: int, extras: Extras | None = None, front: bool = False) -> NewLink:
+        return cls(n.fingerprint, n.host, n.url, depth, extras, front)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +203,7 @@ class DeadEntry:
     attempts: int
     at_ms: int
     error: dict[str, Any]
+    extras: Extras | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +267,14 @@ class Frontier:
         return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args
 
     # -- adding ---------------------------------------------------------------------------------------------
-    async def add(self, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> int:
-        """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently."""
-        fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
+    async def add(
+        self, urls: Iterable[CrawlURL], depth: int = 0, front: bool = False, extras: Extras | None = None
+    ) -> int:
+        """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently.
+
+        `extras` (the same for every URL of the call) travel with each URL; InvalidExtras when they cannot."""
+        tail = extras.encode() if extras else ""
+        fps, entries = _blobs((n.fingerprint, entry(n.url, depth, 0, tail)) for n in urls)
         if not fps:
             return 0
         return int(await self._run(*self._add_call(fps, entries, front)))
@@ -233,8 +334,28 @@ class Frontier:
         """
         if not done and not links:
             return 0, 0
-        acked, added = await self._run(*self._ack_call(done, links))
-        return int(acked), int(added)
+        results = await self._pipeline(self._link_calls(done, links))
+        return int(results[0][0]), int(results[0][1]) + sum(int(r) for r in results[1:])
+
+    def _link_calls(self, done: Sequence[Lease], links: Sequence[NewLink]) -> list[_Call]:
+        """The ack with the first chunk of links, then add calls: further chunks (one script must not hold Redis
+        for long) and the links asked for at the front of their queues."""
+        back = [ln for ln in links if not ln.front]
+        front = [ln for ln in links if ln.front] if len(back) < len(links) else []
+        calls = [self._ack_call(done, back[:LINKS_PER_CALL])]
+        for start in range(LINKS_PER_CALL, len(back), LINKS_PER_CALL):
+            calls.append(self._add_call(*_link_blobs(back[start : start + LINKS_PER_CALL])))
+        for start in range(0, len(front), LINKS_PER_CALL):
+            calls.append(self._add_call(*_link_blobs(front[start : start + LINKS_PER_CALL]), front=True))
+        return calls
+
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        if len(calls) == 1:
+            return [await self._run(*calls[0])]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await self._run(*call, client=pipe)
+            return list(await pipe.execute())
 
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give leases back to the front of their queues without counting an attempt."""
@@ -260,12 +381,7 @@ class Frontier:
 
         Returns how many leases were acked (owned at the time).
         """
-        calls: list[_Call] = []
-        if done or links:
-            # links past the first chunk go in separate add calls: one script must not hold Redis for long
-            calls.append(self._ack_call(done, links[:LINKS_PER_CALL]))
-            for start in range(LINKS_PER_CALL, len(links), LINKS_PER_CALL):
-                calls.append(self._add_call(*_link_blobs(links[start : start + LINKS_PER_CALL])))
+        calls = self._link_calls(done, links) if done or links else []
         if deferred:
             calls.append(self._defer_call(deferred))
         if dead:
@@ -274,10 +390,7 @@ class Frontier:
             calls.append(self._release_call(released))
         if not calls:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                await self._run(*call, client=pipe)
-            results = await pipe.execute()
+        results = await self._pipeline(calls)
         return int(results[0][0]) if done or links else 0
 
     async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
@@ -327,8 +440,10 @@ class Frontier:
         async for url, val in self.redis.hscan_iter(self.keys.dead, count=500):
             u = url.decode() if isinstance(url, bytes) else url
             v = val.decode() if isinstance(val, bytes) else val
-            depth, attempts, at, err = v.split(" ", 3)
-            out.append(DeadEntry(u, int(depth), int(attempts), int(at), json.loads(err)))
+            # "<depth> <attempts> <at_ms> <error JSON>", then "\n<extras JSON>" when the URL had extras
+            head, _, tail = v.partition("\n")
+            depth, attempts, at, err = head.split(" ", 3)
+            out.append(DeadEntry(u, int(depth), int(attempts), int(at), json.loads(err), Extras.decode(tail)))
             if len(out) >= limit:
                 break
         return out

@@ -13,7 +13,8 @@ keep them. Two links that differ only there are one URL of the crawl; the first 
 
 Deliberate differences from WHATWG (tests/test_whatwg_urls.py lists the cases): only http and https are
 crawlable; user-info (`user:pw@`) is refused, since it would be stored in Redis and printed in records and logs;
-a URL longer than MAX_URL_BYTES is refused. This module imports no asyncio: it runs in the parse pool.
+port 0 is refused (no TCP connection can be made to it: every fetch would fail); a URL longer than MAX_URL_BYTES
+is refused. This module imports no asyncio: it runs in the parse pool.
 """
 
 from __future__ import annotations
@@ -83,12 +84,14 @@ def fetch_form(url: str, base: str | None = None) -> tuple[str, str]:
         parsed = lib.ada_parse_with_base(raw, len(raw), braw, len(braw))
     try:
         if not lib.ada_is_valid(parsed):
-            raise InvalidURL("not a valid URL" if base is None else "not a valid link")
+            raise InvalidURL(_why_invalid(url) if base is None else "not a valid link")
         if lib.ada_get_scheme_type(parsed) not in _HTTP_SCHEMES:
             scheme = _text(lib.ada_get_protocol(parsed))
             raise InvalidURL(f"scheme {scheme} is not http or https")
         if lib.ada_has_credentials(parsed):
             raise InvalidURL("credentials in URL are refused (they would be stored and logged)")
+        if _text(lib.ada_get_port(parsed)) == "0":  # valid to WHATWG, but nothing listens there
+            raise InvalidURL("port out of range (0 cannot be connected to)")
         lib.ada_clear_hash(parsed)
         href = _text(lib.ada_get_href(parsed))
         host = _text(lib.ada_get_host(parsed))
@@ -97,6 +100,32 @@ def fetch_form(url: str, base: str | None = None) -> tuple[str, str]:
     if len(href) > MAX_URL_BYTES:
         raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
     return href, host
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_AUTHORITY = re.compile(r"^[/\\]*([^/\\?#]*)")
+
+
+def _why_invalid(url: str) -> str:
+    """A few words on why the WHATWG parser refused a URL written by a user (a seed): the error path only."""
+    text = url.strip("".join(map(chr, range(33)))).replace("\t", "").replace("\n", "").replace("\r", "")
+    m = _SCHEME.match(text)
+    if m is None:
+        return "scheme (none) is not http or https"
+    if m.group(1).lower() not in ("http", "https"):
+        return f"scheme {m.group(1).lower()}: is not http or https"
+    authority = _AUTHORITY.match(text[m.end() :])
+    host = authority.group(1).rsplit("@", 1)[-1] if authority else ""
+    if not host:
+        return "no host"
+    if host.startswith("["):
+        return "bad IPv6 address" if "]" in host and host.rfind(":") < host.rfind("]") else "bad IPv6 address or port"
+    name, _, port = host.partition(":")
+    if not name:
+        return "no host"
+    if port and (not port.isdigit() or int(port) > 65535):
+        return "port out of range"
+    return "bad host name"
 
 
 def crawl_url(url: str, base: str | None = None, *, keep_tracking: bool = False) -> CrawlURL:
@@ -116,7 +145,7 @@ def dedup_key(fetch_url: str, keep_tracking: bool = False) -> str:
     colon = hostport.rfind(":") if not hostport.endswith("]") else -1
     host, port = (hostport, "") if colon < 0 else (hostport[:colon], hostport[colon:])
     if host.endswith("."):  # "example.com." is "example.com" to DNS; WHATWG keeps the dot in the fetch URL
-        hostport = host.rstrip(".") + port
+        hostport = (host.rstrip(".") or host) + port
     path, q, query = fetch_url[path_at:].partition("?")
     key = fetch_url[:scheme_end] + hostport + _requote(path, _PATH_SAFE)
     query = _normalize_query(query, keep_tracking) if q else ""
