@@ -92,8 +92,6 @@ def _json_line(text: str, keep_tracking: bool) -> Seed:
         obj = json.loads(text)
     except ValueError as exc:
         raise InvalidLine(f"bad JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise InvalidLine("a JSON line must be an object")
     unknown = set(obj) - _FIELDS
     if unknown:
         raise InvalidLine(f"unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(_FIELDS))})")
@@ -139,26 +137,26 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
 
 @dataclass(slots=True)
 class Chunk:
-    """A run of lines, parsed: what one or two `add` script calls need, plus the bad lines to report.
+    """A run of lines, parsed: what one `add` script call needs, plus the bad lines to report.
 
-    `entries` take the file's default priority; `front_entries` / `back_entries` are the JSON lines that chose
-    their own (rare: most files give none, and then the chunk is one call as before)."""
+    `entries` take the file's priority (`--priority`), in file order; `flipped_entries` are the JSON lines that
+    asked for the other one (rare: then the chunk takes two calls)."""
 
     fingerprints: bytes = b""
     entries: list[str] = field(default_factory=list)
-    front_fingerprints: bytes = b""
-    front_entries: list[str] = field(default_factory=list)
-    back_fingerprints: bytes = b""
-    back_entries: list[str] = field(default_factory=list)
+    flipped_fingerprints: bytes = b""
+    flipped_entries: list[str] = field(default_factory=list)
     hosts: set[str] = field(default_factory=set)
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (line number, "invalid URL: why")
 
 
-def normalize_chunk(lines: list[bytes], first_lineno: int, depth: int, keep_tracking: bool) -> Chunk:
+def normalize_chunk(
+    lines: list[bytes], first_lineno: int, depth: int, keep_tracking: bool, front: bool = False
+) -> Chunk:
     """Top level and picklable: runs in a helper process for big files, so Redis and Python work in parallel."""
     out = Chunk()
-    fps: dict[bool | None, list[bytes]] = {None: [], True: [], False: []}
-    entries = {None: out.entries, True: out.front_entries, False: out.back_entries}
+    fps: list[bytes] = []
+    flipped: list[bytes] = []
     for offset, raw in enumerate(lines):
         try:
             seed = check_line(raw, keep_tracking)
@@ -168,13 +166,17 @@ def normalize_chunk(lines: list[bytes], first_lineno: int, depth: int, keep_trac
         except InvalidLine as exc:
             out.invalid.append((first_lineno + offset, f"invalid line: {exc}"))
             continue
-        if seed is not None:
-            fps[seed.front].append(seed.url.fingerprint)
-            entries[seed.front].append(entry(seed.url.url, depth, 0, seed.extras))
-            out.hosts.add(seed.url.host)
-    out.fingerprints = b"".join(fps[None])
-    out.front_fingerprints = b"".join(fps[True])
-    out.back_fingerprints = b"".join(fps[False])
+        if seed is None:
+            continue
+        if seed.front is None or seed.front == front:
+            fps.append(seed.url.fingerprint)
+            out.entries.append(entry(seed.url.url, depth, 0, seed.extras))
+        else:
+            flipped.append(seed.url.fingerprint)
+            out.flipped_entries.append(entry(seed.url.url, depth, 0, seed.extras))
+        out.hosts.add(seed.url.host)
+    out.fingerprints = b"".join(fps)
+    out.flipped_fingerprints = b"".join(flipped)
     return out
 
 
@@ -242,8 +244,7 @@ async def enqueue_stream(
         seed = True  # the chunk's hosts are recorded with its first add call
         for fps, entries, at_front in (
             (chunk.fingerprints, chunk.entries, front),
-            (chunk.front_fingerprints, chunk.front_entries, True),
-            (chunk.back_fingerprints, chunk.back_entries, False),
+            (chunk.flipped_fingerprints, chunk.flipped_entries, not front),
         ):
             if entries:
                 kinds.extend(
@@ -261,11 +262,11 @@ async def enqueue_stream(
         for n, (lines, first) in enumerate(_chunks(stream)):
             report.lines = first + len(lines) - 1
             if n < IN_PROCESS_CHUNKS:  # a small file: no helper process to start
-                await take(normalize_chunk(lines, first, depth, keep_tracking))
+                await take(normalize_chunk(lines, first, depth, keep_tracking, front))
                 continue
             if pool is None:
                 pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
-            ahead.append(loop.run_in_executor(pool, normalize_chunk, lines, first, depth, keep_tracking))
+            ahead.append(loop.run_in_executor(pool, normalize_chunk, lines, first, depth, keep_tracking, front))
             while len(ahead) >= CHUNKS_AHEAD or (ahead and ahead[0].done()):
                 await take(await ahead.popleft())
         while ahead:
