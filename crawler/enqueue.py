@@ -107,11 +107,11 @@ def _json_line(text: str, keep_tracking: bool) -> Seed:
 
 
 def _priority(value: Any) -> bool | None:
-    """"high" or an integer > 0: the head of the queue; "normal" or an integer <= 0: the tail; absent: default."""
+    """The queue end a JSON line asks for: "high" or an integer > 0 the head, "normal" or <= 0 the tail."""
     if value is None:
         return None
     if value in ("high", "normal"):
-        return value == "high"
+        return bool(value == "high")
     if isinstance(value, int) and not isinstance(value, bool):
         return value > 0
     raise InvalidLine(f'priority must be "high", "normal" or an integer, not {value!r}')

@@ -48,7 +48,8 @@ async def queued_urls(redis_url: str, name: str) -> list[str]:
         f = Frontier(client, name)
         out: list[str] = []
         async for key in client.scan_iter(match=f.keys.prefix + "q:*", count=1000):
-            out += [e.decode().split(" ", 2)[2] for e in await client.lrange(key, 0, -1)]
+            for e in await client.lrange(key, 0, -1):
+                out.append((e.decode() if isinstance(e, bytes) else e).split(" ", 2)[2])
         return out
     finally:
         await client.aclose()
@@ -145,8 +146,10 @@ def test_enqueue_mixed_file(redis_server: Any, crawl_name: str, tmp_path: Path) 
 # (line, what it is): JSON lines and plain lines mixed in one file
 JSON_MIXED: list[tuple[str, str]] = [
     ("http://shop.example/plain", "valid"),  # 1
-    ('{"url": "http://shop.example/c/books?s=a&p=2", "data": {"category": "Books", "n": [1, 2]}, "label": "listing"}',
-     "valid"),  # 2
+    (
+        '{"url": "http://shop.example/c/books?s=a&p=2", "data": {"category": "Books", "n": [1, 2]}, "label": "list"}',
+        "valid",
+    ),  # 2
     ('  {"url": "http://shop.example/sitemap.xml", "kind": "sitemap", "priority": "high"}', "valid"),  # 3
     ('{"url": "http://shop.example/urgent", "priority": 5, "data": {"why": "a b\\nc"}}', "valid"),  # 4
     ('{"url": "http://shop.example/later", "priority": "normal"}', "valid"),  # 5
@@ -190,7 +193,7 @@ def test_enqueue_json_lines(redis_server: Any, crawl_name: str, tmp_path: Path) 
         ("http://shop.example/urgent", Extras(data={"why": "a b\nc"})),  # a newline in the data survives
         ("http://shop.example/sitemap.xml", Extras(kind="sitemap")),
         ("http://shop.example/plain", None),
-        ("http://shop.example/c/books?s=a&p=2", Extras(data={"category": "Books", "n": [1, 2]}, label="listing")),
+        ("http://shop.example/c/books?s=a&p=2", Extras(data={"category": "Books", "n": [1, 2]}, label="list")),
         ("http://shop.example/later", None),  # "normal": the file's default
         ("http://shop.example/last", None),
     ]

@@ -50,7 +50,8 @@ def test_big_file_counts_and_line_numbers(redis_server: RedisServer, crawl_name:
         stored: dict[str, int] = {}
         for key in client.scan_iter(match=f"crawl:{{{crawl_name}}}:q:j*", count=1000):
             for raw in client.lrange(key, 0, -1):
-                depth, attempts, url, extras = raw.decode().split(" ", 3)
+                text = raw.decode() if isinstance(raw, bytes) else raw
+                _depth, _attempts, url, extras = text.split(" ", 3)
                 stored[url] = json.loads(extras)["data"]["n"]
     finally:
         client.close()

@@ -52,7 +52,7 @@ class Site(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: Site
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+    def do_GET(self) -> None:  # the name http.server dispatches to
         with self.server.lock:
             self.server.targets.append(self.path)
         if self.path == "/robots.txt":
@@ -67,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the signature of the base class
+    def log_message(self, format: str, *args: object) -> None:  # the signature of the base class
         return
 
 

@@ -21,7 +21,7 @@ from tests.test_frontier import LONG_TTL_S, check, open_frontier, wait_expired
 pytestmark = pytest.mark.timeout(60)
 
 RICH = Extras(
-    data={"category": "Books & more", "page": 2, "nested": {"list": [1, "two", None]}, "text": "a b\nc\t\"é\u2028"},
+    data={"category": "Books & more", "page": 2, "nested": {"list": [1, "two", None]}, "text": 'a b\nc\t"é\u2028'},
     label="listing",
     headers={"X-Token": "t0k", "Accept-Language": "fr"},
     kind="sitemap",
@@ -43,7 +43,11 @@ def by_url(leases: list[Lease]) -> dict[str, Lease]:
 def assert_extras(leases: list[Lease], attempts: int) -> None:
     got = by_url(leases)
     assert set(got) == {"http://x.example/rich?s=a&p=2", "http://x.example/data", "http://x.example/plain"}
-    rich, data, plain = got["http://x.example/rich?s=a&p=2"], got["http://x.example/data"], got["http://x.example/plain"]
+    rich, data, plain = (
+        got["http://x.example/rich?s=a&p=2"],
+        got["http://x.example/data"],
+        got["http://x.example/plain"],
+    )
     assert rich.extras == RICH
     assert (rich.data, rich.label, rich.headers, rich.kind) == (RICH.data, "listing", RICH.headers, "sitemap")
     assert data.extras == ONLY_DATA and data.label is None and data.headers is None
