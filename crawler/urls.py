@@ -35,6 +35,9 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _PATH_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
 _QUERY_SAFE = _PATH_SAFE | frozenset(b"?")
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$")
+_PLAIN_QUERY = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*$")
+# a cheap first look for tracking parameters; `_is_tracking` decides on each pair
+_TRACKING = re.compile(r"(?:^|&)(?:utm_|(?:" + "|".join(sorted(TRACKING_PARAMS)) + r")(?:=|&|$))", re.IGNORECASE)
 
 
 class InvalidURL(ValueError):
@@ -139,17 +142,20 @@ normalize = crawl_url
 
 def dedup_key(fetch_url: str, keep_tracking: bool = False) -> str:
     """The canonical form of a fetch URL (see the module docstring): two URLs with one key are fetched once."""
-    scheme_end = fetch_url.index("://") + 3
-    path_at = fetch_url.find("/", scheme_end)  # a WHATWG http(s) URL always has a path
-    hostport = fetch_url[scheme_end:path_at]
-    colon = hostport.rfind(":") if not hostport.endswith("]") else -1
-    host, port = (hostport, "") if colon < 0 else (hostport[:colon], hostport[colon:])
-    if host.endswith("."):  # "example.com." is "example.com" to DNS; WHATWG keeps the dot in the fetch URL
-        hostport = (host.rstrip(".") or host) + port
-    path, q, query = fetch_url[path_at:].partition("?")
-    key = fetch_url[:scheme_end] + hostport + _requote(path, _PATH_SAFE)
-    query = _normalize_query(query, keep_tracking) if q else ""
-    return key + "?" + query if query else key
+    path_at = fetch_url.find("/", fetch_url.find("://") + 3)  # a WHATWG http(s) URL always has a path
+    q_at = fetch_url.find("?", path_at)
+    head = fetch_url[:path_at]
+    if head.endswith(".") or ".:" in head:  # "example.com." is "example.com" to DNS; WHATWG keeps the dot
+        scheme, _, hostport = head.partition("://")
+        host, colon, port = hostport.rpartition(":") if ".:" in hostport else (hostport, "", "")
+        head = f"{scheme}://{host.rstrip('.') or host}{colon}{port}"
+    path = fetch_url[path_at:] if q_at < 0 else fetch_url[path_at:q_at]
+    if "%" in path or not _PLAIN_PATH.match(path):
+        path = _requote(path, _PATH_SAFE)
+    if q_at < 0:
+        return head + path
+    query = _normalize_query(fetch_url[q_at + 1 :], keep_tracking)
+    return f"{head}{path}?{query}" if query else head + path
 
 
 def _requote(part: str, safe: frozenset[int]) -> str:
@@ -177,13 +183,16 @@ def _is_hex(two: bytes) -> bool:
 
 def _normalize_query(query: str, keep_tracking: bool) -> str:
     """Each pair is re-quoted first, so the sort and the tracking filter see the normal form of the keys."""
-    if not query:
-        return ""
-    pairs = [_requote(p, _QUERY_SAFE) for p in query.split("&") if p]
-    if not keep_tracking:
-        pairs = [p for p in pairs if not _is_tracking(p.split("=", 1)[0])]
-    if len(pairs) > 1:
-        pairs.sort(key=lambda p: p.split("=", 1)[0])  # stable: repeated keys keep their order
+    if "%" in query or not _PLAIN_QUERY.match(query):
+        query = "&".join(_requote(p, _QUERY_SAFE) for p in query.split("&"))
+    if "&&" in query or query.startswith("&") or query.endswith("&"):
+        query = "&".join(p for p in query.split("&") if p)
+    if not keep_tracking and _TRACKING.search(query):
+        query = "&".join(p for p in query.split("&") if not _is_tracking(p.split("=", 1)[0]))
+    if "&" not in query:
+        return query
+    pairs = query.split("&")
+    pairs.sort(key=lambda p: p.split("=", 1)[0])  # stable: repeated keys keep their order
     return "&".join(pairs)
 
 
@@ -193,35 +202,64 @@ def _is_tracking(key: str) -> bool:
 
 
 class LinkResolver:
-    """`crawl_url` for the links of pages, never raising, with a bounded cache of fetch URL -> CrawlURL.
+    """`crawl_url` for the links of pages, never raising, with a bounded cache.
 
-    Resolution itself is one C call; what the cache saves is the key and its fingerprint, for the links that
-    repeat across the pages of a site (navigation, pagination). Memory is bounded by two generations of
+    Links repeat across the pages of a site (navigation, pagination), so the cache is keyed by what the result
+    depends on: the href alone when it is absolute (`http://...`, `https://...`), the base's origin and the href
+    when it is root-relative (`/path`), the whole base and the href otherwise. A browser's resolution depends on
+    nothing more, so a hit is exactly what a miss would compute. Memory is bounded by two generations of
     `size // 2` entries. It lives in each parse process; it is not shared and needs no lock.
     """
 
     def __init__(self, keep_tracking: bool = False, size: int = 100_000) -> None:
         self.keep_tracking = keep_tracking
         self._half = size // 2
-        self._cur: dict[str, CrawlURL] = {}
-        self._old: dict[str, CrawlURL] = {}
+        self._cur: dict[str | tuple[str, str], CrawlURL | None] = {}  # key -> result (None: not crawlable)
+        self._old: dict[str | tuple[str, str], CrawlURL | None] = {}
+        self._base = ""  # the last base seen, and its origin: one page's links share them
+        self._origin = ""
 
     def __call__(self, href: str, base: str) -> CrawlURL | None:
         """The link `href` on a page whose base URL is `base`; None for a link that is invalid or not http(s),
         or only a fragment of this very page."""
+        key: str | tuple[str, str]
+        if href.startswith(("http://", "https://")):
+            key = href
+            base = ""  # not needed: an absolute link stands on its own (even on a page whose base is broken)
+        elif href.startswith("/") and not href.startswith(("//", "/\\")):
+            if base is not self._base:
+                self._base, self._origin = base, _origin(base)
+            key = (self._origin, href)
+        else:
+            key = (base, href)
+        hit = self._cur.get(key, _MISS)
+        if hit is _MISS:
+            hit = self._old.get(key, _MISS)
+            if hit is _MISS:
+                hit = self._resolve(href, base)
+            self._cur[key] = hit  # type: ignore[assignment]
+            if len(self._cur) >= self._half:
+                self._old, self._cur = self._cur, {}
+        return hit  # type: ignore[return-value]
+
+    def _resolve(self, href: str, base: str) -> CrawlURL | None:
         if href.lstrip(" \t\r\n\f\v\x00").startswith("#"):
             return None
         try:
-            url, host = fetch_form(href, base)
+            return crawl_url(href, base or None, keep_tracking=self.keep_tracking)
         except InvalidURL:
             return None
-        hit = self._cur.get(url) or self._old.get(url)
-        if hit is None:
-            hit = CrawlURL(url, host, fingerprint(dedup_key(url, self.keep_tracking)))
-            self._cur[url] = hit
-            if len(self._cur) >= self._half:
-                self._old, self._cur = self._cur, {}
-        return hit
+
+
+_MISS = object()
+
+
+def _origin(base: str) -> str:
+    """`scheme://host[:port]` of a base URL, or "\x00" + base for one that is not http(s) (a key of its own)."""
+    if not base.startswith(("http://", "https://")) or not base.isascii():
+        return "\x00" + base
+    end = base.find("/", base.find("://") + 3)
+    return base if end < 0 else base[:end]
 
 
 def resolve(href: str, base: str) -> str | None:

@@ -189,12 +189,32 @@ def test_bad_base_drops_the_link_and_never_raises(base: str) -> None:
     assert resolve("/a", base) is None
 
 
+CACHE_BASES = [
+    "http://example.com/d1/e",
+    "http://example.com/d2/e?q=1",
+    "https://example.com/d1/e",
+    "http://example.com:8080/d1/e",
+    "http://other.example/d1/e",
+    "http://example.com",
+    "ftp://example.com/d1/",
+    "not a base",
+]
+CACHE_HREFS = ["/p?b=1&a=2", "../up", "?page=3", "http://abs.example/x", "//proto.relative/x", "/\\host/x", "/\t/h/x"]
+
+
 def test_resolver_cache_answers_like_crawl_url() -> None:
-    r = LinkResolver(size=4)  # two generations of two: the cache turns over during the test
-    for i in range(10):
-        for href in (f"/p{i % 3}?b=1&a=2", "../up", f"?page={i}"):
-            got = r(href, f"http://example.com/d{i}/e")
-            assert got == crawl_url(href, f"http://example.com/d{i}/e")
+    """Every (href, base) pair twice, over bases that differ in scheme, host, port and path: the cached answer
+    is the uncached one, including for a cache so small that it turns over during the test."""
+    for size in (4, 100_000):
+        r = LinkResolver(size=size)
+        for _ in range(2):
+            for base in CACHE_BASES:
+                for href in CACHE_HREFS:
+                    try:  # an absolute link needs no base: a broken base does not drop it
+                        want = crawl_url(href, None if href.startswith("http://") else base)
+                    except InvalidURL:
+                        want = None
+                    assert r(href, base) == want, (href, base)
     assert LinkResolver(keep_tracking=True)("/p?utm_source=x", BASE) == crawl_url(
         "/p?utm_source=x", BASE, keep_tracking=True
     )
