@@ -192,6 +192,72 @@ def _chunks(stream: BinaryIO) -> Iterator[tuple[list[bytes], int]]:
         yield lines, first
 
 
+class _Sender:
+    """The Redis side of an enqueue: queues each chunk's add calls on a pipeline, and sends a pipeline once it
+    holds 2 * PIPELINE_DEPTH commands, with one pipeline in flight while the next fills."""
+
+    def __init__(
+        self,
+        frontier: Frontier,
+        front: bool,
+        on_invalid: Callable[[int, str], None] | None,
+        on_progress: Callable[[EnqueueReport], None] | None,
+    ) -> None:
+        self.frontier = frontier
+        self.front = front  # the file's priority (`--priority high`: the head of the queues)
+        self.on_invalid = on_invalid
+        self.on_progress = on_progress
+        self.report = EnqueueReport()
+        self.pipe = frontier.redis.pipeline(transaction=False)
+        self.kinds: list[bool] = []  # per queued command: is its result an add count?
+        self.in_flight: asyncio.Task[None] | None = None  # the pipeline sent and not yet answered
+        self.last_progress = time.monotonic()
+
+    async def _run_pipe(self, pipe: Any, kinds: list[bool]) -> None:
+        results = await pipe.execute()
+        # add script calls return how many were new; the SADDs of seed hosts in between are not counted
+        self.report.added += sum(int(r) for r, is_add in zip(results, kinds, strict=True) if is_add)
+        await pipe.reset()
+
+    async def flush(self, wait: bool = False) -> None:
+        if self.in_flight is not None:
+            await self.in_flight
+            self.in_flight = None
+        if self.kinds:
+            self.in_flight = asyncio.create_task(self._run_pipe(self.pipe, self.kinds))
+            self.kinds = []
+            self.pipe = self.frontier.redis.pipeline(transaction=False)
+            await asyncio.sleep(0)  # let it write its commands now, so Redis works while we go on
+        if wait and self.in_flight is not None:
+            await self.in_flight
+            self.in_flight = None
+
+    async def take(self, chunk: Chunk) -> None:
+        report = self.report
+        for lineno, reason in chunk.invalid:
+            report.invalid += 1
+            if self.on_invalid:
+                self.on_invalid(lineno, reason)
+        seed = True  # the chunk's hosts are recorded with its first add call
+        for fps, entries, at_front in (
+            (chunk.fingerprints, chunk.entries, self.front),
+            (chunk.flipped_fingerprints, chunk.flipped_entries, not self.front),
+        ):
+            if entries:
+                joined = "\n".join(entries)
+                self.kinds += await self.frontier.add_prepared_in(self.pipe, fps, joined, chunk.hosts, at_front, seed)
+                report.duplicates += len(entries)
+                seed = False
+        if len(self.kinds) >= 2 * PIPELINE_DEPTH:
+            await self.flush()
+        if self.on_progress and time.monotonic() - self.last_progress > 0.5:
+            self.last_progress = time.monotonic()
+            self.on_progress(report)
+
+    async def close(self) -> None:
+        await self.pipe.reset()  # type: ignore[no-untyped-call]
+
+
 async def enqueue_stream(
     frontier: Frontier,
     stream: BinaryIO,
@@ -203,81 +269,34 @@ async def enqueue_stream(
 ) -> EnqueueReport:
     """Stream `stream` into the frontier; memory is bounded by a few chunks whatever the file's size.
 
-    Past the first few chunks, lines are normalised in a helper process (a bounded window of chunks ahead) while
+    Past the first few chunks, lines are parsed in a helper process (a bounded window of chunks ahead) while
     this process pipelines the prepared chunks to Redis, one pipeline in flight: the three run in parallel.
     """
-    report = EnqueueReport()
+    sender = _Sender(frontier, front, on_invalid, on_progress)
     loop = asyncio.get_running_loop()
     pool: ProcessPoolExecutor | None = None
-    ahead: deque[asyncio.Future[Chunk]] = deque()  # chunks being normalised, in file order
-    pipe = frontier.redis.pipeline(transaction=False)
-    kinds: list[bool] = []  # per queued command: is its result an add count?
-    in_flight: asyncio.Task[None] | None = None
-    last_progress = time.monotonic()
-
-    async def run_pipe(p: Any, ks: list[bool]) -> None:
-        results = await p.execute()
-        # add script calls return how many were new; the SADDs of seed hosts in between are not counted
-        report.added += sum(int(r) for r, is_add in zip(results, ks, strict=True) if is_add)
-        await p.reset()
-
-    async def flush(wait: bool = False) -> None:
-        nonlocal pipe, kinds, in_flight
-        if in_flight is not None:
-            await in_flight
-            in_flight = None
-        if kinds:
-            in_flight = asyncio.create_task(run_pipe(pipe, kinds))
-            kinds = []
-            pipe = frontier.redis.pipeline(transaction=False)
-            await asyncio.sleep(0)  # let it write its commands now, so Redis works while we go on
-        if wait and in_flight is not None:
-            await in_flight
-            in_flight = None
-
-    async def take(chunk: Chunk) -> None:
-        nonlocal last_progress
-        for lineno, reason in chunk.invalid:
-            report.invalid += 1
-            if on_invalid:
-                on_invalid(lineno, reason)
-        seed = True  # the chunk's hosts are recorded with its first add call
-        for fps, entries, at_front in (
-            (chunk.fingerprints, chunk.entries, front),
-            (chunk.flipped_fingerprints, chunk.flipped_entries, not front),
-        ):
-            if entries:
-                kinds.extend(
-                    await frontier.add_prepared_in(pipe, fps, "\n".join(entries), chunk.hosts, at_front, seed=seed)
-                )
-                report.duplicates += len(entries)
-                seed = False
-        if len(kinds) >= 2 * PIPELINE_DEPTH:
-            await flush()
-        if on_progress and time.monotonic() - last_progress > 0.5:
-            last_progress = time.monotonic()
-            on_progress(report)
-
+    ahead: deque[asyncio.Future[Chunk]] = deque()  # chunks being parsed, in file order
     try:
         for n, (lines, first) in enumerate(_chunks(stream)):
-            report.lines = first + len(lines) - 1
+            sender.report.lines = first + len(lines) - 1
             if n < IN_PROCESS_CHUNKS:  # a small file: no helper process to start
-                await take(normalize_chunk(lines, first, depth, keep_tracking, front))
+                await sender.take(normalize_chunk(lines, first, depth, keep_tracking, front))
                 continue
             if pool is None:
                 pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
             ahead.append(loop.run_in_executor(pool, normalize_chunk, lines, first, depth, keep_tracking, front))
             while len(ahead) >= CHUNKS_AHEAD or (ahead and ahead[0].done()):
-                await take(await ahead.popleft())
+                await sender.take(await ahead.popleft())
         while ahead:
-            await take(await ahead.popleft())
-        await flush(wait=True)
+            await sender.take(await ahead.popleft())
+        await sender.flush(wait=True)
     finally:
         for fut in ahead:
             fut.cancel()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        await pipe.reset()  # type: ignore[no-untyped-call]
+        await sender.close()
+    report = sender.report
     report.duplicates -= report.added  # every valid URL was either added or a duplicate
     return report
 

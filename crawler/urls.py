@@ -121,14 +121,16 @@ def _why_invalid(url: str) -> str:
     host = authority.group(1).rsplit("@", 1)[-1] if authority else ""
     if not host:
         return "no host"
+    shown = host[:80]  # after the last "@": never a password
     if host.startswith("["):
-        return "bad IPv6 address" if "]" in host and host.rfind(":") < host.rfind("]") else "bad IPv6 address or port"
+        closed = "]" in host and host.rfind(":") < host.rfind("]")
+        return f"bad IPv6 address {shown}" if closed else f"bad IPv6 address or port {shown}"
     name, _, port = host.partition(":")
     if not name:
         return "no host"
     if port and (not port.isdigit() or int(port) > 65535):
         return "port out of range"
-    return "bad host name"
+    return f"bad host name {name[:80]!r}"
 
 
 def crawl_url(url: str, base: str | None = None, *, keep_tracking: bool = False) -> CrawlURL:
