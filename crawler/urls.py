@@ -79,6 +79,21 @@ def fetch_form(url: str, base: str | None = None) -> tuple[str, str]:
     """(fetch URL, host) of `url` resolved against `base` per WHATWG; InvalidURL for what cannot be crawled."""
     if len(url) > MAX_URL_BYTES:
         raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
+    if base is None:
+        fast = _fast(url)
+        if fast is not None:
+            return fast
+    href = _parse(url, base)
+    host = href[href.index("//") + 2 : href.index("/", href.index("//") + 2)]  # no user-info: refused below
+    if host.endswith(":0"):  # valid to WHATWG, but nothing listens there
+        raise InvalidURL("port out of range (0 cannot be connected to)")
+    if len(href) > MAX_URL_BYTES:
+        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
+    return href, host
+
+
+def _parse(url: str, base: str | None) -> str:
+    """The WHATWG href of an http(s) URL without credentials, fragment dropped; InvalidURL otherwise."""
     raw = _utf8(url)
     if base is None:
         parsed = lib.ada_parse(raw, len(raw))
@@ -89,20 +104,38 @@ def fetch_form(url: str, base: str | None = None) -> tuple[str, str]:
         if not lib.ada_is_valid(parsed):
             raise InvalidURL(_why_invalid(url) if base is None else "not a valid link")
         if lib.ada_get_scheme_type(parsed) not in _HTTP_SCHEMES:
-            scheme = _text(lib.ada_get_protocol(parsed))
-            raise InvalidURL(f"scheme {scheme} is not http or https")
+            raise InvalidURL(f"scheme {_text(lib.ada_get_protocol(parsed))} is not http or https")
         if lib.ada_has_credentials(parsed):
             raise InvalidURL("credentials in URL are refused (they would be stored and logged)")
-        if _text(lib.ada_get_port(parsed)) == "0":  # valid to WHATWG, but nothing listens there
-            raise InvalidURL("port out of range (0 cannot be connected to)")
         lib.ada_clear_hash(parsed)
-        href = _text(lib.ada_get_href(parsed))
-        host = _text(lib.ada_get_host(parsed))
+        return _text(lib.ada_get_href(parsed))
     finally:
         lib.ada_free(parsed)
-    if len(href) > MAX_URL_BYTES:
-        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
-    return href, host
+
+
+# URLs that are already in their WHATWG serialisation, the usual seed: lower-case http(s) scheme, a host of
+# lower-case LDH labels whose last one starts with a letter (so no IPv4 parsing) and none is punycode (`xn--`
+# labels are validated by UTS 46), a port without leading zeros, a path and query of characters WHATWG leaves
+# as they are, no dot segment, no escape, no fragment. tests/test_urls.py checks that ada agrees on each.
+_FAST = re.compile(
+    r"^https?://((?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z](?:[a-z0-9-]*[a-z0-9])?(?::[1-9][0-9]{0,4})?)"
+    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)?(?:\?[A-Za-z0-9\-._~!$&()*+,;=:@/?]*)?$"
+)
+
+
+def _fast(url: str) -> tuple[str, str] | None:
+    m = _FAST.match(url)
+    if m is None or "xn--" in url or "/." in url:
+        return None
+    host = m.group(1)
+    colon = host.find(":")
+    if colon >= 0:
+        port = int(host[colon + 1 :])
+        if port > 65535 or port == (80 if url[4] == ":" else 443):
+            return None  # out of range, or a default port WHATWG drops: the full parser says which
+    if m.group(2) is None:  # "http://host" or "http://host?q": WHATWG's path is "/"
+        return None
+    return url, host
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
@@ -135,8 +168,15 @@ def _why_invalid(url: str) -> str:
 
 def crawl_url(url: str, base: str | None = None, *, keep_tracking: bool = False) -> CrawlURL:
     """The crawlable form of `url` (resolved against `base`), or InvalidURL saying why."""
-    href, host = fetch_form(url, base)
-    return CrawlURL(href, host, fingerprint(dedup_key(href, keep_tracking)))
+    fast = _fast(url) if base is None and len(url) <= MAX_URL_BYTES else None
+    if fast is None:
+        href, host = fetch_form(url, base)
+        return CrawlURL(href, host, fingerprint(dedup_key(href, keep_tracking)))
+    q_at = url.find("?")  # a fast URL's path is plain and its host has no trailing dot: only the query changes
+    if q_at < 0:
+        return CrawlURL(url, fast[1], fingerprint(url))
+    query = _normalize_query(url[q_at + 1 :], keep_tracking, plain=True)
+    return CrawlURL(url, fast[1], fingerprint(f"{url[:q_at]}?{query}" if query else url[:q_at]))
 
 
 normalize = crawl_url
@@ -183,9 +223,10 @@ def _is_hex(two: bytes) -> bool:
     return len(two) == 2 and all(c in b"0123456789abcdefABCDEF" for c in two)
 
 
-def _normalize_query(query: str, keep_tracking: bool) -> str:
-    """Each pair is re-quoted first, so the sort and the tracking filter see the normal form of the keys."""
-    if "%" in query or not _PLAIN_QUERY.match(query):
+def _normalize_query(query: str, keep_tracking: bool, plain: bool = False) -> str:
+    """Each pair is re-quoted first (unless the caller knows it is `plain`), so the sort and the tracking filter
+    see the normal form of the keys."""
+    if not plain and ("%" in query or not _PLAIN_QUERY.match(query)):
         query = "&".join(_requote(p, _QUERY_SAFE) for p in query.split("&"))
     if "&&" in query or query.startswith("&") or query.endswith("&"):
         query = "&".join(p for p in query.split("&") if p)
