@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -116,31 +116,44 @@ def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
 
 
 def _link_blobs(links: Sequence[NewLink]) -> tuple[bytes, str]:
-    return _blobs((ln.fingerprint, entry(ln.url, ln.depth, 0, ln.extras.encode() if ln.extras else "")) for ln in links)
+    return _blobs((ln.fingerprint, entry(ln.url, ln.depth, 0, ln.extras_json)) for ln in links)
 
 
 _Call = tuple[str, list[str], list[Any]]  # a script call: name, keys, args without the crawl prefix
+
+
+_UNPARSED: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead.
 
-    `extras` (user data, label, headers, kind) come back exactly as they were added, through every retry,
-    release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it is.
+    `extras_json` (user data, label, headers, kind, as stored; "" for none) comes back exactly as it was added,
+    through every retry, release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it
+    is. It is decoded on first use of `extras` (or `data`, `label`, ...), not at lease time: a batch of big
+    user data is not parsed on the event loop unless asked for. Hand `extras_json` to the parse pool as it is.
     """
 
     member: str
     url: str
     depth: int
     attempts: int  # fetch attempts already made before this lease
-    extras: Extras | None = None
+    extras_json: str = ""
+    _extras: Any = field(default=_UNPARSED, compare=False, repr=False)  # the decoded extras, once asked for
 
     @classmethod
     def from_member(cls, member: str) -> Lease:
         _token, depth, attempts, rest = member.split(" ", 3)
         url, _, tail = rest.partition(" ")
-        return cls(member, url, int(depth), int(attempts), Extras.decode(tail))
+        return cls(member, url, int(depth), int(attempts), tail)
+
+    @property
+    def extras(self) -> Extras | None:
+        if self._extras is _UNPARSED:
+            object.__setattr__(self, "_extras", Extras.decode(self.extras_json))  # a cache, not a change
+        cached: Extras | None = self._extras
+        return cached
 
     @property
     def data(self) -> dict[str, Any] | None:
@@ -161,19 +174,25 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class NewLink:
-    """A URL found on a page (or yielded by a parser), ready for the frontier: fetch URL, its host, and the
-    fingerprint of its dedup key (all from the parse pool). `front` puts it at the head of its host's queue."""
+    """A URL found on a page (or yielded by a parser), ready for the frontier: fetch URL, its host, the
+    fingerprint of its dedup key and its extras as stored JSON, all made in the parse pool (`NewLink.of`), so
+    the event loop only joins strings. `front` puts it at the head of its host's queue."""
 
     fingerprint: bytes
     host: str
     url: str
     depth: int
-    extras: Extras | None = None
+    extras_json: str = ""
     front: bool = False
 
     @classmethod
     def of(cls, n: CrawlURL, depth: int, extras: Extras | None = None, front: bool = False) -> NewLink:
-        return cls(n.fingerprint, n.host, n.url, depth, extras, front)
+        """InvalidExtras when the extras cannot travel (data over MAX_DATA_BYTES, not JSON, bad headers)."""
+        return cls(n.fingerprint, n.host, n.url, depth, extras.encode() if extras else "", front)
+
+    @property
+    def extras(self) -> Extras | None:
+        return Extras.decode(self.extras_json)
 
 
 @dataclass(frozen=True, slots=True)

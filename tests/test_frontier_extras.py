@@ -49,6 +49,7 @@ def assert_extras(leases: list[Lease], attempts: int) -> None:
         got["http://x.example/plain"],
     )
     assert rich.extras == RICH
+    assert rich.extras_json == RICH.encode()  # byte for byte as stored: hand it to the parse pool as it is
     assert (rich.data, rich.label, rich.headers, rich.kind) == (RICH.data, "listing", RICH.headers, "sitemap")
     assert data.extras == ONLY_DATA and data.label is None and data.headers is None
     assert plain.extras is None and plain.data is None and plain.kind is None
@@ -192,6 +193,11 @@ def test_links_carry_extras_and_priority(redis_server: Any, crawl_name: str) -> 
 def test_bad_extras_are_refused(extras: Any, reason: str) -> None:
     with pytest.raises(InvalidExtras, match=reason):
         extras().encode()
+
+
+def test_a_link_with_too_much_data_is_refused_where_it_is_made() -> None:
+    with pytest.raises(InvalidExtras, match="8192-byte limit"):
+        NewLink.of(crawl_url("http://x.example/"), 1, Extras(data={"x": "y" * MAX_DATA_BYTES}))
 
 
 def test_header_values_are_never_printed() -> None:
