@@ -179,7 +179,7 @@ def crawl_url(url: str, base: str | None = None, *, keep_tracking: bool = False)
     return CrawlURL(url, fast[1], fingerprint(f"{url[:q_at]}?{query}" if query else url[:q_at]))
 
 
-normalize = crawl_url
+normalize = crawl_url  # the former name, kept while workers/ and older tests still import it
 
 
 def dedup_key(fetch_url: str, keep_tracking: bool = False) -> str:
