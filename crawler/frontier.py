@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -20,8 +20,9 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from crawler.connection import redis_errors
+from crawler.entries import Extras, entry
 from crawler.keys import CrawlKeys
-from crawler.urls import NormalizedURL
+from crawler.urls import CrawlURL
 
 LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
 _SCRIPTS = ("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead")
@@ -36,10 +37,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def entry(url: str, depth: int, attempts: int = 0) -> str:
-    return f"{depth} {attempts} {url}"
-
-
 def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
     """(fingerprints end to end, entries joined by newlines): the add script's two arguments for a batch."""
     pairs = list(items)
@@ -47,39 +44,83 @@ def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
 
 
 def _link_blobs(links: Sequence[NewLink]) -> tuple[bytes, str]:
-    return _blobs((ln.fingerprint, entry(ln.url, ln.depth)) for ln in links)
+    return _blobs((ln.fingerprint, entry(ln.url, ln.depth, 0, ln.extras_json)) for ln in links)
 
 
 _Call = tuple[str, list[str], list[Any]]  # a script call: name, keys, args without the crawl prefix
 
 
+_UNPARSED: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead."""
+    """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead.
+
+    `extras_json` (user data, label, headers, kind, as stored; "" for none) comes back exactly as it was added,
+    through every retry, release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it
+    is. It is decoded on first use of `extras` (or `data`, `label`, ...), not at lease time: a batch of big
+    user data is not parsed on the event loop unless asked for. Hand `extras_json` to the parse pool as it is.
+    """
 
     member: str
     url: str
     depth: int
     attempts: int  # fetch attempts already made before this lease
+    extras_json: str = ""
+    _extras: Any = field(default=_UNPARSED, compare=False, repr=False)  # the decoded extras, once asked for
 
     @classmethod
     def from_member(cls, member: str) -> Lease:
-        _token, depth, attempts, url = member.split(" ", 3)
-        return cls(member, url, int(depth), int(attempts))
+        _token, depth, attempts, rest = member.split(" ", 3)
+        url, _, tail = rest.partition(" ")
+        return cls(member, url, int(depth), int(attempts), tail)
+
+    @property
+    def extras(self) -> Extras | None:
+        if self._extras is _UNPARSED:
+            object.__setattr__(self, "_extras", Extras.decode(self.extras_json))  # a cache, not a change
+        cached: Extras | None = self._extras
+        return cached
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        return self.extras.data if self.extras else None
+
+    @property
+    def label(self) -> str | None:
+        return self.extras.label if self.extras else None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self.extras.headers if self.extras else None
+
+    @property
+    def kind(self) -> str | None:
+        return self.extras.kind if self.extras else None
 
 
 @dataclass(frozen=True, slots=True)
 class NewLink:
-    """A URL found on a page, ready for the frontier (normalised and fingerprinted in the parse pool)."""
+    """A URL found on a page (or yielded by a parser), ready for the frontier: fetch URL, its host, the
+    fingerprint of its dedup key and its extras as stored JSON, all made in the parse pool (`NewLink.of`), so
+    the event loop only joins strings. `front` puts it at the head of its host's queue."""
 
     fingerprint: bytes
     host: str
     url: str
     depth: int
+    extras_json: str = ""
+    front: bool = False
 
     @classmethod
-    def of(cls, n: NormalizedURL, depth: int) -> NewLink:
-        return cls(n.fingerprint, n.host, n.url, depth)
+    def of(cls, n: CrawlURL, depth: int, extras: Extras | None = None, front: bool = False) -> NewLink:
+        """InvalidExtras when the extras cannot travel (data over MAX_DATA_BYTES, not JSON, bad headers)."""
+        return cls(n.fingerprint, n.host, n.url, depth, extras.encode() if extras else "", front)
+
+    @property
+    def extras(self) -> Extras | None:
+        return Extras.decode(self.extras_json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +187,7 @@ class DeadEntry:
     attempts: int
     at_ms: int
     error: dict[str, Any]
+    extras: Extras | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +252,14 @@ class Frontier:
         return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args
 
     # -- adding ---------------------------------------------------------------------------------------------
-    async def add(self, urls: Iterable[NormalizedURL], depth: int = 0, front: bool = False) -> int:
-        """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently."""
-        fps, entries = _blobs((n.fingerprint, entry(n.url, depth)) for n in urls)
+    async def add(
+        self, urls: Iterable[CrawlURL], depth: int = 0, front: bool = False, extras: Extras | None = None
+    ) -> int:
+        """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently.
+
+        `extras` (the same for every URL of the call) travel with each URL; InvalidExtras when they cannot."""
+        tail = extras.encode() if extras else ""
+        fps, entries = _blobs((n.fingerprint, entry(n.url, depth, 0, tail)) for n in urls)
         if not fps:
             return 0
         return int(await self._run(*self._add_call(fps, entries, front)))
@@ -272,8 +319,29 @@ class Frontier:
         """
         if not done and not links:
             return 0, 0
-        acked, added = await self._run(*self._ack_call(done, links))
-        return int(acked), int(added)
+        results = await self._pipeline(self._link_calls(done, links))
+        return int(results[0][0]), int(results[0][1]) + sum(int(r) for r in results[1:])
+
+    def _link_calls(self, done: Sequence[Lease], links: Sequence[NewLink]) -> list[_Call]:
+        """The ack with the first chunk of links, then add calls: further chunks (one script must not hold Redis
+        for long) and the links asked for at the front of their queues."""
+        back = [ln for ln in links if not ln.front]
+        front = [ln for ln in links if ln.front] if len(back) < len(links) else []
+        calls = [self._ack_call(done, back[:LINKS_PER_CALL])]
+        for start in range(LINKS_PER_CALL, len(back), LINKS_PER_CALL):
+            calls.append(self._add_call(*_link_blobs(back[start : start + LINKS_PER_CALL])))
+        for start in range(0, len(front), LINKS_PER_CALL):
+            calls.append(self._add_call(*_link_blobs(front[start : start + LINKS_PER_CALL]), front=True))
+        return calls
+
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        if len(calls) == 1:
+            return [await self._run(*calls[0])]
+        with redis_errors("settle"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    await self._run(*call, client=pipe)
+                return list(await pipe.execute())
 
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give leases back to the front of their queues without counting an attempt."""
@@ -293,12 +361,7 @@ class Frontier:
         Returns how many leases were acked (owned at the time). Raises RedisUnavailable when Redis is away; the
         settlement may then be applied again as a whole: every script ignores leases it no longer holds.
         """
-        calls: list[_Call] = []
-        if s.done or s.links:
-            # links past the first chunk go in separate add calls: one script must not hold Redis for long
-            calls.append(self._ack_call(s.done, s.links[:LINKS_PER_CALL]))
-            for start in range(LINKS_PER_CALL, len(s.links), LINKS_PER_CALL):
-                calls.append(self._add_call(*_link_blobs(s.links[start : start + LINKS_PER_CALL])))
+        calls = self._link_calls(s.done, s.links) if s.done or s.links else []
         if s.deferred:
             calls.append(self._defer_call(s.deferred))
         if s.dead:
@@ -307,11 +370,7 @@ class Frontier:
             calls.append(self._release_call(s.released))
         if not calls:
             return 0
-        with redis_errors("settle"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    await self._run(*call, client=pipe)
-                results = await pipe.execute()
+        results = await self._pipeline(calls)
         return int(results[0][0]) if s.done or s.links else 0
 
     async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
@@ -364,8 +423,10 @@ class Frontier:
         async for url, val in self.redis.hscan_iter(self.keys.dead, count=500):
             u = url.decode() if isinstance(url, bytes) else url
             v = val.decode() if isinstance(val, bytes) else val
-            depth, attempts, at, err = v.split(" ", 3)
-            out.append(DeadEntry(u, int(depth), int(attempts), int(at), json.loads(err)))
+            # "<depth> <attempts> <at_ms> <error JSON>", then "\n<extras JSON>" when the URL had extras
+            head, _, tail = v.partition("\n")
+            depth, attempts, at, err = head.split(" ", 3)
+            out.append(DeadEntry(u, int(depth), int(attempts), int(at), json.loads(err), Extras.decode(tail)))
             if len(out) >= limit:
                 break
         return out

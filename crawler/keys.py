@@ -4,17 +4,19 @@ All keys of crawl NAME live under `crawl:{NAME}:`; the braces are a Redis Cluste
 share a slot and one Lua script may touch several of them. Per-host queue keys are built inside the Lua scripts
 from `prefix` (`prefix .. "q:" .. host`), which is why the prefix is passed to every script: that is the one key
 name not declared in KEYS, and it shares the hash tag. To shard a crawl later, hash the host to `{NAME#k}`.
+`<url>` is always the fetch URL (crawler/urls.py); the extras (user data, label, headers, kind: crawler/frontier.py
+`Extras`) follow it only when a URL has some, so a URL without them costs no more than before.
 
 | key                 | type   | holds                                                                 |
 |---------------------|--------|-----------------------------------------------------------------------|
 | seen                | set    | 8-byte URL fingerprints: crawl-wide dedup                             |
-| q:<host>            | list   | queued entries "<depth> <attempts> <url>" of one host, FIFO           |
+| q:<host>            | list   | queued entries "<depth> <attempts> <url>[ <extras JSON>]", FIFO       |
 | hosts               | zset   | hosts with queued work, scored by the next time they may be leased    |
 | host_inflight       | hash   | host -> leases outstanding (per-host concurrency, crawl-wide)          |
 | host_next           | hash   | host -> earliest next lease in ms (per-host delay, crawl-wide)         |
 | leases              | zset   | "<token> <entry>" scored by lease deadline in ms                       |
 | deferred            | zset   | entries waiting for a retry, scored by due time in ms                  |
-| dead                | hash   | url -> JSON {error, attempts, depth, at}                               |
+| dead                | hash   | url -> "<depth> <attempts> <at> <error JSON>[<LF><extras JSON>]"      |
 | stats               | hash   | counters: enqueued, queued, done, dead, retried                        |
 | rate:<epoch second> | string | pages done in that second (expires): pages/s without a key per URL     |
 | workers             | zset   | worker id -> last heartbeat (epoch s); details in worker:<id>         |

@@ -12,7 +12,6 @@ its failures are the page's recorded error, never the batch's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import traceback
@@ -24,10 +23,11 @@ from typing import Any, NamedTuple
 from selectolax.lexbor import LexborHTMLParser
 from w3lib.encoding import html_to_unicode
 
+from crawler.entries import Extras, InvalidExtras
 from crawler.linkrules import LinkFilter, LinkRules
 from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_data, get_parser, run_parser
 from crawler.settings import ExtractRule
-from crawler.urls import InvalidURL, LinkNormalizer, in_domain, normalize, origin_of
+from crawler.urls import InvalidURL, LinkResolver, crawl_url, in_domain, resolve
 
 NO_RULES = LinkRules()
 
@@ -52,6 +52,9 @@ class ParseTask:
     headers: tuple[tuple[str, str], ...] = ()
     data: Mapping[str, Any] | str | None = None
     label: str | None = None
+    extras_json: str = (
+        ""  # the lease's extras as stored (crawler.entries): data and label decoded here, not on the loop
+    )
     parser_spec: str | None = None  # "module:function": loaded once per parse process
     link_rules: LinkRules = NO_RULES
     want_traceback: bool = False  # `crawl parse`: keep the parser's traceback for the developer
@@ -67,6 +70,7 @@ class FollowLink(NamedTuple):
     label: str | None = None
     priority: int | None = None
     headers: tuple[tuple[str, str], ...] | None = None
+    extras_json: str = ""  # data, label and headers as the frontier stores them (crawler.entries.Extras)
 
 
 @dataclass(slots=True)
@@ -186,14 +190,10 @@ def parse_page(task: ParseTask) -> ParsedPage:
     base = task.final_url
     base_node = tree.css_first("base[href]")
     if base_node is not None:
-        href = base_node.attributes.get("href")
-        if href:
-            with contextlib.suppress(InvalidURL):
-                base = normalize(href, task.final_url).url
+        base = resolve(base_node.attributes.get("href") or "", task.final_url) or base  # a bad <base>: ignored
     canon = tree.css_first('link[rel="canonical"]')
     if canon is not None and canon.attributes.get("href"):
-        with contextlib.suppress(InvalidURL):
-            page.canonical = normalize(canon.attributes["href"] or "", base).url
+        page.canonical = resolve(canon.attributes["href"] or "", base)  # None for a bad one
 
     allowed = task.link_rules.bind(tree) if task.link_rules.active else None
     _links(tree, base, task, page, allowed)
@@ -206,27 +206,28 @@ def parse_page(task: ParseTask) -> ParsedPage:
     return page
 
 
-_NORMALIZERS: dict[bool, LinkNormalizer] = {}  # one per parse process and keep_tracking setting
+_RESOLVERS: dict[bool, LinkResolver] = {}  # one per parse process and keep_tracking setting
 
 
 def _links(
     tree: LexborHTMLParser, base: str, task: ParseTask, page: ParsedPage, allowed: LinkFilter | None = None
 ) -> None:
+    """Links as a browser resolves them (WHATWG); a bad href costs only that link. One link per dedup key: the
+    first spelling on the page is kept, the others are the same URL to the crawl."""
     own_hosts = {_host(task.url), _host(task.final_url)}
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     follow_ok = task.follow and not page.nofollow
-    norm = _NORMALIZERS.get(task.keep_tracking)
-    if norm is None:
-        norm = _NORMALIZERS[task.keep_tracking] = LinkNormalizer(task.keep_tracking)
-    origin = origin_of(base)
+    resolver = _RESOLVERS.get(task.keep_tracking)
+    if resolver is None:
+        resolver = _RESOLVERS[task.keep_tracking] = LinkResolver(task.keep_tracking)
     for a in tree.css("a[href]"):
         href = a.attributes.get("href")
         if not href:
             continue
-        n = norm(href, base, origin)
-        if n is None or n.url in seen:
+        n = resolver(href, base)
+        if n is None or n.fingerprint in seen:
             continue
-        seen.add(n.url)
+        seen.add(n.fingerprint)
         if len(page.links) < task.max_links:
             page.links.append(n.url)
             in_scope = n.host in own_hosts or (task.allow_domains and in_domain(n.host, task.allow_domains))
@@ -240,12 +241,16 @@ def _page_view(
     task: ParseTask, page: ParsedPage, tree: LexborHTMLParser, text: str, allowed: LinkFilter | None
 ) -> Page:
     """The parser's view of the page: the tree and text already built, the links after the rules."""
-    data = task.data
+    data, label = task.data, task.label
     if isinstance(data, str):
         try:
             data = json.loads(data) if data else None
         except ValueError:
             data = None
+    if task.extras_json:
+        extras = Extras.decode(task.extras_json)
+        if extras is not None:
+            data, label = extras.data, extras.label
     return Page(
         url=task.url,
         final_url=task.final_url,
@@ -253,7 +258,7 @@ def _page_view(
         headers=Headers(task.headers),
         depth=task.depth,
         data=dict(data) if isinstance(data, Mapping) else {},
-        label=task.label,
+        label=label,
         text=text,
         charset=page.charset,
         tree=tree,
@@ -292,7 +297,7 @@ def _follow_link(f: Any, base: str, task: ParseTask) -> FollowLink | None:
     include/exclude rules; None when it is not crawlable or not allowed (dropped, as a link would be)."""
     data = encode_data(f.data)  # raises ParserOutputError: bad data is the parser's error, not a silent drop
     try:
-        n = normalize(f.url, base, keep_tracking=task.keep_tracking)
+        n = crawl_url(f.url, base, keep_tracking=task.keep_tracking)
     except InvalidURL:
         return None
     own_hosts = {_host(task.url), _host(task.final_url)}
@@ -301,7 +306,11 @@ def _follow_link(f: Any, base: str, task: ParseTask) -> FollowLink | None:
     if task.link_rules.active and not task.link_rules.allows_url(n.url):
         return None
     headers = tuple(dict(f.headers).items()) if f.headers else None
-    return FollowLink(n.fingerprint, n.host, n.url, data, f.label, f.priority, headers)
+    try:
+        extras = Extras(f.data or None, f.label, dict(headers) if headers else None).encode()
+    except InvalidExtras as exc:
+        raise ParserOutputError(f"Follow({f.url!r}) cannot travel with its URL: {exc}") from None
+    return FollowLink(n.fingerprint, n.host, n.url, data, f.label, f.priority, headers, extras)
 
 
 def _host(url: str) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
+from crawler.entries import MAX_DATA_BYTES
 from crawler.errors import ConfigError
 
-MAX_DATA_BYTES = 8 * 1024  # user data per URL, as JSON: it lives in Redis with the URL
 MAX_ITEM_BYTES = 4 * 1024 * 1024  # a page's items, as JSONL: a parser cannot grow the worker without bound
 
 ParserFn = Callable[["Page"], Any]

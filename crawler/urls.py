@@ -1,35 +1,43 @@
-"""The one URL normaliser and fingerprint of the crawl.
+"""Two forms of every URL: the fetch URL (what is stored, fetched and checked against robots.txt) and the dedup key.
 
-Every URL that reaches the frontier, from a seed file or from a page's links, goes through `normalize()`, so
-dedup is crawl-wide whichever way a URL arrives. This module imports no asyncio: it runs in the parse pool.
+The *fetch URL* is the URL as the page or the seed file wrote it, parsed and serialised by the WHATWG URL Standard
+(ada-url, the parser Node.js uses): UTS 46 IDNA, IPv4 number forms canonicalised (`0x7f.1` -> `127.0.0.1`),
+percent-encoded hosts decoded, backslashes read as `/`, tabs and newlines removed, invalid forms refused. The
+fragment is dropped and nothing is reordered: a server that reads its parameters in order gets what was linked.
 
-Normal form: scheme and host lower-cased, IDN host to punycode, default port dropped, user-info refused, path
-dot-segments resolved, percent-encoding normalised (unreserved characters decoded, hex upper-cased, unsafe bytes
-encoded as UTF-8), empty path -> "/", fragment dropped, empty query dropped, query parameters stably sorted by key
-(the relative order of repeated keys is kept, so `a=1&a=2` stays distinct from `a=2&a=1`), tracking parameters
-(`utm_*`, `fbclid`, `gclid`, ...) dropped unless asked to keep them.
+The *dedup key* is a canonical form of the fetch URL used only for the 8-byte fingerprint: host without a
+trailing dot, percent-encoding normalised (unreserved characters decoded, hex upper-cased, unsafe bytes encoded),
+empty query dropped, query parameters stably sorted by key (repeated keys keep their relative order, so `a=1&a=2`
+stays distinct from `a=2&a=1`), tracking parameters (`utm_*`, `fbclid`, `gclid`, ...) dropped unless asked to
+keep them. Two links that differ only there are one URL of the crawl; the first one seen is the one fetched.
+
+Deliberate differences from WHATWG (tests/test_whatwg_urls.py lists the cases): only http and https are
+crawlable; user-info (`user:pw@`) is refused, since it would be stored in Redis and printed in records and logs;
+port 0 is refused (no TCP connection can be made to it: every fetch would fail); a URL longer than MAX_URL_BYTES
+is refused. This module imports no asyncio: it runs in the parse pool.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from typing import Any
+
+from ada_url._ada_wrapper import ffi, lib  # the C API: one parse and two reads per URL, no Python URL object
 
 MAX_URL_BYTES = 8192
-DEFAULT_PORTS = {"http": 80, "https": 443}
 TRACKING_PARAMS = frozenset({"fbclid", "gclid", "dclid", "msclkid", "yclid", "mc_cid", "mc_eid", "_hsenc", "_hsmi"})
+_HTTP_SCHEMES = (0, 2)  # ada SchemeType.HTTP, SchemeType.HTTPS
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-# Characters left as they are in a path or query (RFC 3986 pchar + "/" + "?"); everything else is %-encoded.
+# Characters the key leaves as they are in a path or query (RFC 3986 pchar + "/" + "?"); the rest is %-encoded.
 _PATH_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
 _QUERY_SAFE = _PATH_SAFE | frozenset(b"?")
-_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$")
-_HOST_OK = re.compile(r"^[a-z0-9._\-]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PLAIN_QUERY = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*$")
+# a cheap first look for tracking parameters; `_is_tracking` decides on each pair
+_TRACKING = re.compile(r"(?:^|&)(?:utm_|(?:" + "|".join(sorted(TRACKING_PARAMS)) + r")(?:=|&|$))", re.IGNORECASE)
 
 
 class InvalidURL(ValueError):
@@ -37,15 +45,159 @@ class InvalidURL(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class NormalizedURL:
-    url: str
-    host: str  # "host" or "host:port" when the port is not the default: the unit of politeness
-    fingerprint: bytes  # 8 bytes: dedup key in Redis
+class CrawlURL:
+    """A crawlable URL: what the frontier stores for it."""
+
+    url: str  # the fetch URL (WHATWG serialisation, no fragment): stored, leased, fetched, recorded
+    host: str  # "host" or "host:port" of the fetch URL (default port omitted): politeness and robots.txt key
+    fingerprint: bytes  # 8 bytes of the dedup key: crawl-wide dedup in Redis
 
 
-def fingerprint(url: str) -> bytes:
+# The names the rest of the code base used before the two forms were split; same type, same call.
+NormalizedURL = CrawlURL
+
+
+def fingerprint(key: str) -> bytes:
     """64-bit fingerprint (8 bytes in Redis): the chance of any collision in a 10-million-URL crawl is ~3e-6."""
-    return hashlib.blake2b(url.encode(), digest_size=8).digest()
+    return hashlib.blake2b(key.encode(), digest_size=8).digest()
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of a DOM string: lone surrogates become U+FFFD, as a browser's USVString conversion does."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
+
+
+def _text(view: Any) -> str:
+    """A Python str of an `ada_string` (pointer and length into the URL's buffer, valid until it is freed)."""
+    return ffi.unpack(view.data, view.length).decode() if view.length else ""
+
+
+def fetch_form(url: str, base: str | None = None) -> tuple[str, str]:
+    """(fetch URL, host) of `url` resolved against `base` per WHATWG; InvalidURL for what cannot be crawled."""
+    if len(url) > MAX_URL_BYTES:
+        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
+    if base is None:
+        fast = _fast(url)
+        if fast is not None:
+            return fast
+    href = _parse(url, base)
+    host = href[href.index("//") + 2 : href.index("/", href.index("//") + 2)]  # no user-info: refused below
+    if host.endswith(":0"):  # valid to WHATWG, but nothing listens there
+        raise InvalidURL("port out of range (0 cannot be connected to)")
+    if len(href) > MAX_URL_BYTES:
+        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
+    return href, host
+
+
+def _parse(url: str, base: str | None) -> str:
+    """The WHATWG href of an http(s) URL without credentials, fragment dropped; InvalidURL otherwise."""
+    raw = _utf8(url)
+    if base is None:
+        parsed = lib.ada_parse(raw, len(raw))
+    else:
+        braw = _utf8(base)
+        parsed = lib.ada_parse_with_base(raw, len(raw), braw, len(braw))
+    try:
+        if not lib.ada_is_valid(parsed):
+            raise InvalidURL(_why_invalid(url) if base is None else "not a valid link")
+        if lib.ada_get_scheme_type(parsed) not in _HTTP_SCHEMES:
+            raise InvalidURL(f"scheme {_text(lib.ada_get_protocol(parsed))} is not http or https")
+        if lib.ada_has_credentials(parsed):
+            raise InvalidURL("credentials in URL are refused (they would be stored and logged)")
+        lib.ada_clear_hash(parsed)
+        return _text(lib.ada_get_href(parsed))
+    finally:
+        lib.ada_free(parsed)
+
+
+# URLs that are already in their WHATWG serialisation, the usual seed: lower-case http(s) scheme, a host of
+# lower-case LDH labels whose last one starts with a letter (so no IPv4 parsing) and none is punycode (`xn--`
+# labels are validated by UTS 46), a port without leading zeros, a path and query of characters WHATWG leaves
+# as they are, no dot segment, no escape, no fragment. tests/test_urls.py checks that ada agrees on each.
+_FAST = re.compile(
+    r"^https?://((?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z](?:[a-z0-9-]*[a-z0-9])?(?::[1-9][0-9]{0,4})?)"
+    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)?(?:\?[A-Za-z0-9\-._~!$&()*+,;=:@/?]*)?$"
+)
+
+
+def _fast(url: str) -> tuple[str, str] | None:
+    m = _FAST.match(url)
+    if m is None or "xn--" in url or "/." in url:
+        return None
+    host = m.group(1)
+    colon = host.find(":")
+    if colon >= 0:
+        port = int(host[colon + 1 :])
+        if port > 65535 or port == (80 if url[4] == ":" else 443):
+            return None  # out of range, or a default port WHATWG drops: the full parser says which
+    if m.group(2) is None:  # "http://host" or "http://host?q": WHATWG's path is "/"
+        return None
+    return url, host
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_AUTHORITY = re.compile(r"^[/\\]*([^/\\?#]*)")
+
+
+def _why_invalid(url: str) -> str:
+    """A few words on why the WHATWG parser refused a URL written by a user (a seed): the error path only."""
+    text = url.strip("".join(map(chr, range(33)))).replace("\t", "").replace("\n", "").replace("\r", "")
+    m = _SCHEME.match(text)
+    if m is None:
+        return "scheme (none) is not http or https"
+    if m.group(1).lower() not in ("http", "https"):
+        return f"scheme {m.group(1).lower()}: is not http or https"
+    authority = _AUTHORITY.match(text[m.end() :])
+    host = authority.group(1).rsplit("@", 1)[-1] if authority else ""
+    if not host:
+        return "no host"
+    shown = host[:80]  # after the last "@": never a password
+    if host.startswith("["):
+        closed = "]" in host and host.rfind(":") < host.rfind("]")
+        return f"bad IPv6 address {shown}" if closed else f"bad IPv6 address or port {shown}"
+    name, _, port = host.partition(":")
+    if not name:
+        return "no host"
+    if port and (not port.isdigit() or int(port) > 65535):
+        return "port out of range"
+    return f"bad host name {name[:80]!r}"
+
+
+def crawl_url(url: str, base: str | None = None, *, keep_tracking: bool = False) -> CrawlURL:
+    """The crawlable form of `url` (resolved against `base`), or InvalidURL saying why."""
+    fast = _fast(url) if base is None and len(url) <= MAX_URL_BYTES else None
+    if fast is None:
+        href, host = fetch_form(url, base)
+        return CrawlURL(href, host, fingerprint(dedup_key(href, keep_tracking)))
+    q_at = url.find("?")  # a fast URL's path is plain and its host has no trailing dot: only the query changes
+    if q_at < 0:
+        return CrawlURL(url, fast[1], fingerprint(url))
+    query = _normalize_query(url[q_at + 1 :], keep_tracking, plain=True)
+    return CrawlURL(url, fast[1], fingerprint(f"{url[:q_at]}?{query}" if query else url[:q_at]))
+
+
+normalize = crawl_url  # the former name, kept while workers/ and older tests still import it
+
+
+def dedup_key(fetch_url: str, keep_tracking: bool = False) -> str:
+    """The canonical form of a fetch URL (see the module docstring): two URLs with one key are fetched once."""
+    path_at = fetch_url.find("/", fetch_url.find("://") + 3)  # a WHATWG http(s) URL always has a path
+    q_at = fetch_url.find("?", path_at)
+    head = fetch_url[:path_at]
+    if head.endswith(".") or ".:" in head:  # "example.com." is "example.com" to DNS; WHATWG keeps the dot
+        scheme, _, hostport = head.partition("://")
+        host, colon, port = hostport.rpartition(":") if ".:" in hostport else (hostport, "", "")
+        head = f"{scheme}://{host.rstrip('.') or host}{colon}{port}"
+    path = fetch_url[path_at:] if q_at < 0 else fetch_url[path_at:q_at]
+    if "%" in path or not _PLAIN_PATH.match(path):
+        path = _requote(path, _PATH_SAFE)
+    if q_at < 0:
+        return head + path
+    query = _normalize_query(fetch_url[q_at + 1 :], keep_tracking)
+    return f"{head}{path}?{query}" if query else head + path
 
 
 def _requote(part: str, safe: frozenset[int]) -> str:
@@ -59,16 +211,10 @@ def _requote(part: str, safe: frozenset[int]) -> str:
         b = raw[i]
         if b == 0x25 and i + 2 < n and _is_hex(raw[i + 1 : i + 3]):
             v = int(raw[i + 1 : i + 3], 16)
-            if v in _UNRESERVED:
-                out.append(chr(v))
-            else:
-                out.append("%" + raw[i + 1 : i + 3].decode().upper())
+            out.append(chr(v) if v in _UNRESERVED else "%" + raw[i + 1 : i + 3].decode().upper())
             i += 3
             continue
-        if b in safe:
-            out.append(chr(b))
-        else:
-            out.append(f"%{b:02X}")
+        out.append(chr(b) if b in safe else f"%{b:02X}")
         i += 1
     return "".join(out)
 
@@ -77,56 +223,19 @@ def _is_hex(two: bytes) -> bool:
     return len(two) == 2 and all(c in b"0123456789abcdefABCDEF" for c in two)
 
 
-def _remove_dot_segments(path: str) -> str:
-    if "." not in path:
-        return path
-    segments = path.split("/")
-    out: list[str] = []
-    for seg in segments[1:]:
-        if seg == "..":
-            if out:
-                out.pop()
-        elif seg != ".":
-            out.append(seg)
-    # a trailing "." or ".." means a directory: keep the trailing slash
-    if segments[-1] in (".", ".."):
-        out.append("")
-    return "/" + "/".join(out)
-
-
-def _normalize_host(host: str) -> str:
-    if not host:
-        raise InvalidURL("no host")
-    if host.startswith("["):
-        try:
-            ip6 = ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else host[1:])
-        except ValueError:
-            raise InvalidURL("bad IPv6 literal") from None
-        return f"[{ip6.compressed}]"
-    host = host.rstrip(".").lower()
-    if not host:
-        raise InvalidURL("no host")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise InvalidURL("bad international host name") from None
-    if "%" in host:
-        raise InvalidURL("escaped characters in host")
-    if not _HOST_OK.match(host) or ".." in host or len(host) > 253:
-        raise InvalidURL("bad host name")
-    return host
-
-
-def _normalize_query(query: str, keep_tracking: bool) -> str:
-    """Each pair is re-quoted first, so the sort and the tracking filter see the normal form of the keys."""
-    if not query:
-        return ""
-    pairs = [_requote(p, _QUERY_SAFE) for p in query.split("&") if p]
-    if not keep_tracking:
-        pairs = [p for p in pairs if not _is_tracking(p.split("=", 1)[0])]
-    if len(pairs) > 1:
-        pairs.sort(key=lambda p: p.split("=", 1)[0])  # stable: repeated keys keep their order
+def _normalize_query(query: str, keep_tracking: bool, plain: bool = False) -> str:
+    """Each pair is re-quoted first (unless the caller knows it is `plain`), so the sort and the tracking filter
+    see the normal form of the keys."""
+    if not plain and ("%" in query or not _PLAIN_QUERY.match(query)):
+        query = "&".join(_requote(p, _QUERY_SAFE) for p in query.split("&"))
+    if "&&" in query or query.startswith("&") or query.endswith("&"):
+        query = "&".join(p for p in query.split("&") if p)
+    if not keep_tracking and _TRACKING.search(query):
+        query = "&".join(p for p in query.split("&") if not _is_tracking(p.split("=", 1)[0]))
+    if "&" not in query:
+        return query
+    pairs = query.split("&")
+    pairs.sort(key=lambda p: p.split("=", 1)[0])  # stable: repeated keys keep their order
     return "&".join(pairs)
 
 
@@ -135,168 +244,78 @@ def _is_tracking(key: str) -> bool:
     return k.startswith("utm_") or k in TRACKING_PARAMS
 
 
-# Already-simple absolute URLs (lower-case host, plain path, plain query): most links on most pages.
-_SIMPLE = re.compile(
-    r"^(https?)://([a-z0-9][a-z0-9.\-]*[a-z0-9]|[a-z0-9])(?::(\d{1,5}))?(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)?"
-    r"(?:\?([A-Za-z0-9\-._~!$&'()*+,;=:@/?]*))?$"
-)
+class LinkResolver:
+    """`crawl_url` for the links of pages, never raising, with a bounded cache.
 
-
-def _fast(url: str, keep_tracking: bool) -> NormalizedURL | None:
-    m = _SIMPLE.match(url)
-    if m is None:
-        return None
-    scheme, host, port, path, query = m.groups()
-    if path and ("/." in path or "//" in path):
-        return None  # dot segments and empty segments: the full path
-    if ".." in host or len(host) > 253:
-        return None
-    if port is not None:
-        p = int(port)
-        if p == 0 or p > 65535:
-            return None
-        hostport = host if p == DEFAULT_PORTS[scheme] else f"{host}:{p}"
-    else:
-        hostport = host
-    query = _normalize_query(query, keep_tracking) if query else ""
-    out = f"{scheme}://{hostport}{path or '/'}?{query}" if query else f"{scheme}://{hostport}{path or '/'}"
-    if len(out) > MAX_URL_BYTES:
-        return None
-    return NormalizedURL(out, hostport, fingerprint(out))
-
-
-def normalize(url: str, base: str | None = None, *, keep_tracking: bool = False) -> NormalizedURL:
-    """Return the normal form of `url` (resolved against `base`), or raise InvalidURL saying why."""
-    url = url.strip(" \t\r\n\f\v")
-    if base is None and len(url) <= MAX_URL_BYTES and "#" not in url:
-        fast = _fast(url, keep_tracking)
-        if fast is not None:
-            return fast
-    if base is not None:
-        joined = join(url, base)
-        if joined is None:
-            raise InvalidURL("not an http(s) link")
-        url = joined
-    if len(url) > MAX_URL_BYTES:
-        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
-    if _CONTROL.search(url):
-        raise InvalidURL("control characters in URL")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        msg = str(exc)
-        raise InvalidURL("port out of range" if "port" in msg.lower() else f"unparsable ({msg})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise InvalidURL(f"scheme {scheme + ':' if scheme else '(none)'} is not http or https")
-    netloc = parts.netloc
-    if "@" in netloc:
-        raise InvalidURL("credentials in URL are refused (they would be stored and logged)")
-    hostname = netloc
-    if hostname.startswith("["):
-        hostname = hostname[: hostname.find("]") + 1] if "]" in hostname else hostname
-    elif ":" in hostname:
-        hostname = hostname.rsplit(":", 1)[0]
-    host = _normalize_host(hostname)
-    if port == 0:
-        raise InvalidURL("port out of range")
-    hostport = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    # re-quote first: %2E%2E is a dot segment too once decoded (RFC 3986 6.2.2)
-    path = _remove_dot_segments(_requote(parts.path or "/", _PATH_SAFE))
-    if not path.startswith("/"):
-        path = "/" + path
-    query = _normalize_query(parts.query, keep_tracking)
-    out = f"{scheme}://{hostport}{path}?{query}" if query else f"{scheme}://{hostport}{path}"
-    if len(out) > MAX_URL_BYTES:
-        raise InvalidURL(f"longer than {MAX_URL_BYTES} bytes")
-    return NormalizedURL(out, hostport, fingerprint(out))
-
-
-class LinkNormalizer:
-    """`normalize` for the links of pages, with the cheap joins done by hand and a bounded cache.
-
-    Links repeat across the pages of a site (navigation, pagination, duplicates with fragments), so most
-    normalisations are answered from the cache; memory is bounded by two generations of `size // 2` entries.
-    It lives in each parse process; it is not shared and needs no lock.
+    Links repeat across the pages of a site (navigation, pagination), so the cache is keyed by what the result
+    depends on: the href alone when it is absolute (`http://...`, `https://...`), the base's origin and the href
+    when it is root-relative (`/path`), the whole base and the href otherwise. A browser's resolution depends on
+    nothing more, so a hit is exactly what a miss would compute. Memory is bounded by two generations of
+    `size // 2` entries. It lives in each parse process; it is not shared and needs no lock.
     """
 
     def __init__(self, keep_tracking: bool = False, size: int = 100_000) -> None:
         self.keep_tracking = keep_tracking
         self._half = size // 2
-        self._cur: dict[str, NormalizedURL | None] = {}
-        self._old: dict[str, NormalizedURL | None] = {}
+        self._cur: dict[str | tuple[str, str], CrawlURL | None] = {}  # key -> result (None: not crawlable)
+        self._old: dict[str | tuple[str, str], CrawlURL | None] = {}
+        self._base = ""  # the last base seen, and its origin: one page's links share them
+        self._origin = ""
 
-    def __call__(self, href: str, base: str, origin: str) -> NormalizedURL | None:
-        """`origin` is `scheme://host[:port]` of `base`. None for a link that is not crawlable."""
-        absolute = join(href, base, origin)
-        if absolute is None:
-            return None
-        hit = self._cur.get(absolute, _MISS)
+    def __call__(self, href: str, base: str) -> CrawlURL | None:
+        """The link `href` on a page whose base URL is `base`; None for a link that is invalid or not http(s),
+        or only a fragment of this very page."""
+        key: str | tuple[str, str]
+        if href.startswith(("http://", "https://")):
+            key = href
+            base = ""  # not needed: an absolute link stands on its own (even on a page whose base is broken)
+        elif href.startswith("/") and not href.startswith(("//", "/\\")):
+            if base is not self._base:
+                self._base, self._origin = base, _origin(base)
+            key = (self._origin, href)
+        else:
+            key = (base, href)
+        hit = self._cur.get(key, _MISS)
         if hit is _MISS:
-            hit = self._old.get(absolute, _MISS)
+            hit = self._old.get(key, _MISS)
             if hit is _MISS:
-                try:
-                    hit = normalize(absolute, keep_tracking=self.keep_tracking)
-                except InvalidURL:
-                    hit = None
-            self._cur[absolute] = hit  # type: ignore[assignment]
+                hit = self._resolve(href, base)
+            self._cur[key] = hit  # type: ignore[assignment]
             if len(self._cur) >= self._half:
                 self._old, self._cur = self._cur, {}
         return hit  # type: ignore[return-value]
+
+    def _resolve(self, href: str, base: str) -> CrawlURL | None:
+        if href.lstrip(" \t\r\n\f\v\x00").startswith("#"):
+            return None
+        try:
+            return crawl_url(href, base or None, keep_tracking=self.keep_tracking)
+        except InvalidURL:
+            return None
 
 
 _MISS = object()
 
 
-def join(href: str, base: str, origin: str | None = None) -> str | None:
-    """Resolve `href` against `base` (RFC 3986 5.2, dot segments left for `normalize`); None for a link that is
-    no http(s) URL or only a fragment of this page. `origin` (`scheme://authority` of base) saves a split."""
-    href = href.strip(" \t\r\n\f\v")
-    if href.startswith("#"):
-        return None  # a fragment of this very page
-    hash_at = href.find("#")
-    if hash_at >= 0:
-        href = href[:hash_at]
-    if href.startswith(("http://", "https://")):
-        return href
-    if not href:
-        return base
-    if href.startswith(("javascript:", "mailto:", "data:", "tel:")):
+def _origin(base: str) -> str:
+    """`scheme://host[:port]` of a base URL, or "\x00" + base for one that is not http(s) (a key of its own)."""
+    if not base.startswith(("http://", "https://")) or not base.isascii():
+        return "\x00" + base
+    end = base.find("/", base.find("://") + 3)
+    return base if end < 0 else base[:end]
+
+
+def resolve(href: str, base: str) -> str | None:
+    """The fetch URL of `href` against `base` (a `<base>` or canonical link), or None: never raises."""
+    try:
+        return fetch_form(href, base)[0]
+    except InvalidURL:
         return None
-    if origin is None:
-        origin = _origin(base)
-    if href.startswith("//"):
-        return base.split(":", 1)[0] + ":" + href
-    if href.startswith("/"):
-        return origin + href
-    if href.startswith("?"):
-        q = base.find("?")
-        return (base if q < 0 else base[:q]) + href
-    if ":" in href.split("/", 1)[0]:
-        return urljoin(base, href)  # another scheme, or a scheme-relative oddity: let urllib decide
-    # a relative path: the base's directory + href; `normalize` resolves the dot segments
-    path_end = base.find("?")
-    b = base if path_end < 0 else base[:path_end]
-    if b.count("/") < 3:  # "http://host" with no path
-        return b + "/" + href
-    return b[: b.rfind("/") + 1] + href
 
 
-def _origin(url: str) -> str:
-    scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
-    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"
-
-
-def origin_of(normalized_url: str) -> str:
-    """`scheme://host[:port]` of a normalised URL."""
-    scheme, rest = normalized_url.split("://", 1)
-    return f"{scheme}://{rest.split('/', 1)[0]}"
-
-
-def host_of(normalized_url: str) -> str:
-    """The politeness unit ("host[:port]") of an already normalised URL, as the Lua scripts compute it."""
-    rest = normalized_url.split("://", 1)[1]
+def host_of(fetch_url: str) -> str:
+    """The politeness unit ("host[:port]") of a fetch URL, as the Lua scripts compute it from an entry."""
+    rest = fetch_url.split("://", 1)[1]
     return rest.split("/", 1)[0]
 
 

@@ -84,7 +84,7 @@ def format_snapshot(s: dict[str, Any], where: str | None = None) -> str:
 
 def cell(value: Any) -> str:
     """A table cell: `-` for None and empty collections, `k=v k=v` for a mapping, never a Python repr."""
-    if value is None or value == {} or value == [] or value == "":
+    if value is None or value in ({}, [], ""):
         return "-"
     if isinstance(value, dict):
         return " ".join(f"{k}={cell(v)}" for k, v in sorted(value.items()))

@@ -17,10 +17,9 @@ import pytest
 
 from crawler.linkrules import LinkRules
 from crawler.parse import ParseTask, parse_page
+from crawler.testing.services import RedisServer, RunningServer, start_server
 from examples.bookshop import site
-from crawler.testing.services import RedisServer
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, enqueue, worker_args
-from crawler.testing.services import RunningServer, start_server
 
 ORIGIN = "http://shop.test"
 SPEC = "examples.bookshop.parser:router"

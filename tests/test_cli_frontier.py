@@ -19,7 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from crawler.embedded import stop_embedded_server
-from crawler.frontier import DeadLetter, Frontier, now_ms
+from crawler.entries import Extras
+from crawler.frontier import DeadLetter, Frontier, Lease, now_ms
 from crawler.urls import normalize
 from tests.conftest import crawl_cmd
 
@@ -48,7 +49,8 @@ async def queued_urls(redis_url: str, name: str) -> list[str]:
         f = Frontier(client, name)
         out: list[str] = []
         async for key in client.scan_iter(match=f.keys.prefix + "q:*", count=1000):
-            out += [e.decode().split(" ", 2)[2] for e in await client.lrange(key, 0, -1)]
+            for e in await client.lrange(key, 0, -1):
+                out.append((e.decode() if isinstance(e, bytes) else e).split(" ", 2)[2])
         return out
     finally:
         await client.aclose()
@@ -139,6 +141,63 @@ def test_enqueue_mixed_file(redis_server: Any, crawl_name: str, tmp_path: Path) 
     assert piped.stdout == b"added=1 duplicates=1 invalid=1\n"
     assert piped.stderr.startswith(b"<stdin>:3: invalid URL")
     assert stats(redis_server.url, crawl_name, tmp_path)["queued"] == n_valid + 1
+    asyncio.run(purge(redis_server.url, crawl_name))
+
+
+# (line, what it is): JSON lines and plain lines mixed in one file
+JSON_MIXED: list[tuple[str, str]] = [
+    ("http://shop.example/plain", "valid"),  # 1
+    (
+        '{"url": "http://shop.example/c/books?s=a&p=2", "data": {"category": "Books", "n": [1, 2]}, "label": "list"}',
+        "valid",
+    ),  # 2
+    ('  {"url": "http://shop.example/sitemap.xml", "kind": "sitemap", "priority": "high"}', "valid"),  # 3
+    ('{"url": "http://shop.example/urgent", "priority": 5, "data": {"why": "a b\\nc"}}', "valid"),  # 4
+    ('{"url": "http://shop.example/later", "priority": "normal"}', "valid"),  # 5
+    ('{"url": "http://shop.example/c/books?p=2&s=a", "data": {"other": 1}}', "dup"),  # 6: same key as line 2
+    ('{"url": "http://shop.example/x", "data": ', "bad JSON"),  # 7
+    ('{"url": "http://shop.example/x", "data": [1, 2]}', "JSON object"),  # 8
+    ('{"url": "http://shop.example/x", "data": {"big": "' + "y" * 9000 + '"}}', "8192-byte limit"),  # 9
+    ('{"url": "ftp://shop.example/x", "data": {}}', "scheme ftp:"),  # 10
+    ('{"url": "http://shop.example/x", "dat": {}}', "unknown field 'dat'"),  # 11
+    ('{"url": "http://shop.example/x", "priority": "urgent"}', "priority"),  # 12
+    ('["http://shop.example/x"]', "invalid URL: scheme (none)"),  # 13: only a line starting with "{" is JSON
+    ('{"data": {}}', '"url" must be a string'),  # 14
+    ("http://shop.example/last", "valid"),  # 15
+]
+
+
+def test_enqueue_json_lines(redis_server: Any, crawl_name: str, tmp_path: Path) -> None:
+    src = tmp_path / "seeds.jsonl"
+    src.write_text("\n".join(line for line, _ in JSON_MIXED) + "\n", encoding="utf-8")
+    r = crawl("enqueue", str(src), "--redis", redis_server.url, "--crawl", crawl_name, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    bad = {n: what for n, (_, what) in enumerate(JSON_MIXED, start=1) if what not in ("valid", "dup")}
+    assert r.stdout == f"added=6 duplicates=1 invalid={len(bad)}\n"
+    reported = dict(line.split(": ", 1) for line in r.stderr.splitlines())
+    assert set(reported) == {f"{src}:{n}" for n in bad}, r.stderr
+    for n, what in bad.items():
+        assert what in reported[f"{src}:{n}"], (n, reported[f"{src}:{n}"])
+    assert len(r.stderr) < 4000  # the 9 KiB line is not echoed
+
+    async def leased() -> list[Lease]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            leases, _ = await Frontier(client, crawl_name).lease(20, "t", 60)
+            return leases
+        finally:
+            await client.aclose()
+
+    redis_url = redis_server.url
+    got = [(ls.url, ls.extras) for ls in asyncio.run(leased())]
+    assert got == [  # one host's queue: "high" and priority > 0 at the head (last added first), then file order
+        ("http://shop.example/urgent", Extras(data={"why": "a b\nc"})),  # a newline in the data survives
+        ("http://shop.example/sitemap.xml", Extras(kind="sitemap")),
+        ("http://shop.example/plain", None),
+        ("http://shop.example/c/books?s=a&p=2", Extras(data={"category": "Books", "n": [1, 2]}, label="list")),
+        ("http://shop.example/later", None),  # "normal": the file's default
+        ("http://shop.example/last", None),
+    ]
     asyncio.run(purge(redis_server.url, crawl_name))
 
 

@@ -12,9 +12,9 @@ import pytest
 from crawler.errors import ConfigError
 from crawler.parse_once import format_outcome, parse_once
 from crawler.settings import Settings
+from crawler.testing.services import RunningServer, start_server
 from examples.bookshop import site
 from tests.helpers import PROXY_PASSWORD, PROXY_USER
-from crawler.testing.services import RunningServer, start_server
 
 SPEC = "examples.bookshop.parser:router"
 SETTINGS = Settings(follow=False)  # as a parser without --follow

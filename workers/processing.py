@@ -187,7 +187,14 @@ class Processor:
             or (self.s.scope.max_depth is not None and lease.depth >= self.s.scope.max_depth)
         ):
             return []
-        return [NewLink(fp, host, url, lease.depth + 1) for fp, host, url in page.follow if self.seen.add(fp)]
+        depth = lease.depth + 1
+        links = [NewLink(fp, host, url, depth) for fp, host, url in page.follow if self.seen.add(fp)]
+        # the parser's follow requests carry their extras; the same URL with other data is another request, so
+        # they skip the seen-link cache (the frontier's dedup still applies)
+        links += [
+            NewLink(r.fingerprint, r.host, r.url, depth, r.extras_json, _front(r.priority)) for r in page.requests
+        ]
+        return links
 
     def _unfetched(self, lease: Lease, error: str) -> Outcome:
         """Done without a fetch (robots, SSRF guard): a record saying why."""
@@ -244,6 +251,7 @@ class Processor:
             status=result.status,
             depth=lease.depth,
             headers=(("Content-Type", result.content_type),) if result.content_type else (),
+            extras_json=lease.extras_json,
             **self._task_options,
         )
         t0 = time.monotonic()
@@ -284,6 +292,11 @@ class Processor:
                 "back without spending an attempt, and leasing pauses while every gateway is down; probing it",
                 "warning",
             )
+
+
+def _front(priority: int | None) -> bool:
+    """A follow request with a positive priority goes to the head of its host's queue."""
+    return priority is not None and priority > 0
 
 
 def _describe(exc: BaseException) -> str:

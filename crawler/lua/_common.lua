@@ -1,12 +1,21 @@
--- Prepended to every script (see crawler/frontier.py). Entries are "<depth> <attempts> <url>"; a lease member
--- is "<token> <entry>". Normalised URLs contain no spaces, so splitting on the first spaces is exact.
+-- Prepended to every script (see crawler/frontier.py). Entries are "<depth> <attempts> <url>", or
+-- "<depth> <attempts> <url> <extras JSON>" for a URL with user data; a lease member is "<token> <entry>".
+-- Serialised URLs contain no spaces, so splitting on the first spaces is exact. `tail` is "" or " <extras JSON>":
+-- every script that rebuilds an entry (a new attempt count) appends it unchanged.
 local prefix = ARGV[1]
 local function host_of(url)
   return string.match(url, '^%a+://([^/]+)')
 end
 local function split_entry(entry)
-  local depth, attempts, url = string.match(entry, '^(%d+) (%d+) (.+)$')
-  return tonumber(depth), tonumber(attempts), url
+  local depth, attempts, url, tail = string.match(entry, '^(%d+) (%d+) ([^ ]+)(.*)$')
+  return tonumber(depth), tonumber(attempts), url, tail
+end
+-- A dead-letter value: "<depth> <attempts> <at_ms> <error JSON>", then "\n<extras JSON>" when the entry had
+-- extras (JSON holds no raw newline, so requeue_dead and Frontier.dead_entries split on the first one).
+local function dead_value(depth, attempts, now, err, tail)
+  local v = depth .. ' ' .. attempts .. ' ' .. now .. ' ' .. err
+  if tail ~= '' then v = v .. '\n' .. string.sub(tail, 2) end
+  return v
 end
 local function entry_of_member(member)
   return string.match(member, '^[^ ]+ (.+)$')

@@ -9,9 +9,9 @@ local n = 0
 for i = 4, #ARGV, 3 do
   local member = ARGV[i]
   if redis.call('ZREM', leases_key, member) == 1 then
-    local depth, _, url = split_entry(entry_of_member(member))
+    local depth, _, url, tail = split_entry(entry_of_member(member))
     local host = host_of(url)
-    redis.call('HSET', dead_key, url, depth .. ' ' .. ARGV[i + 1] .. ' ' .. now .. ' ' .. ARGV[i + 2])
+    redis.call('HSET', dead_key, url, dead_value(depth, ARGV[i + 1], now, ARGV[i + 2], tail))
     dec_inflight(inflight_key, host)
     make_ready(hosts_key, inflight_key, host, now, phc)
     n = n + 1

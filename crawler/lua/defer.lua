@@ -9,9 +9,9 @@ local deferred = 0
 for i = 4, #ARGV, 3 do
   local member = ARGV[i]
   if redis.call('ZREM', leases_key, member) == 1 then
-    local depth, _, url = split_entry(entry_of_member(member))
+    local depth, _, url, tail = split_entry(entry_of_member(member))
     local host = host_of(url)
-    redis.call('ZADD', deferred_key, tonumber(ARGV[i + 1]), depth .. ' ' .. ARGV[i + 2] .. ' ' .. url)
+    redis.call('ZADD', deferred_key, tonumber(ARGV[i + 1]), depth .. ' ' .. ARGV[i + 2] .. ' ' .. url .. tail)
     dec_inflight(inflight_key, host)
     make_ready(hosts_key, inflight_key, host, now, phc)
     deferred = deferred + 1

@@ -12,16 +12,16 @@ local expired = redis.call('ZRANGEBYSCORE', leases_key, '-inf', now, 'LIMIT', 0,
 local requeued, dead = 0, 0
 for _, member in ipairs(expired) do
   redis.call('ZREM', leases_key, member)
-  local depth, attempts, url = split_entry(entry_of_member(member))
+  local depth, attempts, url, tail = split_entry(entry_of_member(member))
   local host = host_of(url)
   attempts = attempts + 1
   dec_inflight(inflight_key, host)
   if attempts >= max_attempts then
     local err = cjson.encode({kind = 'lease_expired', message = 'lease expired ' .. attempts .. ' times'})
-    redis.call('HSET', dead_key, url, depth .. ' ' .. attempts .. ' ' .. now .. ' ' .. err)
+    redis.call('HSET', dead_key, url, dead_value(depth, attempts, now, err, tail))
     dead = dead + 1
   else
-    redis.call('LPUSH', prefix .. 'q:' .. host, depth .. ' ' .. attempts .. ' ' .. url)
+    redis.call('LPUSH', prefix .. 'q:' .. host, depth .. ' ' .. attempts .. ' ' .. url .. tail)
     requeued = requeued + 1
   end
   make_ready(hosts_key, inflight_key, host, now, phc)

@@ -14,8 +14,9 @@ repeat
     if n >= limit then break end
     local url, val = kv[i], kv[i + 1]
     local depth = string.match(val, '^(%d+) ')
+    local extras = string.match(val, '\n(.*)$')  -- see dead_value
     local host = host_of(url)
-    redis.call('RPUSH', prefix .. 'q:' .. host, depth .. ' 0 ' .. url)
+    redis.call('RPUSH', prefix .. 'q:' .. host, depth .. ' 0 ' .. url .. (extras and (' ' .. extras) or ''))
     redis.call('ZADD', hosts_key, 'NX', now, host)
     redis.call('HDEL', dead_key, url)
     n = n + 1
