@@ -105,9 +105,6 @@ def proxy() -> Iterator[RunningServer]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="needs worker wiring (user data through the frontier, items sink in the committer)", strict=False
-)
 def test_a_real_worker_scrapes_the_shop_through_the_proxy(
     redis_server: RedisServer, crawl_name: str, tmp_path: Path, shop: RunningServer, proxy: RunningServer
 ) -> None:

@@ -181,19 +181,16 @@ class Processor:
         return err
 
     def _new_links(self, lease: Lease, page: ParsedPage | None) -> list[NewLink]:
-        if (
-            page is None
-            or not page.follow
-            or (self.s.scope.max_depth is not None and lease.depth >= self.s.scope.max_depth)
-        ):
+        """The page's links to follow (through the seen-link cache) and the parser's follow requests."""
+        max_depth = self.s.scope.max_depth
+        if page is None or (max_depth is not None and lease.depth >= max_depth):
             return []
         depth = lease.depth + 1
         links = [NewLink(fp, host, url, depth) for fp, host, url in page.follow if self.seen.add(fp)]
-        # the parser's follow requests carry their extras; the same URL with other data is another request, so
-        # they skip the seen-link cache (the frontier's dedup still applies)
-        links += [
-            NewLink(r.fingerprint, r.host, r.url, depth, r.extras_json, _front(r.priority)) for r in page.requests
-        ]
+        # a parser's request carries its extras: the same URL with other data is another request, so it skips the
+        # seen-link cache (the frontier's dedup still applies)
+        for r in page.requests:
+            links.append(NewLink(r.fingerprint, r.host, r.url, depth, r.extras_json, _front(r.priority)))
         return links
 
     def _unfetched(self, lease: Lease, error: str) -> Outcome:
