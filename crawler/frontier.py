@@ -296,7 +296,7 @@ class Frontier:
         now = now_ms()
         members, next_due = await self._run(
             "lease",
-            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats],
+            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats, k.host_delay],
             [now, n, token, now + int(ttl_s * 1000), self._phc, self.politeness.per_host_delay_ms],
         )
         return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in members], int(next_due)
@@ -382,6 +382,11 @@ class Frontier:
             [now_ms(), self._phc, max_attempts, limit],
         )
         return int(requeued), int(dead)
+
+    async def set_host_delay(self, host: str, delay_s: float) -> None:
+        """A crawl-wide minimum delay between two leases of `host` (robots.txt Crawl-delay), for every worker."""
+        with redis_errors("host delay"):
+            await self.redis.hset(self.keys.host_delay, host, int(delay_s * 1000))
 
     async def is_seed_host(self, host: str) -> bool:
         with redis_errors("seed host check"):

@@ -14,6 +14,7 @@ name not declared in KEYS, and it shares the hash tag. To shard a crawl later, h
 | hosts               | zset   | hosts with queued work, scored by the next time they may be leased    |
 | host_inflight       | hash   | host -> leases outstanding (per-host concurrency, crawl-wide)          |
 | host_next           | hash   | host -> earliest next lease in ms (per-host delay, crawl-wide)         |
+| host_delay          | hash   | host -> robots.txt Crawl-delay in ms (capped), enforced by lease       |
 | leases              | zset   | "<token> <entry>" scored by lease deadline in ms                       |
 | deferred            | zset   | entries waiting for a retry, scored by due time in ms                  |
 | dead                | hash   | url -> "<depth> <attempts> <at> <error JSON>[<LF><extras JSON>]"      |
@@ -65,6 +66,10 @@ class CrawlKeys:
     @property
     def host_next(self) -> str:
         return self._k("host_next")
+
+    @property
+    def host_delay(self) -> str:
+        return self._k("host_delay")
 
     @property
     def leases(self) -> str:

@@ -17,7 +17,7 @@ from examples.bookshop import site
 from tests.helpers import PROXY_PASSWORD, PROXY_USER
 
 SPEC = "examples.bookshop.parser:router"
-SETTINGS = Settings(follow=False)  # as a parser without --follow
+SETTINGS = Settings.from_flags(follow=False)  # as a parser without --follow
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_a_saved_listing_with_its_url_and_data(tmp_path: Path) -> None:
 
 def test_a_live_product_through_the_proxy(shop: RunningServer, proxy: RunningServer) -> None:
     book = next(b for b in site.CATALOGUE if b.stock == 0 and not b.removed)
-    settings = SETTINGS.with_(proxies=(proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@"),))
+    gateway = proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")
+    settings = Settings.from_flags(follow=False, proxy=(gateway,))
     before = proxy.stats()["requests"]
     out = asyncio.run(parse_once(shop.url + book.path, SPEC, settings, label="product", data={"category": "X"}))
     assert out.ok and out.status == 200 and proxy.stats()["requests"] == before + 1
@@ -68,7 +69,7 @@ def test_a_failing_parser_shows_its_traceback_and_a_dead_url_its_cause(tmp_path:
     assert not out.ok and out.page is not None and out.page.error == "parser_error"
     text = format_outcome(out)
     assert "error    parser_error: KeyError: 'price'" in text and "in helper" in text  # the whole traceback
-    dead = asyncio.run(parse_once("http://127.0.0.1:9/", f"{f}:parse", SETTINGS.with_(timeout_s=5.0)))
+    dead = asyncio.run(parse_once("http://127.0.0.1:9/", f"{f}:parse", Settings.from_flags(follow=False, timeout=5.0)))
     assert not dead.ok and (dead.fetch_error or "").startswith("connect")
     with pytest.raises(ConfigError, match="cannot read"):
         asyncio.run(parse_once(str(tmp_path / "missing.html"), f"{f}:parse", SETTINGS))

@@ -67,7 +67,9 @@ class Engine:
         self._closed = asyncio.Event()  # everything is settled: housekeeping loops leave
         self.stop_reason = ""
         self.exit_code = 0
-        self.processor = Processor(settings, fetcher, parse_pool, proxies, metrics, trust, self.stop, self.say)
+        self.processor = Processor(
+            settings, fetcher, parse_pool, proxies, metrics, trust, self.stop, self.say, frontier.set_host_delay
+        )
         self.leaser = Leaser(
             frontier,
             self.token,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,7 @@ class Processor:
         trust: TrustCache | None,
         on_fatal: Callable[[str, int], None],
         say: Callable[[str, str], None],
+        set_host_delay: Callable[[str, float], Awaitable[None]],
     ) -> None:
         self.s = settings
         self.fetcher = fetcher
@@ -73,6 +74,8 @@ class Processor:
         self.robots = RobotsCache(self._fetch_robots, agent) if settings.politeness.robots else None
         self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
         self._on_fatal = on_fatal
+        self._set_host_delay = set_host_delay  # Frontier.set_host_delay: a robots.txt Crawl-delay, crawl-wide
+        self._delays_told: set[str] = set()
         self._say = say
         self._rng = random.Random()
         self._auth_streak = retry.ProxyAuthStreak()
@@ -123,7 +126,18 @@ class Processor:
             return self._finish(lease, attempts, Attempt(None, None, decision, None), verdict.rules.cause)
         if not verdict.allowed:
             return self._unfetched(lease, "robots_disallowed")
+        if verdict.rules.crawl_delay_s:
+            await self._honour_crawl_delay(host_of(lease.url), verdict.rules.crawl_delay_s)
         return None
+
+    async def _honour_crawl_delay(self, host: str, delay_s: float) -> None:
+        """Tell the frontier a host's Crawl-delay (capped by --max-crawl-delay) once: every worker then waits it."""
+        if host in self._delays_told:
+            return
+        if len(self._delays_told) > 100_000:  # bounded: telling again is harmless
+            self._delays_told.clear()
+        await self._set_host_delay(host, min(delay_s, self.s.politeness.max_crawl_delay_s))
+        self._delays_told.add(host)
 
     async def _attempts(self, lease: Lease) -> tuple[int, Attempt]:
         """The first attempt, then (the rare path) tenacity's in-process retries, each with a fresh session."""

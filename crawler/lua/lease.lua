@@ -1,16 +1,18 @@
 -- Lease up to N entries for one consumer, honouring crawl-wide per-host concurrency and delay.
--- KEYS: hosts, host_inflight, host_next, leases, deferred, stats
+-- KEYS: hosts, host_inflight, host_next, leases, deferred, stats, host_delay
+-- host_delay: host -> ms, a robots.txt Crawl-delay (capped by the worker); it wins over a shorter per-host delay
 -- ARGV: prefix, now_ms, n, token, deadline_ms, per_host_concurrency (0: unlimited), per_host_delay_ms
 -- Returns {members, next_due_ms}: the leased members ("<token> <entry>"), and when more work may become
 -- leasable (-1: nothing queued or deferred). An empty frontier returns {{}, -1}.
-local hosts_key, inflight_key, next_key, leases_key, deferred_key, stats_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local hosts_key, inflight_key, next_key, leases_key, deferred_key, stats_key, host_delay_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local token = ARGV[4]
 local deadline = tonumber(ARGV[5])
 local phc = tonumber(ARGV[6])
-local delay = tonumber(ARGV[7])
+local default_delay = tonumber(ARGV[7])
+local any_host_delay = redis.call('EXISTS', host_delay_key) == 1  -- one check, so crawls without any pay nothing
 
 -- 1. retries that are due go back to the front of their host's queue
 local due = redis.call('ZRANGEBYSCORE', deferred_key, '-inf', now, 'LIMIT', 0, 500)
@@ -36,6 +38,11 @@ while #out < want and rounds < 64 do
   for _, host in ipairs(hosts) do
     if #out >= want then break end
     local qkey = prefix .. 'q:' .. host
+    local delay = default_delay
+    if any_host_delay then
+      local hd = tonumber(redis.call('HGET', host_delay_key, host) or '0')
+      if hd > delay then delay = hd end
+    end
     local inflight = tonumber(redis.call('HGET', inflight_key, host) or '0')
     local nxt = delay > 0 and tonumber(redis.call('HGET', next_key, host) or '0') or 0
     if phc > 0 and inflight >= phc then

@@ -1,0 +1,87 @@
+"""robots.txt Crawl-delay, enforced crawl-wide by the frontier (issue 11), capped by --max-crawl-delay."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from crawler.frontier import now_ms
+from crawler.keys import CrawlKeys
+from crawler.urls import crawl_url
+from tests.helpers import crawl, enqueue, read_records, worker_args
+from tests.test_stages import frontier_at
+
+
+def test_a_host_delay_spaces_leases_of_that_host_only(redis_server: Any, crawl_name: str) -> None:
+    async def main() -> None:
+        async with frontier_at(redis_server.url, crawl_name) as f:
+            await f.add([crawl_url(f"http://slow.example/{i}") for i in range(3)])
+            await f.add([crawl_url(f"http://fast.example/{i}") for i in range(3)])
+            await f.set_host_delay("slow.example", 0.5)
+            leases, _ = await f.lease(10, "t.1", 30)
+            hosts = sorted(ls.url.split("/")[2] for ls in leases)
+            assert hosts == ["fast.example"] * 3 + ["slow.example"]  # one of the delayed host, all of the other
+            t0 = now_ms()
+            again, next_due = await f.lease(10, "t.1", 30)
+            assert again == [] and next_due >= t0 + 400  # the next one of slow.example only after its delay
+
+    asyncio.run(main())
+
+
+class PoliteSite(BaseHTTPRequestHandler):
+    """robots.txt asks for a 30 s Crawl-delay; every page is a tiny HTML page."""
+
+    def do_GET(self) -> None:
+        if self.path == "/robots.txt":
+            body, ctype = b"User-agent: *\nCrawl-delay: 30\nDisallow: /private\n", "text/plain"
+        else:
+            body, ctype = f"<title>{self.path}</title>".encode(), "text/html"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def polite_site() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PoliteSite)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.timeout(120)
+def test_crawl_delay_from_robots_is_capped_and_enforced(
+    redis_server: Any, crawl_name: str, tmp_path: Path, polite_site: str
+) -> None:
+    urls = [f"{polite_site}/p/{i}" for i in range(5)]
+    enqueue(redis_server, crawl_name, tmp_path, urls)
+    out = tmp_path / "out"
+    args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-follow", "--max-crawl-delay", "0.3")
+    run = crawl([*args, "--per-host-concurrency", "1"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = sorted(read_records(out), key=lambda r: r["fetched_at"])
+    assert {r["url"] for r in records} == set(urls)
+    host = crawl_url(urls[0]).host
+    stored = redis.Redis.from_url(redis_server.url).hget(CrawlKeys(crawl_name).host_delay, host)
+    assert stored == b"300"  # Crawl-delay 30 capped at --max-crawl-delay 0.3
+    # the first lease goes before robots.txt is known, the second is leased as soon as the first is settled;
+    # from the second on, every lease of the host waits the delay
+    gaps = [b["fetched_at"] - a["fetched_at"] for a, b in itertools.pairwise(records[1:])]
+    assert all(g >= 0.25 for g in gaps), gaps
