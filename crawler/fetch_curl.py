@@ -1,0 +1,466 @@
+"""The curl fetcher: one fetch attempt with a browser's network identity (TLS ClientHello, HTTP/2 settings and
+header order, from curl_cffi's impersonation profiles), under every guarantee of the aiohttp `Fetcher`.
+
+Why curl: anti-bot edges block Python's TLS fingerprint and its HTTP/1.1-only profile before a request reaches
+the site. What is kept, and how:
+- bodies stream through `aiter_content` under the cap; curl itself refuses past it too (MAXFILESIZE), and a
+  stopped read aborts the transfer (its write callback fails) instead of draining the body;
+- curl does not decode (HTTP_CONTENT_DECODING off): raw bytes go to the parse pool, which decompresses with
+  its output cap; only the codings the pool can undo are asked for;
+- deadlines: connect (CONNECTTIMEOUT), read (no byte for read_timeout_s: LOW_SPEED), total (TIMEOUT, which a
+  drip-feed cannot reset), and an outer asyncio deadline as for aiohttp;
+- redirects are followed here, hop by hop; without a proxy, every name is resolved here (in a thread), refused
+  when private and untrusted, and pinned for curl (RESOLVE), so curl connects only to a checked address;
+- the gateway: the proxy URL carries Basic credentials (its `{session}` already filled), https goes through
+  CONNECT, a 407 is ProxyAuthError; with the fleet-wide cap, each request holds a slot and its connection is
+  not reused;
+- every curl error is translated once, in `translate_curl_errors`, keeping the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from curl_cffi import Curl, CurlHttpVersion, CurlInfo, CurlOpt
+from curl_cffi.const import CurlECode
+from curl_cffi.requests import AsyncSession, Response
+from curl_cffi.requests.exceptions import RequestException
+from curl_cffi.requests.impersonate import resolve_latest_browser_type
+from yarl import URL
+
+from crawler.errors import (
+    BlockedAddress,
+    BodyTooLarge,
+    ConfigError,
+    ConnectError,
+    FetchError,
+    FetchTimeout,
+    InvalidResponse,
+    InvalidTarget,
+    ProxyAuthError,
+    ProxyError,
+    TooManyRedirects,
+)
+from crawler.fetch_base import (
+    DECODABLE_ENCODINGS,
+    HOP_BODY_MAX,
+    HTML_TYPES,
+    REDIRECTS,
+    ROBOTS_MAX_REDIRECTS,
+    FetchResult,
+    Hop,
+    RawHeaders,
+    check_header_limits,
+    crawl_headers,
+    merged,
+    next_hop,
+)
+from crawler.gateway_slots import GatewaySlots
+from crawler.proxies import ProxyChoice
+from crawler.settings import DEFAULT_USER_AGENT, Settings
+from crawler.ssrf import TrustCache, is_private_address, literal_ip
+
+_VERSIONS = {1: "1.0", 2: "1.1", 3: "2", 30: "3"}  # CURLINFO_HTTP_VERSION -> the record's http_version
+_DNS_TTL_S = 300.0  # as the aiohttp session's DNS cache
+_DNS_SIZE = 10_000
+# the pinned addresses (CURLOPT_RESOLVE) of the request being started in this task: curl_cffi takes curl
+# options per session only, so the one per-request option travels to `_PinningSession.pop_curl` this way
+_PINS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("curl_pins", default=None)
+
+
+class _PinningSession(AsyncSession[Response]):
+    """An AsyncSession whose handles get this request's RESOLVE pins (set in the same task, just before)."""
+
+    async def pop_curl(self) -> Curl:
+        curl = await super().pop_curl()
+        pins = _PINS.get()
+        if pins:
+            curl.setopt(CurlOpt.RESOLVE, pins)
+        return curl
+
+
+def check_profile(name: str) -> str:
+    """The curl_cffi target `name` stands for ("chrome" -> the newest Chrome); ConfigError when unknown."""
+    target = str(resolve_latest_browser_type(name))  # type: ignore[no-untyped-call]
+    probe = Curl()
+    try:
+        if probe.impersonate(target) != 0:
+            raise ConfigError(f"--impersonate {name!r}: not a curl_cffi profile (chrome, firefox, safari, edge, ...)")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"--impersonate {name!r}: not a curl_cffi profile ({exc})") from exc
+    finally:
+        probe.close()
+    return target
+
+
+def _chunks(resp: Response) -> AsyncIterator[bytes]:
+    """The streamed body; curl's errors mid-body are raised from here (translated by the caller)."""
+    return resp.aiter_content()  # type: ignore[no-any-return, no-untyped-call]
+
+
+def _version(resp: Response) -> str:
+    return _VERSIONS.get(int(resp.http_version), "1.1")
+
+
+def _raw_headers(resp: Response) -> RawHeaders:
+    return tuple((str(k), str(v)) for k, v in resp.headers.multi_items())
+
+
+def _content_type(value: str | None) -> tuple[str, str | None]:
+    """(media type lower-cased, charset) of a Content-Type value, as aiohttp reports them."""
+    if not value:
+        return "", None
+    media, *params = value.split(";")
+    charset = None
+    for p in params:
+        k, _, v = p.partition("=")
+        if k.strip().lower() == "charset" and v.strip():
+            charset = v.strip().strip('"')
+    return media.strip().lower(), charset
+
+
+def _connect_code(exc: RequestException) -> int:
+    rsp = getattr(exc, "response", None)
+    infos = getattr(rsp, "infos", None) or {}
+    return int(infos.get(CurlInfo.HTTP_CONNECTCODE) or 0)
+
+
+_TIMEOUTS = {CurlECode.OPERATION_TIMEDOUT}
+_INVALID = {CurlECode.WEIRD_SERVER_REPLY, CurlECode.TOO_LARGE, CurlECode.HTTP2, CurlECode.HTTP2_STREAM}
+_BAD_URL = {CurlECode.URL_MALFORMAT, CurlECode.UNSUPPORTED_PROTOCOL}
+_GATEWAY = {CurlECode.COULDNT_RESOLVE_PROXY, CurlECode.PROXY}
+
+
+@contextlib.contextmanager
+def translate_curl_errors(via_proxy: bool) -> Iterator[None]:
+    """The one place curl's errors become ours (the cause is kept for the log; the record shows `kind`)."""
+    try:
+        yield
+    except FetchError:
+        raise
+    except RequestException as exc:
+        code = getattr(exc, "code", None)
+        connect = _connect_code(exc) if via_proxy else 0
+        if connect == 407:
+            raise ProxyAuthError("gateway refused the credentials (407)") from exc
+        if connect >= 300:
+            raise ProxyError(f"gateway answered {connect} to CONNECT") from exc
+        if code in _TIMEOUTS:
+            raise FetchTimeout("deadline passed") from exc
+        if code == CurlECode.FILESIZE_EXCEEDED:
+            raise BodyTooLarge("body passed the cap") from exc
+        if code in _INVALID:
+            raise InvalidResponse(f"invalid response: curl error {code}") from exc
+        if code in _BAD_URL:
+            raise InvalidTarget(f"invalid URL: curl error {code}") from exc
+        if code in _GATEWAY or (via_proxy and code == CurlECode.COULDNT_CONNECT):
+            raise ProxyError("cannot connect to the gateway") from exc
+        raise ConnectError(f"curl error {code}") from exc
+    except TimeoutError as exc:
+        raise FetchTimeout("deadline passed") from exc
+
+
+async def _abort(resp: Response) -> None:
+    """End a streamed transfer now: the write callback fails at the next chunk, and a stalled one is removed
+    from curl's multi handle (its connection closed, not drained or reused)."""
+    quit_now = getattr(resp, "quit_now", None)
+    if quit_now is not None:
+        quit_now.set()
+    task: asyncio.Task[None] | None = getattr(resp, "astream_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+
+
+class CurlFetcher:
+    """Fetches one URL per call with curl_cffi. Same contract as `crawler.fetch.Fetcher` (see FetcherLike).
+
+    `impersonate`: a curl_cffi profile ("chrome", "firefox136", ...) or None for curl's own identity; default
+    `settings.impersonate`. `verify`: True, False, or a CA bundle path (tests). `keep_body`: keep every body
+    under the cap (WARC `--warc-content all`), not only HTML.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        trust: TrustCache | None = None,
+        slots: GatewaySlots | None = None,
+        *,
+        impersonate: str | None = None,
+        keep_body: bool = False,
+        verify: bool | str = True,
+    ) -> None:
+        self.settings = settings
+        self.trust = trust  # the SSRF guard, when on: every name is resolved and checked here
+        self.slots = slots  # the fleet-wide gateway connection cap, when set
+        self.keep_body = keep_body
+        profile = impersonate if impersonate is not None else getattr(settings, "impersonate", None)
+        self.impersonate = check_profile(profile) if profile else None
+        self.base_headers = self._base_headers(settings)
+        # host -> (addresses, expiry): our own DNS cache, since curl's cannot be asked before it connects
+        self._dns: OrderedDict[tuple[str, int], tuple[tuple[str, ...], float]] = OrderedDict()
+        self.requests = 0  # attempts started (for the repr)
+        capped = settings.proxy_max_connections is not None and bool(settings.proxies)
+        options: dict[CurlOpt, Any] = {
+            CurlOpt.HTTP_CONTENT_DECODING: 0,  # raw bytes: decompression is the parse pool's, with its cap
+            CurlOpt.MAXFILESIZE_LARGE: settings.max_body_bytes,
+            CurlOpt.CONNECTTIMEOUT_MS: int(settings.connect_timeout_s * 1000),
+            CurlOpt.TIMEOUT_MS: int(settings.timeout_s * 1000),
+            CurlOpt.LOW_SPEED_LIMIT: 1,  # less than 1 byte/s for read_timeout_s: the read deadline
+            CurlOpt.LOW_SPEED_TIME: max(1, round(settings.read_timeout_s)),
+            CurlOpt.HTTP_VERSION: CurlHttpVersion.V2TLS,  # h2 by ALPN over TLS, never an h2c upgrade
+            CurlOpt.SUPPRESS_CONNECT_HEADERS: 1,  # the gateway's CONNECT answer is not the site's headers
+            CurlOpt.FORBID_REUSE: 1 if capped else 0,  # an idle keep-alive connection counts at the gateway
+            CurlOpt.MAXREDIRS: 0,
+        }
+        self.session = _PinningSession(
+            max_clients=settings.concurrency,
+            impersonate=self.impersonate,
+            curl_options=options,
+            curl_infos=[CurlInfo.HTTP_CONNECTCODE],
+            trust_env=False,
+            allow_redirects=False,
+            verify=verify,  # type: ignore[arg-type]  # a CA bundle path is accepted too
+            discard_cookies=True,  # a crawler has no cookie state; a jar per site grows without bound
+        )
+
+    def _base_headers(self, settings: Settings) -> dict[str, str]:
+        """What every request sends on top of the profile's own headers (which keep their order: curl replaces
+        a profile header in place). The profile's User-Agent stays unless --user-agent was given."""
+        own: dict[str, str] = {"Accept-Encoding": DECODABLE_ENCODINGS}
+        if self.impersonate is None:
+            own = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8", **own}
+        if self.impersonate is None or settings.user_agent != DEFAULT_USER_AGENT:
+            own["User-Agent"] = settings.user_agent
+        extra = crawl_headers(getattr(settings, "headers", ()), getattr(settings, "cookies", ()))
+        return merged(own, extra)
+
+    def __repr__(self) -> str:
+        return (
+            f"CurlFetcher(impersonate={self.impersonate}, max_body_bytes={self.settings.max_body_bytes}, "
+            f"timeout_s={self.settings.timeout_s}, requests={self.requests})"
+        )
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+    close = aclose
+
+    def _slot(self, proxy: ProxyChoice | None) -> contextlib.AbstractAsyncContextManager[None]:
+        if proxy is not None and self.slots is not None:
+            return self.slots.slot()
+        return contextlib.nullcontext()
+
+    async def _pins(self, url: str, proxy: ProxyChoice | None) -> list[str] | None:
+        """Resolve the host here (SSRF guard on, no proxy) and pin it for curl; BlockedAddress when a private
+        address answers for a host that is not trusted. With a proxy the gateway resolves: nothing to pin."""
+        if self.trust is None or proxy is not None:
+            return None
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if not host or literal_ip(host) is not None:
+            return None  # literals are checked by TrustCache.refuses before the fetch and on every redirect
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise InvalidTarget("invalid URL: bad port") from exc
+        addrs = await self._resolve(host, port)
+        if any(is_private_address(a) for a in addrs) and not await self.trust.trusted(host):
+            raise BlockedAddress(f"{host} resolves to a private address")
+        joined = ",".join(f"[{a}]" if ":" in a else a for a in addrs)
+        return [f"{host}:{port}:{joined}"]
+
+    async def _resolve(self, host: str, port: int) -> tuple[str, ...]:
+        key = (host, port)
+        hit = self._dns.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            self._dns.move_to_end(key)
+            return hit[0]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConnectError(f"cannot resolve {host}") from exc
+        addrs = tuple(dict.fromkeys(str(i[4][0]) for i in infos))
+        self._dns[key] = (addrs, time.monotonic() + _DNS_TTL_S)
+        if len(self._dns) > _DNS_SIZE:
+            self._dns.popitem(last=False)
+        return addrs
+
+    async def _get(self, url: str, proxy: ProxyChoice | None, sent: Mapping[str, str]) -> Response:
+        pins = await self._pins(url, proxy)
+        token = _PINS.set(pins)
+        self.requests += 1
+        try:
+            return await self.session.request(
+                "GET",
+                url,
+                headers=dict(sent),
+                proxy=proxy.url if proxy is not None else None,
+                stream=True,
+                allow_redirects=False,
+                timeout=None,  # our deadlines are in curl_options
+                accept_encoding=None,
+                quote=False,  # the fetch URL is already encoded: send it as the page wrote it
+            )
+        finally:
+            _PINS.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        url: str,
+        proxy: ProxyChoice | None,
+        max_redirects: int,
+        headers: Mapping[str, str] | None = None,
+        hops: list[Hop] | None = None,
+    ) -> AsyncIterator[tuple[Response, int, RawHeaders]]:
+        """GET `url` under the fleet slot, the deadlines and the error translation, following redirects hop by
+        hop through the SSRF guard. Yields (final response, redirects followed, request headers sent)."""
+        sent = merged(self.base_headers, headers)
+        request_headers = tuple(sent.items())
+        async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
+            stack.enter_context(translate_curl_errors(proxy is not None))
+            async with asyncio.timeout(self.settings.timeout_s + 1.0):
+                target = URL(url, encoded=True)
+                for hop in range(max_redirects + 1):
+                    resp = await self._get(str(target), proxy, sent)
+                    try:
+                        check_header_limits(_raw_headers(resp))
+                        location = resp.headers.get("location") if resp.status_code in REDIRECTS else None
+                        if location is None or max_redirects == 0:
+                            yield resp, hop, request_headers
+                            return
+                        here = URL(str(resp.url), encoded=True)
+                        if hops is not None:
+                            hops.append(await self._hop(resp, request_headers))
+                    finally:
+                        await _abort(resp)
+                    if hop == max_redirects:
+                        break
+                    target = await next_hop(self.trust, here, location)
+                raise TooManyRedirects(f"more than {max_redirects} redirects")
+
+    async def _hop(self, resp: Response, request_headers: RawHeaders) -> Hop:
+        buf = bytearray()
+        async for chunk in _chunks(resp):
+            buf += chunk
+            if len(buf) > HOP_BODY_MAX:
+                break  # not kept; _abort ends the transfer
+        return Hop(
+            url=str(resp.url),
+            status=resp.status_code,
+            reason=resp.reason or "",
+            http_version=_version(resp),
+            raw_headers=_raw_headers(resp),
+            request_headers=request_headers,
+            body=bytes(buf) if len(buf) <= HOP_BODY_MAX else None,
+            bytes=len(buf),
+        )
+
+    async def fetch(self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None) -> FetchResult:
+        """One attempt, redirects included (see FetcherLike)."""
+        started = time.monotonic()
+        hops: list[Hop] = []
+        async with self._open(url, proxy, self.settings.max_redirects, headers, hops) as (resp, redirects, sent):
+            return await self._result(url, resp, proxy, started, redirects, sent, tuple(hops))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _result(
+        self,
+        url: str,
+        resp: Response,
+        proxy: ProxyChoice | None,
+        started: float,
+        redirects: int,
+        sent: RawHeaders,
+        hops: tuple[Hop, ...],
+    ) -> FetchResult:
+        cap = self.settings.max_body_bytes
+        if proxy is not None and resp.status_code == 407:
+            raise ProxyAuthError("gateway refused the credentials (407)")
+        ctype, charset = _content_type(resp.headers.get("content-type"))
+        declared = _int_or_none(resp.headers.get("content-length"))
+        body: bytes | None = None
+        if resp.status_code in (204, 304):
+            got = 0
+        elif ctype in HTML_TYPES or ctype == "" or self.keep_body:
+            if declared is not None and declared > cap:
+                raise BodyTooLarge(f"Content-Length {declared} > {cap}")
+            body, got = await self._read(resp, cap, keep=True)
+        elif declared is not None:
+            got = declared  # not kept: do not pay the gateway for bytes nobody reads (_abort ends it)
+        else:
+            _, got = await self._read(resp, cap, keep=False)
+        return FetchResult(
+            url=url,
+            final_url=str(resp.url),
+            status=resp.status_code,
+            content_type=ctype,
+            charset=charset,
+            content_encoding=resp.headers.get("content-encoding") or "",
+            body=body,
+            bytes=got,
+            elapsed_ms=int((time.monotonic() - started) * 1000),
+            retry_after=resp.headers.get("retry-after"),
+            redirects=redirects,
+            http_version=_version(resp),
+            peer_ip=resp.primary_ip or None,
+            reason=resp.reason or "",
+            raw_headers=_raw_headers(resp),
+            request_headers=sent,
+            hops=hops,
+        )
+
+    async def _read(self, resp: Response, cap: int, keep: bool) -> tuple[bytes, int]:
+        """(body if `keep` else b"", bytes received), BodyTooLarge past `cap`."""
+        buf = bytearray()
+        n = 0
+        async for chunk in _chunks(resp):
+            n += len(chunk)
+            if n > cap:
+                raise BodyTooLarge(f"body passed {cap} bytes")
+            if keep:
+                buf += chunk
+        return bytes(buf), n
+
+    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]:
+        """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable.
+
+        Raises only BlockedAddress (the SSRF guard refused the host)."""
+        from crawler.parse import decompress
+
+        try:
+            async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _, _sent):
+                buf = bytearray()
+                async for chunk in _chunks(resp):
+                    buf += chunk
+                    if len(buf) >= cap:
+                        break
+                if proxy is not None and resp.status_code == 407:
+                    return 0, b""
+                try:
+                    body = decompress(bytes(buf), resp.headers.get("content-encoding") or "", cap)
+                except Exception:
+                    body = b""
+                return resp.status_code, body
+        except BlockedAddress:
+            raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
+        except FetchError:
+            return 0, b""
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

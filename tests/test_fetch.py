@@ -1,0 +1,341 @@
+"""The fetch layer's contract, proven for both fetchers (aiohttp and curl) against real servers on 127.0.0.1:
+body caps, deadlines (a drip-feed stops at the total), raw bodies for the parse pool's capped decompression,
+redirects hop by hop (with their Hop records), header floods, non-HTML counted or kept, per-request headers and
+conditional requests (304), the proxy gateway (Basic auth, sticky session, CONNECT, 407), and the SSRF guard on
+redirect targets and resolved names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import web
+
+from crawler.errors import (
+    BlockedAddress,
+    BodyTooLarge,
+    FetchTimeout,
+    InvalidResponse,
+    ProxyAuthError,
+    TooManyRedirects,
+)
+from crawler.fetch import Fetcher, make_fetcher, make_session
+from crawler.fetch_base import FetcherLike
+from crawler.fetch_curl import CurlFetcher
+from crawler.parse import _TooLarge, decompress
+from crawler.proxies import ProxyPool
+from crawler.settings import Settings
+from crawler.ssrf import TrustCache
+from tests.helpers import PROXY_PASSWORD, PROXY_USER
+from tests.support.hostile_server import PNG_BYTES
+from tests.support.proxy_server import ProxyServer
+from tests.support.servers import RunningServer, start_server
+
+T = TypeVar("T")
+CAP = 1024 * 1024
+SETTINGS = Settings(max_body_bytes=CAP, timeout_s=3.0, read_timeout_s=2.0, connect_timeout_s=2.0, concurrency=8)
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[RunningServer]:
+    with start_server("tests.support.hostile_server", "--port", 0) as h:
+        yield h
+
+
+@pytest.fixture(params=["aiohttp", "curl"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def build(kind: str, settings: Settings = SETTINGS, trust: TrustCache | None = None, **kw: Any) -> FetcherLike:
+    if kind == "curl":
+        return CurlFetcher(settings, trust, **kw)
+    return Fetcher(make_session(settings, trust), settings, None, trust, **kw)
+
+
+def run(kind: str, body: Callable[[FetcherLike], Awaitable[T]], **kw: Any) -> T:
+    async def main() -> T:
+        f = build(kind, **kw)
+        try:
+            return await body(f)
+        finally:
+            await f.aclose()
+
+    return asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------------------ caps
+@pytest.mark.parametrize("path", ["/big/5", "/big-chunked/5", "/infinite", "/links/100000"])
+def test_bodies_past_the_cap_are_refused_without_reading_them_all(kind: str, hostile: RunningServer, path: str) -> None:
+    async def body(f: FetcherLike) -> float:
+        t0 = time.monotonic()
+        with pytest.raises(BodyTooLarge):
+            await f.fetch(hostile.url + path, None)
+        return time.monotonic() - t0
+
+    assert run(kind, body) < 3.0  # /infinite would never end: the cap, not the deadline, stopped it
+
+
+def test_a_drip_fed_body_stops_at_the_total_deadline(kind: str, hostile: RunningServer) -> None:
+    settings = replace(SETTINGS, timeout_s=2.0, read_timeout_s=5.0)  # 1 byte/s resets any read deadline
+
+    async def body(f: FetcherLike) -> float:
+        t0 = time.monotonic()
+        with pytest.raises(FetchTimeout):
+            await f.fetch(f"{hostile.url}/drip/30", None)
+        return time.monotonic() - t0
+
+    elapsed = run(kind, body, settings=settings)
+    assert 1.5 < elapsed < 4.0, elapsed
+
+
+def test_a_hanging_server_is_a_timeout(kind: str, hostile: RunningServer) -> None:
+    settings = replace(SETTINGS, timeout_s=2.0, read_timeout_s=1.0)
+
+    async def body(f: FetcherLike) -> None:
+        with pytest.raises(FetchTimeout):
+            await f.fetch(f"{hostile.url}/hang", None)
+
+    run(kind, body, settings=settings)
+
+
+@pytest.mark.parametrize("enc", ["gzip", "br"])
+def test_a_compression_bomb_arrives_raw_and_its_decompression_is_capped(
+    kind: str, hostile: RunningServer, enc: str
+) -> None:
+    async def body(f: FetcherLike) -> tuple[int, str, bytes | None]:
+        r = await f.fetch(f"{hostile.url}/bomb/{enc}/50", None)
+        return r.bytes, r.content_encoding, r.body
+
+    got, encoding, raw = run(kind, body)
+    assert encoding == enc and raw is not None and got == len(raw) < CAP  # raw bytes, not 50 MiB
+    with pytest.raises(_TooLarge):
+        decompress(raw, encoding, CAP)
+
+
+# ------------------------------------------------------------------------------------------- redirects
+def test_a_redirect_chain_is_followed_hop_by_hop_with_a_record_per_hop(kind: str, hostile: RunningServer) -> None:
+    async def body(f: FetcherLike) -> Any:
+        return await f.fetch(f"{hostile.url}/redirect/chain/3", None)
+
+    r = run(kind, body)
+    assert r.status == 200 and r.redirects == 3 and r.final_url == f"{hostile.url}/redirect/chain/0"
+    assert [h.url for h in r.hops] == [f"{hostile.url}/redirect/chain/{n}" for n in (3, 2, 1)]
+    assert all(h.status == 302 and h.http_version == "1.1" and h.reason == "Found" for h in r.hops)
+    assert all(dict((k.lower(), v) for k, v in h.raw_headers)["location"].startswith("/redirect/") for h in r.hops)
+    assert r.http_version == "1.1" and r.reason == "OK" and r.peer_ip == "127.0.0.1"
+    assert b"chain end" in (r.body or b"")
+
+
+def test_a_redirect_loop_ends_as_too_many_redirects(kind: str, hostile: RunningServer) -> None:
+    async def body(f: FetcherLike) -> None:
+        with pytest.raises(TooManyRedirects):
+            await f.fetch(f"{hostile.url}/redirect/loop", None)
+
+    run(kind, body)
+
+
+@pytest.mark.parametrize("path", ["/headers/huge", "/headers/huge-one"])
+def test_header_floods_are_invalid_responses(kind: str, hostile: RunningServer, path: str) -> None:
+    async def body(f: FetcherLike) -> None:
+        with pytest.raises(InvalidResponse):
+            await f.fetch(hostile.url + path, None)
+
+    run(kind, body)
+
+
+def test_non_html_is_counted_not_kept_unless_asked(kind: str, hostile: RunningServer) -> None:
+    async def body(f: FetcherLike) -> Any:
+        return await f.fetch(f"{hostile.url}/image.png", None)
+
+    counted = run(kind, body)
+    assert (counted.status, counted.content_type, counted.bytes, counted.body) == (
+        200,
+        "image/png",
+        len(PNG_BYTES),
+        None,
+    )
+    kept = run(kind, body, keep_body=True)
+    assert kept.body == PNG_BYTES and kept.bytes == len(PNG_BYTES)
+
+
+# ------------------------------------------------------------------------- headers and conditional requests
+@pytest.fixture
+def echo() -> Iterator[str]:
+    """An in-thread aiohttp app: /echo returns the request headers as received; /etag answers 304 to
+    If-None-Match "v1"."""
+    import threading
+
+    ready: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def echo_h(request: web.Request) -> web.Response:
+        lines = "\n".join(f"{k}: {v}" for k, v in request.raw_headers_decoded())  # type: ignore[attr-defined]
+        return web.Response(text=f"<title>echo</title><pre>{lines}</pre>", content_type="text/html")
+
+    async def etag(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers={"ETag": '"v1"'})
+        return web.Response(text="<title>v1</title>", content_type="text/html", headers={"ETag": '"v1"'})
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/echo", echo_h)
+        app.router.add_get("/etag", etag)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ready["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        ready["stop"] = asyncio.Event()
+        ready["loop"] = asyncio.get_running_loop()
+        started.set()
+        await ready["stop"].wait()
+        await runner.cleanup()
+
+    t = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    t.start()
+    assert started.wait(10)
+    yield str(ready["url"])
+    ready["loop"].call_soon_threadsafe(ready["stop"].set)
+    t.join(10)
+
+
+def _patch_raw_headers() -> None:
+    def decoded(self: web.Request) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers]
+
+    web.Request.raw_headers_decoded = decoded  # type: ignore[attr-defined]
+
+
+_patch_raw_headers()
+
+
+def test_crawl_wide_and_per_request_headers_are_sent_and_recorded(kind: str, echo: str) -> None:
+    settings = with_attrs(
+        replace(SETTINGS, user_agent="my-agent/1"), headers=("X-Crawl: wide", "X-Follow: no"), cookies=("a=1",)
+    )
+
+    async def body(f: FetcherLike) -> Any:
+        return await f.fetch(f"{echo}/echo", None, {"X-Follow": "yes", "Cookie": "sid=abc"})
+
+    r = run(kind, body, settings=settings)
+    text = (r.body or b"").decode()
+    assert "User-Agent: my-agent/1" in text or "user-agent: my-agent/1" in text.lower()
+    assert "x-follow: yes" in text.lower() and "cookie: sid=abc" in text.lower()  # per request wins
+    assert "x-crawl: wide" in text.lower() and "x-follow: no" not in text.lower()
+    assert ("X-Follow", "yes") in r.request_headers and ("Cookie", "sid=abc") in r.request_headers
+    assert "sid=abc" not in repr(r)
+
+
+def test_a_conditional_request_comes_back_as_a_304_result(kind: str, echo: str) -> None:
+    async def body(f: FetcherLike) -> tuple[Any, Any]:
+        first = await f.fetch(f"{echo}/etag", None)
+        again = await f.fetch(f"{echo}/etag", None, {"If-None-Match": '"v1"'})
+        return first, again
+
+    first, again = run(kind, body)
+    assert first.status == 200 and first.body and b"v1" in first.body
+    assert again.status == 304 and again.body is None and again.bytes == 0
+
+
+# -------------------------------------------------------------------------------------------- the gateway
+@pytest.fixture
+def proxy() -> Iterator[ProxyServer]:
+    server = ProxyServer(user=PROXY_USER, password=PROXY_PASSWORD)
+    yield server
+
+
+def _through(proxy: ProxyServer, kind: str, url: str, password: str) -> tuple[Any, dict[str, Any]]:
+    async def main() -> tuple[Any, dict[str, Any]]:
+        await proxy.start()
+        template = proxy.url.replace("http://", f"http://{PROXY_USER}-session-{{session}}:{password}@")
+        pool = ProxyPool((template,))
+        f = build(kind)
+        try:
+            choice = pool.choose()
+            try:
+                result: Any = await f.fetch(url, choice)
+            except ProxyAuthError as exc:
+                result = exc
+            return result, proxy.stats() | {"session": choice.session_id if choice else ""}
+        finally:
+            await f.aclose()
+            await proxy.close()
+
+    return asyncio.run(main())
+
+
+def test_through_the_gateway_with_basic_auth_and_a_sticky_session(
+    kind: str, hostile: RunningServer, proxy: ProxyServer
+) -> None:
+    r, stats = _through(proxy, kind, f"{hostile.url}/redirect/chain/1", PROXY_PASSWORD)
+    assert r.status == 200 and r.redirects == 1 and b"chain end" in r.body
+    assert stats["requests"] == 2 and stats["auth_failures"] == 0
+    assert stats["sessions"] == [stats["session"]]  # the gateway saw the sticky session in the username
+
+
+def test_wrong_gateway_credentials_are_proxy_auth_errors(kind: str, hostile: RunningServer, proxy: ProxyServer) -> None:
+    r, stats = _through(proxy, kind, f"{hostile.url}/slow/1", "wrong-password")
+    assert isinstance(r, ProxyAuthError) and stats["auth_failures"] >= 1
+
+
+# ------------------------------------------------------------------------------------------ the SSRF guard
+def test_redirects_and_names_to_private_addresses_are_refused(kind: str, hostile: RunningServer) -> None:
+    port = hostile.url.rsplit(":", 1)[1]
+
+    async def untrusted(host: str) -> bool:
+        return host == "127.0.0.1"  # the seed host only
+
+    async def body(f: FetcherLike) -> list[str]:
+        outcomes = []
+        for url in (f"http://localhost:{port}/slow/1", f"http://localhost:{port}/redirect/chain/1"):
+            try:
+                await f.fetch(url, None)
+                outcomes.append("fetched")
+            except BlockedAddress:
+                outcomes.append("blocked")
+        before = (await _stats(hostile))["requests"]
+        return [*outcomes, str(before)]
+
+    trust = TrustCache(untrusted)
+    outcomes = run(kind, body, trust=trust)
+    assert outcomes[:2] == ["blocked", "blocked"], outcomes
+
+
+async def _stats(server: RunningServer) -> dict[str, Any]:
+    return await asyncio.to_thread(server.stats)
+
+
+# --------------------------------------------------------------------------------------------- the factory
+def test_make_fetcher_chooses_by_settings_fetcher() -> None:
+    async def main() -> list[str]:
+        names = []
+        for name in ("aiohttp", "curl"):
+            f = make_fetcher(with_attrs(SETTINGS, fetcher=name))
+            names.append(type(f).__name__)
+            await f.aclose()
+        return names
+
+    assert asyncio.run(main()) == ["Fetcher", "CurlFetcher"]
+
+
+class _With:
+    """Settings with the fields another branch declares (fetcher, headers, cookies, impersonate): the fetch
+    layer reads them with getattr, so it works before and after they exist."""
+
+    def __init__(self, inner: Settings, attrs: dict[str, Any]) -> None:
+        self._inner = inner
+        self.__dict__.update(attrs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def with_attrs(s: Settings, **attrs: Any) -> Any:
+    return _With(s, attrs)
