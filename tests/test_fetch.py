@@ -168,7 +168,7 @@ def test_non_html_is_counted_not_kept_unless_asked(kind: str, hostile: RunningSe
 @pytest.fixture
 def echo() -> Iterator[str]:
     """An in-thread aiohttp app: /echo returns the request headers as received; /etag answers 304 to
-    If-None-Match "v1"."""
+    If-None-Match "v1"; /go?to=URL redirects there."""
     import threading
 
     ready: dict[str, Any] = {}
@@ -177,6 +177,9 @@ def echo() -> Iterator[str]:
     async def echo_h(request: web.Request) -> web.Response:
         lines = "\n".join(f"{k}: {v}" for k, v in request.raw_headers_decoded())  # type: ignore[attr-defined]
         return web.Response(text=f"<title>echo</title><pre>{lines}</pre>", content_type="text/html")
+
+    async def go(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def etag(request: web.Request) -> web.Response:
         if request.headers.get("If-None-Match") == '"v1"':
@@ -187,6 +190,7 @@ def echo() -> Iterator[str]:
         app = web.Application()
         app.router.add_get("/echo", echo_h)
         app.router.add_get("/etag", etag)
+        app.router.add_get("/go", go)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -286,30 +290,50 @@ def test_wrong_gateway_credentials_are_proxy_auth_errors(kind: str, hostile: Run
 
 
 # ------------------------------------------------------------------------------------------ the SSRF guard
-def test_redirects_and_names_to_private_addresses_are_refused(kind: str, hostile: RunningServer) -> None:
+def test_redirects_and_names_to_private_addresses_are_refused_before_any_request(
+    kind: str, hostile: RunningServer, echo: str
+) -> None:
+    """localhost is the hostile server's own address, but only 127.0.0.1 (the seed host) is trusted: the name
+    must be refused on its resolved address, as the first URL and as a redirect target, without a request."""
     port = hostile.url.rsplit(":", 1)[1]
+    to_localhost = f"{echo}/go?to=http://localhost:{port}/x/2"
+    to_literal = f"{echo}/go?to=http://169.254.169.254/latest/meta-data"
 
-    async def untrusted(host: str) -> bool:
-        return host == "127.0.0.1"  # the seed host only
+    async def seed_only(host: str) -> bool:
+        return host == "127.0.0.1"
 
-    async def body(f: FetcherLike) -> list[str]:
+    async def body(f: FetcherLike) -> tuple[list[str], int, int]:
+        before = (await asyncio.to_thread(hostile.stats))["by_first_segment"].get("x", 0)
         outcomes = []
-        for url in (f"http://localhost:{port}/slow/1", f"http://localhost:{port}/redirect/chain/1"):
+        for url in (f"http://localhost:{port}/x/1", to_localhost, to_literal):
             try:
                 await f.fetch(url, None)
                 outcomes.append("fetched")
             except BlockedAddress:
                 outcomes.append("blocked")
-        before = (await _stats(hostile))["requests"]
-        return [*outcomes, str(before)]
+        r = await f.fetch(f"{hostile.url}/x/3", None)  # the seed host itself is fetched
+        after = (await asyncio.to_thread(hostile.stats))["by_first_segment"].get("x", 0)
+        return outcomes, after - before, r.status
 
-    trust = TrustCache(untrusted)
-    outcomes = run(kind, body, trust=trust)
-    assert outcomes[:2] == ["blocked", "blocked"], outcomes
+    outcomes, hits, status = run(kind, body, trust=TrustCache(seed_only))
+    assert outcomes == ["blocked"] * 3 and status == 200 and hits == 1, (outcomes, hits)
 
 
-async def _stats(server: RunningServer) -> dict[str, Any]:
-    return await asyncio.to_thread(server.stats)
+def test_the_browser_profile_headers_keep_their_order_and_user_agent_overrides_in_place(echo: str) -> None:
+    def names(settings: Settings) -> list[tuple[str, str]]:
+        async def body(f: FetcherLike) -> bytes:
+            return (await f.fetch(f"{echo}/echo", None)).body or b""
+
+        text = run("curl", body, settings=settings, impersonate="chrome").decode()
+        lines = text.split("<pre>", 1)[1].split("</pre>", 1)[0].splitlines()
+        return [(k.lower(), v) for k, _, v in (ln.partition(": ") for ln in lines)]
+
+    profile = names(SETTINGS)
+    mine = names(replace(SETTINGS, user_agent="my-agent/1"))
+    assert profile[0][0] == "sec-ch-ua" and dict(profile)["user-agent"].startswith("Mozilla/5.0")
+    assert [k for k, _ in profile] == [k for k, _ in mine]  # same order, one value changed in place
+    assert dict(mine)["user-agent"] == "my-agent/1"
+    assert dict(mine)["accept-encoding"] == "gzip, deflate, br"  # only what the parse pool can decode
 
 
 # --------------------------------------------------------------------------------------------- the factory
