@@ -19,6 +19,7 @@ from crawler.proxies import ProxyPool
 from crawler.redact import redact_url
 from crawler.settings import Settings
 from tests.conftest import RedisServer, free_port
+from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, CrawlRun, crawl, read_records, spawn_crawl, worker_args
 from tests.support.servers import RunningServer, start_server, wait_until
 
@@ -47,6 +48,12 @@ def servers() -> Iterator[tuple[RunningServer, RunningServer, RunningServer]]:
         ) as proxy,
     ):
         yield site, hostile, proxy
+
+
+@pytest.fixture(params=FETCHERS)
+def fetcher(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Worker flags selecting each fetcher in turn: the guarantees below hold for both."""
+    return fetcher_flags(str(request.param))
 
 
 class Transcript:
@@ -84,7 +91,10 @@ def seeds(path: Path, urls: list[str]) -> str:
 
 
 def test_no_password_appears_in_any_output(
-    private_redis: RedisServer, servers: tuple[RunningServer, RunningServer, RunningServer], tmp_path: Path
+    private_redis: RedisServer,
+    servers: tuple[RunningServer, RunningServer, RunningServer],
+    tmp_path: Path,
+    fetcher: tuple[str, ...],
 ) -> None:
     site, hostile, proxy = servers
     t = Transcript()
@@ -103,7 +113,7 @@ def test_no_password_appears_in_any_output(
             f"{site.url}/missing/1",  # 404
         ]
 
-    common = ["--no-robots", "--no-follow", "--timeout", "2", "--retries", "0", "--proxy", gateway]
+    common = ["--no-robots", "--no-follow", "--timeout", "2", "--retries", "0", "--proxy", gateway, *fetcher]
 
     # 1. a long-running worker with JSON logs and /metrics; scraped and listed while it runs
     first = urls("a")
@@ -243,6 +253,7 @@ def test_no_password_appears_in_any_output(
                     "1",
                     "--output",
                     str(tmp_path / f"out-407-{fmt}"),
+                    *fetcher,
                 ],
                 timeout_s=60,
             ),

@@ -21,6 +21,7 @@ from aiohttp import web
 from crawler.ssrf import is_private_address
 from crawler.urls import normalize
 from tests.conftest import RedisServer
+from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import crawl, enqueue, read_records, stats, worker_args
 from tests.support.servers import RunningServer, start_server
 
@@ -169,6 +170,12 @@ def pages() -> Iterator[RunningServer]:
         yield s
 
 
+@pytest.fixture(params=FETCHERS)
+def fetcher(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Worker flags selecting each fetcher in turn: the guarantees below hold for both."""
+    return fetcher_flags(str(request.param))
+
+
 def hits(server: RunningServer) -> dict[str, int]:
     data: dict[str, int] = server.stats()["hits"]
     return data
@@ -197,7 +204,7 @@ def dead_json(redis: RedisServer, name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_a_connection(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -207,6 +214,7 @@ def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_
         redis_server,
         crawl_name,
         tmp_path / "out",
+        *fetcher,
         "--no-robots",
         "--allow-domain",
         "169.254.169.254",
@@ -240,7 +248,7 @@ def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_
 
 
 def test_allow_private_networks_fetches_the_same_private_name(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -250,6 +258,7 @@ def test_allow_private_networks_fetches_the_same_private_name(
         redis_server,
         crawl_name,
         tmp_path / "out",
+        *fetcher,
         "--no-robots",
         "--allow-domain",
         "localhost",
@@ -265,21 +274,23 @@ def test_allow_private_networks_fetches_the_same_private_name(
 
 
 def test_without_allow_private_networks_the_same_crawl_is_blocked(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     """The control for the test above: same seed, same scope, guard on."""
     base = pages.url
     port = base.rsplit(":", 1)[1]
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed-local"])
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--no-robots", "--allow-domain", "localhost")
+    records, _ = run_crawl(
+        redis_server, crawl_name, tmp_path / "out", *fetcher, "--no-robots", "--allow-domain", "localhost"
+    )
     assert records[f"http://localhost:{port}/x/local"]["error"] == "blocked_address"
     assert records[f"{base}/redirect?to=http://localhost:{port}/x/redirected"]["error"] == "blocked_address"
     assert hits(pages) == before
 
 
 def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     """inet_aton spellings of 127.0.0.1 are not literals to `ipaddress`, so the literal check cannot see them.
     aiohttp refuses the all-digit ones as non-canonical IPv4 (a permanent invalid_url); the hex one goes through
@@ -292,6 +303,7 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
         redis_server,
         crawl_name,
         tmp_path / "out",
+        *fetcher,
         "--no-robots",
         "--allow-domain",
         "2130706433",
@@ -315,7 +327,7 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
 
 
 def test_blocked_name_with_robots_on_is_recorded_as_blocked(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -324,7 +336,7 @@ def test_blocked_name_with_robots_on_is_recorded_as_blocked(
     Fetcher.fetch_small turned that into "unreachable": the URL was deferred 60 s per attempt and dead-lettered as
     robots_unreachable. --retries 0 keeps that wrong path fast (dead at once) should it come back."""
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--allow-domain", "localhost")
+    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", *fetcher, "--allow-domain", "localhost")
     assert hits(pages) == before
     assert records[f"{base}/seed-local"]["status"] == 200
     local = records.get(f"http://localhost:{port}/x/local")
