@@ -27,10 +27,12 @@ from crawler.errors import (
 from crawler.fetch import Fetcher, make_fetcher, make_session
 from crawler.fetch_base import FetcherLike
 from crawler.fetch_curl import CurlFetcher
+from crawler.gateway_slots import GatewaySlots
 from crawler.parse import _TooLarge, decompress
 from crawler.proxies import ProxyPool
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache
+from tests.conftest import RedisServer
 from tests.helpers import PROXY_PASSWORD, PROXY_USER
 from tests.support.hostile_server import PNG_BYTES
 from tests.support.proxy_server import ProxyServer
@@ -52,10 +54,16 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def build(kind: str, settings: Settings = SETTINGS, trust: TrustCache | None = None, **kw: Any) -> FetcherLike:
+def build(
+    kind: str,
+    settings: Settings = SETTINGS,
+    trust: TrustCache | None = None,
+    slots: GatewaySlots | None = None,
+    **kw: Any,
+) -> FetcherLike:
     if kind == "curl":
-        return CurlFetcher(settings, trust, **kw)
-    return Fetcher(make_session(settings, trust), settings, None, trust, **kw)
+        return CurlFetcher(settings, trust, slots, **kw)
+    return Fetcher(make_session(settings, trust), settings, slots, trust, **kw)
 
 
 def run(kind: str, body: Callable[[FetcherLike], Awaitable[T]], **kw: Any) -> T:
@@ -363,3 +371,35 @@ class _With:
 
 def with_attrs(s: Settings, **attrs: Any) -> Any:
     return _With(s, attrs)
+
+
+# ------------------------------------------------------------------------------------ the fleet-wide cap
+def test_the_gateway_connection_cap_holds_for_concurrent_fetches(
+    kind: str, hostile: RunningServer, redis_server: RedisServer, crawl_name: str
+) -> None:
+    """12 fetches at once under a cap of 3: the gateway itself never sees more than 3 client connections
+    (so connections are closed, not kept alive past their slot), and every fetch succeeds."""
+    settings = replace(SETTINGS, proxies=("http://gw.invalid:1",), proxy_max_connections=3)
+
+    async def main() -> tuple[list[int], dict[str, Any]]:
+        import redis.asyncio as aioredis
+
+        proxy = ProxyServer(user=PROXY_USER, password=PROXY_PASSWORD)
+        await proxy.start()
+        r = aioredis.from_url(redis_server.url)
+        slots = GatewaySlots(r, crawl_name, 3, settings.timeout_s + 5)
+        pool = ProxyPool((proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@"),))
+        f = build(kind, settings, slots=slots)
+        try:
+            results = await asyncio.gather(
+                *(f.fetch(f"{hostile.url}/slow/150?n={i}", pool.choose()) for i in range(12))
+            )
+            return [x.status for x in results], proxy.stats()
+        finally:
+            await f.aclose()
+            await proxy.close()
+            await r.aclose()
+
+    statuses, stats = asyncio.run(main())
+    assert statuses == [200] * 12
+    assert stats["requests"] == 12 and 1 <= stats["peak_client_connections"] <= 3, stats

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trustme
 
-from crawler.errors import ConnectError
+from crawler.errors import ConnectError, ProxyAuthError
 from crawler.fetch import Fetcher, make_session
 from crawler.fetch_curl import CurlFetcher
 from crawler.proxies import ProxyPool
@@ -211,3 +211,33 @@ def test_an_http2_server_sees_http2_requests_from_the_curl_fetcher(h2_server: st
     assert ("x-seen-version", "2") in r.raw_headers and r.reason == ""
     plain = _fetch_curl(h2_server + "/", certs[0], None)
     assert plain.http_version == "2"  # curl offers h2 by ALPN without a profile too
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "curl"])
+def test_wrong_credentials_on_a_connect_tunnel_are_proxy_auth_errors(
+    hello_server: HelloServer, certs: tuple[str, str, str], kind: str
+) -> None:
+    """An https URL goes through CONNECT; the gateway's 407 there is ProxyAuthError, and no hello reaches the
+    site."""
+
+    async def main() -> tuple[BaseException | None, dict[str, Any]]:
+        proxy = ProxyServer(user=PROXY_USER, password=PROXY_PASSWORD)
+        await proxy.start()
+        pool = ProxyPool((proxy.url.replace("http://", f"http://{PROXY_USER}:wrong-password@"),))
+        f: Any = (
+            CurlFetcher(SETTINGS, impersonate="chrome", verify=certs[0])
+            if kind == "curl"
+            else Fetcher(make_session(SETTINGS), SETTINGS)
+        )
+        try:
+            await f.fetch(hello_server.url + "/", pool.choose())
+            return None, proxy.stats()
+        except ProxyAuthError as exc:
+            return exc, proxy.stats()
+        finally:
+            await f.aclose()
+            await proxy.close()
+
+    error, stats = asyncio.run(main())
+    assert isinstance(error, ProxyAuthError) and stats["connects"] == 1 and stats["auth_failures"] == 1, stats
+    assert hello_server.hellos == []

@@ -172,9 +172,9 @@ def parse_client_hello(message: bytes) -> ClientHello:
 
 def _extension(etype: int, body: _Reader, out: dict[str, object]) -> None:
     if etype == EXT_SNI:
-        names = body.vec(2)
-        if names.u8() == 0:
-            out["sni"] = names.vec(2).data.decode("ascii", "replace")
+        server_names = body.vec(2)
+        if server_names.u8() == 0:  # host_name
+            out["sni"] = server_names.vec(2).data.decode("ascii", "replace")
     elif etype == EXT_GROUPS:
         out["groups"] = body.vec(2).u16s()
     elif etype == EXT_POINT_FORMATS:
@@ -239,8 +239,7 @@ class HelloServer:
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        self._stop.set()
-        self._sock.close()
+        self._stop.set()  # the serving thread sees it within one accept timeout and closes the socket itself
         self._thread.join(5)
 
     def wait_for(self, count: int, timeout_s: float = 10.0) -> list[ClientHello]:
@@ -250,21 +249,23 @@ class HelloServer:
             return list(self.hellos)
 
     def _serve(self) -> None:
-        self._sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        with self._sock:
+            self._sock.settimeout(0.1)
+            while not self._stop.is_set():
+                try:
+                    conn, _ = self._sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    self._record(None, f"accept: {exc}")
+                    return
+                threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn: socket.socket) -> None:
         with contextlib.closing(conn):
             try:
                 hello = peek_client_hello(conn)
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, struct.error) as exc:
                 self._record(None, f"hello: {exc}")
                 return
             self._record(hello, None)
