@@ -178,6 +178,8 @@ class Fetcher:
     async def aclose(self) -> None:
         await self.session.close()
 
+    close = aclose
+
     @contextlib.asynccontextmanager
     async def _open(
         self,

@@ -26,6 +26,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,20 +72,50 @@ from crawler.ssrf import TrustCache, is_private_address, literal_ip
 _VERSIONS = {1: "1.0", 2: "1.1", 3: "2", 30: "3"}  # CURLINFO_HTTP_VERSION -> the record's http_version
 _DNS_TTL_S = 300.0  # as the aiohttp session's DNS cache
 _DNS_SIZE = 10_000
-# the pinned addresses (CURLOPT_RESOLVE) of the request being started in this task: curl_cffi takes curl
-# options per session only, so the one per-request option travels to `_PinningSession.pop_curl` this way
-_PINS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("curl_pins", default=None)
+_HEADER_OUT = 2  # CURLINFO_HEADER_OUT: a request head as curl sent it, in a debug callback
 
 
-class _PinningSession(AsyncSession[Response]):
-    """An AsyncSession whose handles get this request's RESOLVE pins (set in the same task, just before)."""
+@dataclass(slots=True)
+class _PerRequest:
+    """The per-request curl options of the request being started in this task. curl_cffi takes curl options
+    per session only, so they travel to `_Session.pop_curl` (same task, just before) in a context variable."""
+
+    pins: list[str] | None  # CURLOPT_RESOLVE: the checked addresses of the host
+    heads: list[bytes] | None  # request heads as sent (captured through the debug callback), when wanted
+
+
+_PER_REQUEST: contextvars.ContextVar[_PerRequest | None] = contextvars.ContextVar("curl_request", default=None)
+
+
+class _Session(AsyncSession[Response]):
+    """An AsyncSession whose handles get this request's pins and header capture."""
 
     async def pop_curl(self) -> Curl:
         curl = await super().pop_curl()
-        pins = _PINS.get()
-        if pins:
-            curl.setopt(CurlOpt.RESOLVE, pins)
+        req = _PER_REQUEST.get()
+        if req is not None and req.pins:
+            curl.setopt(CurlOpt.RESOLVE, req.pins)
+        if req is not None and req.heads is not None:
+            heads = req.heads
+
+            def debug(kind: int, data: bytes) -> None:
+                if kind == _HEADER_OUT:
+                    heads.append(data)
+
+            curl.setopt(CurlOpt.VERBOSE, 1)
+            curl.setopt(CurlOpt.DEBUGFUNCTION, debug)
         return curl
+
+
+def sent_headers(heads: list[bytes]) -> RawHeaders:
+    """The site's request head among what curl sent (a gateway's CONNECT request is skipped), as pairs."""
+    for head in reversed(heads):
+        text = head.decode("latin-1")
+        if text.startswith("CONNECT "):
+            continue
+        lines = text.split("\r\n")[1:]
+        return tuple((k.strip(), v.strip()) for k, sep, v in (ln.partition(":") for ln in lines) if sep)
+    return ()
 
 
 def check_profile(name: str) -> str:
@@ -187,7 +218,9 @@ class CurlFetcher:
 
     `impersonate`: a curl_cffi profile ("chrome", "firefox136", ...) or None for curl's own identity; default
     `settings.impersonate`. `verify`: True, False, or a CA bundle path (tests). `keep_body`: keep every body
-    under the cap (WARC `--warc-content all`), not only HTML.
+    under the cap (WARC `--warc-content all`), not only HTML. `record_request_headers`: FetchResult and Hop
+    carry the headers as sent, the profile's included (False: only the ones this fetcher added; saves a
+    debug callback per transfer event).
     """
 
     def __init__(
@@ -199,11 +232,14 @@ class CurlFetcher:
         impersonate: str | None = None,
         keep_body: bool = False,
         verify: bool | str = True,
+        record_request_headers: bool = True,
     ) -> None:
         self.settings = settings
         self.trust = trust  # the SSRF guard, when on: every name is resolved and checked here
         self.slots = slots  # the fleet-wide gateway connection cap, when set
         self.keep_body = keep_body
+        # the request heads as curl sent them (profile headers included), through curl's debug callback
+        self.record_request_headers = record_request_headers
         profile = impersonate if impersonate is not None else getattr(settings, "impersonate", None)
         self.impersonate = check_profile(profile) if profile else None
         self.base_headers = self._base_headers(settings)
@@ -223,7 +259,7 @@ class CurlFetcher:
             CurlOpt.FORBID_REUSE: 1 if capped else 0,  # an idle keep-alive connection counts at the gateway
             CurlOpt.MAXREDIRS: 0,
         }
-        self.session = _PinningSession(
+        self.session = _Session(
             max_clients=settings.concurrency,
             impersonate=self.impersonate,
             curl_options=options,
@@ -296,12 +332,13 @@ class CurlFetcher:
             self._dns.popitem(last=False)
         return addrs
 
-    async def _get(self, url: str, proxy: ProxyChoice | None, sent: Mapping[str, str]) -> Response:
-        pins = await self._pins(url, proxy)
-        token = _PINS.set(pins)
+    async def _get(self, url: str, proxy: ProxyChoice | None, sent: Mapping[str, str]) -> tuple[Response, RawHeaders]:
+        """One GET, streamed; (response, the request headers as sent: the profile's and ours, in order)."""
+        req = _PerRequest(await self._pins(url, proxy), [] if self.record_request_headers else None)
+        token = _PER_REQUEST.set(req)
         self.requests += 1
         try:
-            return await self.session.request(
+            resp = await self.session.request(
                 "GET",
                 url,
                 headers=dict(sent),
@@ -313,7 +350,9 @@ class CurlFetcher:
                 quote=False,  # the fetch URL is already encoded: send it as the page wrote it
             )
         finally:
-            _PINS.reset(token)
+            _PER_REQUEST.reset(token)
+        heads = sent_headers(req.heads) if req.heads else ()
+        return resp, heads or tuple(sent.items())
 
     @contextlib.asynccontextmanager
     async def _open(
@@ -327,13 +366,12 @@ class CurlFetcher:
         """GET `url` under the fleet slot, the deadlines and the error translation, following redirects hop by
         hop through the SSRF guard. Yields (final response, redirects followed, request headers sent)."""
         sent = merged(self.base_headers, headers)
-        request_headers = tuple(sent.items())
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_curl_errors(proxy is not None))
             async with asyncio.timeout(self.settings.timeout_s + 1.0):
                 target = URL(url, encoded=True)
                 for hop in range(max_redirects + 1):
-                    resp = await self._get(str(target), proxy, sent)
+                    resp, request_headers = await self._get(str(target), proxy, sent)
                     try:
                         check_header_limits(_raw_headers(resp))
                         location = resp.headers.get("location") if resp.status_code in REDIRECTS else None

@@ -373,6 +373,21 @@ def with_attrs(s: Settings, **attrs: Any) -> Any:
     return _With(s, attrs)
 
 
+def test_request_headers_are_recorded_as_the_server_received_them(kind: str, echo: str) -> None:
+    """What a WARC request record needs: every header sent (the browser profile's too), in order."""
+    kw = {"impersonate": "chrome"} if kind == "curl" else {}
+
+    async def body(f: FetcherLike) -> Any:
+        return await f.fetch(f"{echo}/echo", None, {"If-None-Match": '"x"'})
+
+    r = run(kind, body, **kw)
+    text = (r.body or b"").decode()
+    received = [tuple(ln.split(": ", 1)) for ln in text.split("<pre>", 1)[1].split("</pre>", 1)[0].splitlines()]
+    recorded = [(k.lower(), v) for k, v in r.request_headers]
+    assert [(k.lower(), v) for k, v in received] == recorded
+    assert ("if-none-match", '"x"') in recorded and len(recorded) >= (10 if kind == "curl" else 4)
+
+
 # ------------------------------------------------------------------------------------ the fleet-wide cap
 def test_the_gateway_connection_cap_holds_for_concurrent_fetches(
     kind: str, hostile: RunningServer, redis_server: RedisServer, crawl_name: str

@@ -209,6 +209,8 @@ def test_an_http2_server_sees_http2_requests_from_the_curl_fetcher(h2_server: st
     r = _fetch_curl(h2_server + "/", certs[0], "chrome")
     assert r.status == 200 and r.http_version == "2" and r.body == b"<title>h2</title>2"
     assert ("x-seen-version", "2") in r.raw_headers and r.reason == ""
+    sent = dict((k.lower(), v) for k, v in r.request_headers)  # the HTTP/2 request as curl sent it
+    assert sent["user-agent"].startswith("Mozilla/5.0") and sent["sec-ch-ua-mobile"] == "?0", r.request_headers
     plain = _fetch_curl(h2_server + "/", certs[0], None)
     assert plain.http_version == "2"  # curl offers h2 by ALPN without a profile too
 
