@@ -3,8 +3,9 @@ header order, from curl_cffi's impersonation profiles), under every guarantee of
 
 Why curl: anti-bot edges block Python's TLS fingerprint and its HTTP/1.1-only profile before a request reaches
 the site. What is kept, and how:
-- bodies stream through `aiter_content` under the cap; curl itself refuses past it too (MAXFILESIZE), and a
-  stopped read aborts the transfer (its write callback fails) instead of draining the body;
+- bodies stream through `aiter_content` under the cap, and a stopped read aborts the transfer (its write
+  callback fails, or the transfer is removed) instead of draining the body. (curl's MAXFILESIZE is not used: it
+  would refuse a large non-HTML body that is only counted from its Content-Length, as aiohttp does not);
 - curl does not decode (HTTP_CONTENT_DECODING off): raw bytes go to the parse pool, which decompresses with
   its output cap; only the codings the pool can undo are asked for;
 - deadlines: connect (CONNECTTIMEOUT), read (no byte for read_timeout_s: LOW_SPEED), total (TIMEOUT, which a
@@ -188,8 +189,6 @@ def translate_curl_errors(via_proxy: bool) -> Iterator[None]:
             raise ProxyError(f"gateway answered {connect} to CONNECT") from exc
         if code in _TIMEOUTS:
             raise FetchTimeout("deadline passed") from exc
-        if code == CurlECode.FILESIZE_EXCEEDED:
-            raise BodyTooLarge("body passed the cap") from exc
         if code in _INVALID:
             raise InvalidResponse(f"invalid response: curl error {code}") from exc
         if code in _BAD_URL:
@@ -249,7 +248,6 @@ class CurlFetcher:
         capped = settings.proxy_max_connections is not None and bool(settings.proxies)
         options: dict[CurlOpt, Any] = {
             CurlOpt.HTTP_CONTENT_DECODING: 0,  # raw bytes: decompression is the parse pool's, with its cap
-            CurlOpt.MAXFILESIZE_LARGE: settings.max_body_bytes,
             CurlOpt.CONNECTTIMEOUT_MS: int(settings.connect_timeout_s * 1000),
             CurlOpt.TIMEOUT_MS: int(settings.timeout_s * 1000),
             CurlOpt.LOW_SPEED_LIMIT: 1,  # less than 1 byte/s for read_timeout_s: the read deadline

@@ -172,6 +172,17 @@ def test_non_html_is_counted_not_kept_unless_asked(kind: str, hostile: RunningSe
     assert kept.body == PNG_BYTES and kept.bytes == len(PNG_BYTES)
 
 
+def test_a_large_non_html_body_is_counted_from_its_content_length_unread(kind: str, echo: str) -> None:
+    async def body(f: FetcherLike) -> tuple[Any, float]:
+        t0 = time.monotonic()
+        r = await f.fetch(f"{echo}/blob/200", None)  # 200 MiB declared, never sent in full
+        return r, time.monotonic() - t0
+
+    r, elapsed = run(kind, body)
+    assert (r.status, r.content_type, r.body, r.bytes) == (200, "application/octet-stream", None, 200 * 1024 * 1024)
+    assert elapsed < 2.0
+
+
 # ------------------------------------------------------------------------- headers and conditional requests
 @pytest.fixture
 def echo() -> Iterator[str]:
@@ -186,6 +197,16 @@ def echo() -> Iterator[str]:
         lines = "\n".join(f"{k}: {v}" for k, v in request.raw_headers_decoded())  # type: ignore[attr-defined]
         return web.Response(text=f"<title>echo</title><pre>{lines}</pre>", content_type="text/html")
 
+    async def blob(request: web.Request) -> web.StreamResponse:
+        total = int(request.match_info["mb"]) * 1024 * 1024
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = total
+        await resp.prepare(request)
+        chunk = b"\0" * 65536
+        for _ in range(total // len(chunk)):
+            await resp.write(chunk)
+        return resp
+
     async def go(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": request.query["to"]})
 
@@ -199,6 +220,7 @@ def echo() -> Iterator[str]:
         app.router.add_get("/echo", echo_h)
         app.router.add_get("/etag", etag)
         app.router.add_get("/go", go)
+        app.router.add_get(r"/blob/{mb:\d+}", blob)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
