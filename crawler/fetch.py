@@ -335,15 +335,19 @@ def make_fetcher(
     trust: TrustCache | None = None,
     slots: GatewaySlots | None = None,
     keep_body: bool = False,
+    record_request_headers: bool = False,
 ) -> FetcherLike:
     """The fetcher `settings.fetcher` names ("aiohttp", the default, or "curl"), with its own session.
 
-    The caller owns it: `await fetcher.aclose()` at the end (or `async with contextlib.aclosing(...)`)."""
+    `keep_body`: keep every body under the cap, not only HTML (WARC `--warc-content all`).
+    `record_request_headers`: FetchResult.request_headers are complete, the browser profile's included (a WARC
+    writer wants this; aiohttp always has them, curl pays a debug callback per page for them).
+    The caller owns the fetcher: `await fetcher.aclose()` at the end (or `contextlib.aclosing(...)`)."""
     kind = getattr(settings, "fetcher", "aiohttp")
     if kind == "curl":
         from crawler.fetch_curl import CurlFetcher
 
-        return CurlFetcher(settings, trust, slots, keep_body=keep_body)
+        return CurlFetcher(settings, trust, slots, keep_body=keep_body, record_request_headers=record_request_headers)
     if kind != "aiohttp":
         raise ConfigError(f"--fetcher {kind!r}: expected aiohttp or curl")
     return Fetcher(make_session(settings, trust), settings, slots, trust, keep_body=keep_body)

@@ -397,7 +397,7 @@ def with_attrs(s: Settings, **attrs: Any) -> Any:
 
 def test_request_headers_are_recorded_as_the_server_received_them(kind: str, echo: str) -> None:
     """What a WARC request record needs: every header sent (the browser profile's too), in order."""
-    kw = {"impersonate": "chrome"} if kind == "curl" else {}
+    kw = {"impersonate": "chrome", "record_request_headers": True} if kind == "curl" else {}
 
     async def body(f: FetcherLike) -> Any:
         return await f.fetch(f"{echo}/echo", None, {"If-None-Match": '"x"'})

@@ -50,7 +50,7 @@ def hello_server(certs: tuple[str, str, str]) -> Iterator[HelloServer]:
 
 def _fetch_curl(url: str, ca: str, impersonate: str | None, proxy: ProxyServer | None = None) -> Any:
     async def main() -> Any:
-        f = CurlFetcher(SETTINGS, impersonate=impersonate, verify=ca)
+        f = CurlFetcher(SETTINGS, impersonate=impersonate, verify=ca, record_request_headers=True)
         choice = None
         if proxy is not None:
             await proxy.start()
