@@ -15,40 +15,45 @@ the site. What is kept, and how:
 - the gateway: the proxy URL carries Basic credentials (its `{session}` already filled), https goes through
   CONNECT, a 407 is ProxyAuthError; with the fleet-wide cap, each request holds a slot and its connection is
   not reused;
-- every curl error is translated once, in `translate_curl_errors`, keeping the cause.
+- every curl error is translated once, in `crawler.curl_client.translate_curl_errors`, keeping the cause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from curl_cffi import Curl, CurlHttpVersion, CurlInfo, CurlOpt
-from curl_cffi.const import CurlECode
-from curl_cffi.requests import AsyncSession, Response
-from curl_cffi.requests.exceptions import RequestException
-from curl_cffi.requests.impersonate import resolve_latest_browser_type
+from curl_cffi import CurlHttpVersion, CurlInfo, CurlOpt
+from curl_cffi.requests import Response
 from yarl import URL
 
+from crawler.curl_client import (
+    PER_REQUEST,
+    CurlSession,
+    PerRequest,
+    abort_transfer,
+    body_chunks,
+    check_profile,
+    headers_of,
+    int_or_none,
+    parse_content_type,
+    sent_headers,
+    translate_curl_errors,
+    version_of,
+)
 from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
-    ConfigError,
     ConnectError,
     FetchError,
-    FetchTimeout,
-    InvalidResponse,
     InvalidTarget,
     ProxyAuthError,
-    ProxyError,
     TooManyRedirects,
 )
 from crawler.fetch_base import (
@@ -70,146 +75,8 @@ from crawler.proxies import ProxyChoice
 from crawler.settings import DEFAULT_USER_AGENT, Settings
 from crawler.ssrf import TrustCache, is_private_address, literal_ip
 
-_VERSIONS = {1: "1.0", 2: "1.1", 3: "2", 30: "3"}  # CURLINFO_HTTP_VERSION -> the record's http_version
 _DNS_TTL_S = 300.0  # as the aiohttp session's DNS cache
 _DNS_SIZE = 10_000
-_HEADER_OUT = 2  # CURLINFO_HEADER_OUT: a request head as curl sent it, in a debug callback
-
-
-@dataclass(slots=True)
-class _PerRequest:
-    """The per-request curl options of the request being started in this task. curl_cffi takes curl options
-    per session only, so they travel to `_Session.pop_curl` (same task, just before) in a context variable."""
-
-    pins: list[str] | None  # CURLOPT_RESOLVE: the checked addresses of the host
-    heads: list[bytes] | None  # request heads as sent (captured through the debug callback), when wanted
-
-
-_PER_REQUEST: contextvars.ContextVar[_PerRequest | None] = contextvars.ContextVar("curl_request", default=None)
-
-
-class _Session(AsyncSession[Response]):
-    """An AsyncSession whose handles get this request's pins and header capture."""
-
-    async def pop_curl(self) -> Curl:
-        curl = await super().pop_curl()
-        req = _PER_REQUEST.get()
-        if req is not None and req.pins:
-            curl.setopt(CurlOpt.RESOLVE, req.pins)
-        if req is not None and req.heads is not None:
-            heads = req.heads
-
-            def debug(kind: int, data: bytes) -> None:
-                if kind == _HEADER_OUT:
-                    heads.append(data)
-
-            curl.setopt(CurlOpt.VERBOSE, 1)
-            curl.setopt(CurlOpt.DEBUGFUNCTION, debug)
-        return curl
-
-
-def sent_headers(heads: list[bytes]) -> RawHeaders:
-    """The site's request head among what curl sent (a gateway's CONNECT request is skipped), as pairs."""
-    for head in reversed(heads):
-        text = head.decode("latin-1")
-        if text.startswith("CONNECT "):
-            continue
-        lines = text.split("\r\n")[1:]
-        return tuple((k.strip(), v.strip()) for k, sep, v in (ln.partition(":") for ln in lines) if sep)
-    return ()
-
-
-def check_profile(name: str) -> str:
-    """The curl_cffi target `name` stands for ("chrome" -> the newest Chrome); ConfigError when unknown."""
-    target = str(resolve_latest_browser_type(name))  # type: ignore[no-untyped-call]
-    probe = Curl()
-    try:
-        if probe.impersonate(target) != 0:
-            raise ConfigError(f"--impersonate {name!r}: not a curl_cffi profile (chrome, firefox, safari, edge, ...)")
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"--impersonate {name!r}: not a curl_cffi profile ({exc})") from exc
-    finally:
-        probe.close()
-    return target
-
-
-def _chunks(resp: Response) -> AsyncIterator[bytes]:
-    """The streamed body; curl's errors mid-body are raised from here (translated by the caller)."""
-    return resp.aiter_content()  # type: ignore[no-any-return, no-untyped-call]
-
-
-def _version(resp: Response) -> str:
-    return _VERSIONS.get(int(resp.http_version), "1.1")
-
-
-def _raw_headers(resp: Response) -> RawHeaders:
-    return tuple((str(k), str(v)) for k, v in resp.headers.multi_items())
-
-
-def _content_type(value: str | None) -> tuple[str, str | None]:
-    """(media type lower-cased, charset) of a Content-Type value, as aiohttp reports them."""
-    if not value:
-        return "", None
-    media, *params = value.split(";")
-    charset = None
-    for p in params:
-        k, _, v = p.partition("=")
-        if k.strip().lower() == "charset" and v.strip():
-            charset = v.strip().strip('"')
-    return media.strip().lower(), charset
-
-
-def _connect_code(exc: RequestException) -> int:
-    rsp = getattr(exc, "response", None)
-    infos = getattr(rsp, "infos", None) or {}
-    return int(infos.get(CurlInfo.HTTP_CONNECTCODE) or 0)
-
-
-_TIMEOUTS = {CurlECode.OPERATION_TIMEDOUT}
-_INVALID = {CurlECode.WEIRD_SERVER_REPLY, CurlECode.TOO_LARGE, CurlECode.HTTP2, CurlECode.HTTP2_STREAM}
-_BAD_URL = {CurlECode.URL_MALFORMAT, CurlECode.UNSUPPORTED_PROTOCOL}
-_GATEWAY = {CurlECode.COULDNT_RESOLVE_PROXY, CurlECode.PROXY}
-
-
-@contextlib.contextmanager
-def translate_curl_errors(via_proxy: bool) -> Iterator[None]:
-    """The one place curl's errors become ours (the cause is kept for the log; the record shows `kind`)."""
-    try:
-        yield
-    except FetchError:
-        raise
-    except RequestException as exc:
-        code = getattr(exc, "code", None)
-        connect = _connect_code(exc) if via_proxy else 0
-        if connect == 407:
-            raise ProxyAuthError("gateway refused the credentials (407)") from exc
-        if connect >= 300:
-            raise ProxyError(f"gateway answered {connect} to CONNECT") from exc
-        if code in _TIMEOUTS:
-            raise FetchTimeout("deadline passed") from exc
-        if code in _INVALID:
-            raise InvalidResponse(f"invalid response: curl error {code}") from exc
-        if code in _BAD_URL:
-            raise InvalidTarget(f"invalid URL: curl error {code}") from exc
-        if code in _GATEWAY or (via_proxy and code == CurlECode.COULDNT_CONNECT):
-            raise ProxyError("cannot connect to the gateway") from exc
-        raise ConnectError(f"curl error {code}") from exc
-    except TimeoutError as exc:
-        raise FetchTimeout("deadline passed") from exc
-
-
-async def _abort(resp: Response) -> None:
-    """End a streamed transfer now: the write callback fails at the next chunk, and a stalled one is removed
-    from curl's multi handle (its connection closed, not drained or reused)."""
-    quit_now = getattr(resp, "quit_now", None)
-    if quit_now is not None:
-        quit_now.set()
-    task: asyncio.Task[None] | None = getattr(resp, "astream_task", None)
-    if task is not None and not task.done():
-        task.cancel()
-        await asyncio.wait([task])
 
 
 class CurlFetcher:
@@ -259,7 +126,7 @@ class CurlFetcher:
             options[CurlOpt.SUPPRESS_CONNECT_HEADERS] = 1  # the gateway's CONNECT answer is not the site's
         if capped:
             options[CurlOpt.FORBID_REUSE] = 1  # an idle keep-alive connection counts at the gateway
-        self.session = _Session(
+        self.session = CurlSession(
             max_clients=settings.concurrency,
             impersonate=self.impersonate,
             curl_options=options,
@@ -334,8 +201,8 @@ class CurlFetcher:
 
     async def _get(self, url: str, proxy: ProxyChoice | None, sent: Mapping[str, str]) -> tuple[Response, RawHeaders]:
         """One GET, streamed; (response, the request headers as sent: the profile's and ours, in order)."""
-        req = _PerRequest(await self._pins(url, proxy), [] if self.record_request_headers else None)
-        token = _PER_REQUEST.set(req)
+        req = PerRequest(await self._pins(url, proxy), [] if self.record_request_headers else None)
+        token = PER_REQUEST.set(req)
         self.requests += 1
         try:
             resp = await self.session.request(
@@ -350,7 +217,7 @@ class CurlFetcher:
                 quote=False,  # the fetch URL is already encoded: send it as the page wrote it
             )
         finally:
-            _PER_REQUEST.reset(token)
+            PER_REQUEST.reset(token)
         heads = sent_headers(req.heads) if req.heads else ()
         return resp, heads or tuple(sent.items())
 
@@ -373,7 +240,7 @@ class CurlFetcher:
                 for hop in range(max_redirects + 1):
                     resp, request_headers = await self._get(str(target), proxy, sent)
                     try:
-                        check_header_limits(_raw_headers(resp))
+                        check_header_limits(headers_of(resp))
                         location = resp.headers.get("location") if resp.status_code in REDIRECTS else None
                         if location is None or max_redirects == 0:
                             yield resp, hop, request_headers
@@ -382,7 +249,7 @@ class CurlFetcher:
                         if hops is not None:
                             hops.append(await self._hop(resp, request_headers))
                     finally:
-                        await _abort(resp)
+                        await abort_transfer(resp)
                     if hop == max_redirects:
                         break
                     target = await next_hop(self.trust, here, location)
@@ -390,16 +257,16 @@ class CurlFetcher:
 
     async def _hop(self, resp: Response, request_headers: RawHeaders) -> Hop:
         buf = bytearray()
-        async for chunk in _chunks(resp):
+        async for chunk in body_chunks(resp):
             buf += chunk
             if len(buf) > HOP_BODY_MAX:
-                break  # not kept; _abort ends the transfer
+                break  # not kept; abort ends the transfer
         return Hop(
             url=str(resp.url),
             status=resp.status_code,
             reason=resp.reason or "",
-            http_version=_version(resp),
-            raw_headers=_raw_headers(resp),
+            http_version=version_of(resp),
+            raw_headers=headers_of(resp),
             request_headers=request_headers,
             body=bytes(buf) if len(buf) <= HOP_BODY_MAX else None,
             bytes=len(buf),
@@ -426,8 +293,8 @@ class CurlFetcher:
         cap = self.settings.max_body_bytes
         if proxy is not None and resp.status_code == 407:
             raise ProxyAuthError("gateway refused the credentials (407)")
-        ctype, charset = _content_type(resp.headers.get("content-type"))
-        declared = _int_or_none(resp.headers.get("content-length"))
+        ctype, charset = parse_content_type(resp.headers.get("content-type"))
+        declared = int_or_none(resp.headers.get("content-length"))
         body: bytes | None = None
         if resp.status_code in (204, 304):
             got = 0
@@ -436,7 +303,7 @@ class CurlFetcher:
                 raise BodyTooLarge(f"Content-Length {declared} > {cap}")
             body, got = await self._read(resp, cap, keep=True)
         elif declared is not None:
-            got = declared  # not kept: do not pay the gateway for bytes nobody reads (_abort ends it)
+            got = declared  # not kept: do not pay the gateway for bytes nobody reads (abort ends it)
         else:
             _, got = await self._read(resp, cap, keep=False)
         return FetchResult(
@@ -451,10 +318,10 @@ class CurlFetcher:
             elapsed_ms=int((time.monotonic() - started) * 1000),
             retry_after=resp.headers.get("retry-after"),
             redirects=redirects,
-            http_version=_version(resp),
+            http_version=version_of(resp),
             peer_ip=resp.primary_ip or None,
             reason=resp.reason or "",
-            raw_headers=_raw_headers(resp),
+            raw_headers=headers_of(resp),
             request_headers=sent,
             hops=hops,
         )
@@ -463,7 +330,7 @@ class CurlFetcher:
         """(body if `keep` else b"", bytes received), BodyTooLarge past `cap`."""
         buf = bytearray()
         n = 0
-        async for chunk in _chunks(resp):
+        async for chunk in body_chunks(resp):
             n += len(chunk)
             if n > cap:
                 raise BodyTooLarge(f"body passed {cap} bytes")
@@ -480,7 +347,7 @@ class CurlFetcher:
         try:
             async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _, _sent):
                 buf = bytearray()
-                async for chunk in _chunks(resp):
+                async for chunk in body_chunks(resp):
                     buf += chunk
                     if len(buf) >= cap:
                         break
@@ -495,10 +362,3 @@ class CurlFetcher:
             raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
         except FetchError:
             return 0, b""
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
