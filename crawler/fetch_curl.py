@@ -26,26 +26,21 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from curl_cffi import CurlHttpVersion, CurlInfo, CurlOpt
-from curl_cffi.requests import Response
+from curl_cffi import CurlHttpVersion, CurlOpt
 from yarl import URL
 
 from crawler.curl_client import (
-    PER_REQUEST,
-    CurlSession,
-    PerRequest,
-    abort_transfer,
-    body_chunks,
+    CurlPool,
+    Transfer,
     check_profile,
-    headers_of,
     int_or_none,
     parse_content_type,
     sent_headers,
     translate_curl_errors,
-    version_of,
 )
 from crawler.errors import (
     BlockedAddress,
@@ -74,6 +69,29 @@ from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
 from crawler.settings import DEFAULT_USER_AGENT, Settings
 from crawler.ssrf import TrustCache, is_private_address, literal_ip
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """A response head as received, and the transfer its body streams from."""
+
+    url: str
+    status: int
+    reason: str
+    raw: RawHeaders
+    http_version: str
+    peer_ip: str | None
+    request_headers: RawHeaders
+    transfer: Transfer
+
+    def get(self, name: str) -> str | None:
+        """The last value of header `name` (case-insensitive), as a dict of the headers would keep."""
+        lname = name.lower()
+        for k, v in reversed(self.raw):
+            if k.lower() == lname:
+                return v
+        return None
+
 
 _DNS_TTL_S = 300.0  # as the aiohttp session's DNS cache
 _DNS_SIZE = 10_000
@@ -113,7 +131,7 @@ class CurlFetcher:
         self._dns: OrderedDict[tuple[str, int], tuple[tuple[str, ...], float]] = OrderedDict()
         self.requests = 0  # attempts started (for the repr)
         capped = settings.proxy_max_connections is not None and bool(settings.proxies)
-        # set on every request's handle (curl_cffi resets handles between requests): only what is needed
+        # set once per handle, when it is created (a request sets only URL, headers, gateway, pins, callbacks)
         options: dict[CurlOpt, Any] = {
             CurlOpt.HTTP_CONTENT_DECODING: 0,  # raw bytes: decompression is the parse pool's, with its cap
             CurlOpt.CONNECTTIMEOUT_MS: int(settings.connect_timeout_s * 1000),
@@ -121,21 +139,18 @@ class CurlFetcher:
             CurlOpt.LOW_SPEED_LIMIT: 1,  # less than 1 byte/s for read_timeout_s: the read deadline
             CurlOpt.LOW_SPEED_TIME: max(1, round(settings.read_timeout_s)),
             CurlOpt.HTTP_VERSION: CurlHttpVersion.V2TLS,  # h2 by ALPN over TLS, never an h2c upgrade
+            CurlOpt.SUPPRESS_CONNECT_HEADERS: 1,  # the gateway's CONNECT answer is not the site's head
+            CurlOpt.PROXY_CREDENTIAL_NO_REUSE: 1,  # a new sticky session (username) gets a new connection
+            CurlOpt.NOPROXY: "",  # no_proxy from the environment never bypasses the gateway
+            CurlOpt.FORBID_REUSE: 1 if capped else 0,  # an idle keep-alive connection counts at the gateway
         }
-        if settings.proxies:
-            options[CurlOpt.SUPPRESS_CONNECT_HEADERS] = 1  # the gateway's CONNECT answer is not the site's
-        if capped:
-            options[CurlOpt.FORBID_REUSE] = 1  # an idle keep-alive connection counts at the gateway
-        self.session = CurlSession(
-            max_clients=settings.concurrency,
-            impersonate=self.impersonate,
-            curl_options=options,
-            curl_infos=[CurlInfo.HTTP_CONNECTCODE],
-            trust_env=False,
-            allow_redirects=False,
-            verify=verify,  # type: ignore[arg-type]  # a CA bundle path is accepted too
-            discard_cookies=True,  # a crawler has no cookie state; a jar per site grows without bound
-        )
+        if verify is False:
+            options[CurlOpt.SSL_VERIFYPEER] = 0
+            options[CurlOpt.SSL_VERIFYHOST] = 0
+        elif isinstance(verify, str):
+            options[CurlOpt.CAINFO] = verify
+            options[CurlOpt.PROXY_CAINFO] = verify
+        self.pool = CurlPool(settings.concurrency, self.impersonate, options, record_request_headers)
 
     def _base_headers(self, settings: Settings) -> dict[str, str]:
         """What every request sends on top of the profile's own headers (which keep their order: curl replaces
@@ -155,7 +170,7 @@ class CurlFetcher:
         )
 
     async def aclose(self) -> None:
-        await self.session.close()
+        await self.pool.close()
 
     close = aclose
 
@@ -199,27 +214,15 @@ class CurlFetcher:
             self._dns.popitem(last=False)
         return addrs
 
-    async def _get(self, url: str, proxy: ProxyChoice | None, sent: Mapping[str, str]) -> tuple[Response, RawHeaders]:
-        """One GET, streamed; (response, the request headers as sent: the profile's and ours, in order)."""
-        req = PerRequest(await self._pins(url, proxy), [] if self.record_request_headers else None)
-        token = PER_REQUEST.set(req)
+    async def _get(self, url: str, proxy: ProxyChoice | None, sent: Mapping[str, str]) -> _Head:
+        """One GET, streamed: its head once received (the body is read from `head.transfer`)."""
+        pins = await self._pins(url, proxy)
         self.requests += 1
-        try:
-            resp = await self.session.request(
-                "GET",
-                url,
-                headers=dict(sent),
-                proxy=proxy.url if proxy is not None else None,
-                stream=True,
-                allow_redirects=False,
-                timeout=None,  # our deadlines are in curl_options
-                accept_encoding=None,
-                quote=False,  # the fetch URL is already encoded: send it as the page wrote it
-            )
-        finally:
-            PER_REQUEST.reset(token)
-        heads = sent_headers(req.heads) if req.heads else ()
-        return resp, heads or tuple(sent.items())
+        lines = [f"{k}: {v}".encode("latin-1") if v else f"{k};".encode("latin-1") for k, v in sent.items()]
+        t = await self.pool.start(url, lines, proxy.url if proxy is not None else None, pins)
+        status, reason, raw = t.head()
+        heads = sent_headers(t.sent) if t.sent else ()
+        return _Head(url, status, reason, raw, t.http_version(), t.peer_ip(), heads or tuple(sent.items()), t)
 
     @contextlib.asynccontextmanager
     async def _open(
@@ -229,45 +232,45 @@ class CurlFetcher:
         max_redirects: int,
         headers: Mapping[str, str] | None = None,
         hops: list[Hop] | None = None,
-    ) -> AsyncIterator[tuple[Response, int, RawHeaders]]:
+    ) -> AsyncIterator[tuple[_Head, int]]:
         """GET `url` under the fleet slot, the deadlines and the error translation, following redirects hop by
-        hop through the SSRF guard. Yields (final response, redirects followed, request headers sent)."""
+        hop through the SSRF guard. Yields (final response head, redirects followed)."""
         sent = merged(self.base_headers, headers)
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_curl_errors(proxy is not None))
             async with asyncio.timeout(self.settings.timeout_s + 1.0):
                 target = URL(url, encoded=True)
                 for hop in range(max_redirects + 1):
-                    resp, request_headers = await self._get(str(target), proxy, sent)
+                    resp = await self._get(str(target), proxy, sent)
                     try:
-                        check_header_limits(headers_of(resp))
-                        location = resp.headers.get("location") if resp.status_code in REDIRECTS else None
+                        check_header_limits(resp.raw)
+                        location = resp.get("location") if resp.status in REDIRECTS else None
                         if location is None or max_redirects == 0:
-                            yield resp, hop, request_headers
+                            yield resp, hop
                             return
-                        here = URL(str(resp.url), encoded=True)
+                        here = target
                         if hops is not None:
-                            hops.append(await self._hop(resp, request_headers))
+                            hops.append(await self._hop(resp))
                     finally:
-                        await abort_transfer(resp)
+                        await self.pool.finish(resp.transfer)
                     if hop == max_redirects:
                         break
                     target = await next_hop(self.trust, here, location)
                 raise TooManyRedirects(f"more than {max_redirects} redirects")
 
-    async def _hop(self, resp: Response, request_headers: RawHeaders) -> Hop:
+    async def _hop(self, resp: _Head) -> Hop:
         buf = bytearray()
-        async for chunk in body_chunks(resp):
+        async for chunk in resp.transfer.chunks():
             buf += chunk
             if len(buf) > HOP_BODY_MAX:
-                break  # not kept; abort ends the transfer
+                break  # not kept; the transfer is ended by the caller
         return Hop(
-            url=str(resp.url),
-            status=resp.status_code,
-            reason=resp.reason or "",
-            http_version=version_of(resp),
-            raw_headers=headers_of(resp),
-            request_headers=request_headers,
+            url=resp.url,
+            status=resp.status,
+            reason=resp.reason,
+            http_version=resp.http_version,
+            raw_headers=resp.raw,
+            request_headers=resp.request_headers,
             body=bytes(buf) if len(buf) <= HOP_BODY_MAX else None,
             bytes=len(buf),
         )
@@ -276,27 +279,26 @@ class CurlFetcher:
         """One attempt, redirects included (see FetcherLike)."""
         started = time.monotonic()
         hops: list[Hop] = []
-        async with self._open(url, proxy, self.settings.max_redirects, headers, hops) as (resp, redirects, sent):
-            return await self._result(url, resp, proxy, started, redirects, sent, tuple(hops))
+        async with self._open(url, proxy, self.settings.max_redirects, headers, hops) as (resp, redirects):
+            return await self._result(url, resp, proxy, started, redirects, tuple(hops))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
         self,
         url: str,
-        resp: Response,
+        resp: _Head,
         proxy: ProxyChoice | None,
         started: float,
         redirects: int,
-        sent: RawHeaders,
         hops: tuple[Hop, ...],
     ) -> FetchResult:
         cap = self.settings.max_body_bytes
-        if proxy is not None and resp.status_code == 407:
+        if proxy is not None and resp.status == 407:
             raise ProxyAuthError("gateway refused the credentials (407)")
-        ctype, charset = parse_content_type(resp.headers.get("content-type"))
-        declared = int_or_none(resp.headers.get("content-length"))
+        ctype, charset = parse_content_type(resp.get("content-type"))
+        declared = int_or_none(resp.get("content-length"))
         body: bytes | None = None
-        if resp.status_code in (204, 304):
+        if resp.status in (204, 304):
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body:
             if declared is not None and declared > cap:
@@ -308,29 +310,29 @@ class CurlFetcher:
             _, got = await self._read(resp, cap, keep=False)
         return FetchResult(
             url=url,
-            final_url=str(resp.url),
-            status=resp.status_code,
+            final_url=resp.url,
+            status=resp.status,
             content_type=ctype,
             charset=charset,
-            content_encoding=resp.headers.get("content-encoding") or "",
+            content_encoding=resp.get("content-encoding") or "",
             body=body,
             bytes=got,
             elapsed_ms=int((time.monotonic() - started) * 1000),
-            retry_after=resp.headers.get("retry-after"),
+            retry_after=resp.get("retry-after"),
             redirects=redirects,
-            http_version=version_of(resp),
-            peer_ip=resp.primary_ip or None,
-            reason=resp.reason or "",
-            raw_headers=headers_of(resp),
-            request_headers=sent,
+            http_version=resp.http_version,
+            peer_ip=resp.peer_ip,
+            reason=resp.reason,
+            raw_headers=resp.raw,
+            request_headers=resp.request_headers,
             hops=hops,
         )
 
-    async def _read(self, resp: Response, cap: int, keep: bool) -> tuple[bytes, int]:
+    async def _read(self, resp: _Head, cap: int, keep: bool) -> tuple[bytes, int]:
         """(body if `keep` else b"", bytes received), BodyTooLarge past `cap`."""
         buf = bytearray()
         n = 0
-        async for chunk in body_chunks(resp):
+        async for chunk in resp.transfer.chunks():
             n += len(chunk)
             if n > cap:
                 raise BodyTooLarge(f"body passed {cap} bytes")
@@ -345,19 +347,19 @@ class CurlFetcher:
         from crawler.parse import decompress
 
         try:
-            async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _, _sent):
+            async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
                 buf = bytearray()
-                async for chunk in body_chunks(resp):
+                async for chunk in resp.transfer.chunks():
                     buf += chunk
                     if len(buf) >= cap:
                         break
-                if proxy is not None and resp.status_code == 407:
+                if proxy is not None and resp.status == 407:
                     return 0, b""
                 try:
-                    body = decompress(bytes(buf), resp.headers.get("content-encoding") or "", cap)
+                    body = decompress(bytes(buf), resp.get("content-encoding") or "", cap)
                 except Exception:
                     body = b""
-                return resp.status_code, body
+                return resp.status, body
         except BlockedAddress:
             raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
         except FetchError:
