@@ -170,8 +170,8 @@ class CurlPool:
             curl.setopt(CurlOpt.HTTPHEADER, headers)
             curl.setopt(CurlOpt.PROXY, proxy or "")  # "" also keeps curl from reading proxy variables
             curl.setopt(CurlOpt.HTTPPROXYTUNNEL, 1 if proxy and url.startswith("https:") else 0)
-            if pins:
-                curl.setopt(CurlOpt.RESOLVE, pins)
+            # always set: the last request's list was freed with its buffers, and [] clears the option
+            curl.setopt(CurlOpt.RESOLVE, pins or [])
             curl.setopt(CurlOpt.WRITEFUNCTION, t.on_body)
             curl.setopt(CurlOpt.HEADERFUNCTION, t.on_header)
             if self.record:

@@ -3,9 +3,10 @@ header order, from curl_cffi's impersonation profiles), under every guarantee of
 
 Why curl: anti-bot edges block Python's TLS fingerprint and its HTTP/1.1-only profile before a request reaches
 the site. What is kept, and how:
-- bodies stream through `aiter_content` under the cap, and a stopped read aborts the transfer (its write
-  callback fails, or the transfer is removed) instead of draining the body. (curl's MAXFILESIZE is not used: it
-  would refuse a large non-HTML body that is only counted from its Content-Length, as aiohttp does not);
+- bodies stream from curl's write callback (`crawler.curl_client.Transfer`) under the cap, and a stopped read
+  aborts the transfer (the callback fails, or a stalled transfer is removed) instead of draining the body.
+  (curl's MAXFILESIZE is not used: it would refuse a large non-HTML body that is only counted from its
+  Content-Length, which aiohttp does not);
 - curl does not decode (HTTP_CONTENT_DECODING off): raw bytes go to the parse pool, which decompresses with
   its output cap; only the codings the pool can undo are asked for;
 - deadlines: connect (CONNECTTIMEOUT), read (no byte for read_timeout_s: LOW_SPEED), total (TIMEOUT, which a
