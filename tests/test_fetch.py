@@ -19,6 +19,7 @@ from aiohttp import web
 from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
+    FetchError,
     FetchTimeout,
     InvalidResponse,
     ProxyAuthError,
@@ -36,7 +37,7 @@ from tests.conftest import RedisServer
 from tests.helpers import PROXY_PASSWORD, PROXY_USER
 from tests.support.hostile_server import PNG_BYTES
 from tests.support.proxy_server import ProxyServer
-from tests.support.servers import RunningServer, start_server
+from tests.support.servers import RunningServer, start_server, wait_until
 
 T = TypeVar("T")
 CAP = 1024 * 1024
@@ -440,3 +441,49 @@ def test_the_gateway_connection_cap_holds_for_concurrent_fetches(
     statuses, stats = asyncio.run(main())
     assert statuses == [200] * 12
     assert stats["requests"] == 12 and 1 <= stats["peak_client_connections"] <= 3, stats
+
+
+# ------------------------------------------------------------------------------------- errors and cancellation
+def test_refused_connections_are_connect_errors_and_a_dead_gateway_is_a_proxy_error(
+    kind: str, hostile: RunningServer
+) -> None:
+    from crawler.errors import ConnectError, ProxyError
+    from tests.conftest import free_port
+
+    closed = free_port()
+
+    async def body(f: FetcherLike) -> tuple[type[BaseException], type[BaseException], type[BaseException]]:
+        got = []
+        pool = ProxyPool((f"http://user:pw@127.0.0.1:{closed}",))
+        for url, proxy in (
+            (f"http://127.0.0.1:{closed}/", None),
+            (f"{hostile.url}/slow/1", pool.choose()),
+            (f"https://localhost:{closed}/", pool.choose()),
+        ):
+            try:
+                await f.fetch(url, proxy)
+            except FetchError as exc:
+                assert exc.__cause__ is not None  # the client's own error is kept for the log
+                got.append(type(exc))
+        return got[0], got[1], got[2]
+
+    assert run(kind, body) == (ConnectError, ProxyError, ProxyError)
+
+
+def test_cancelled_fetches_give_their_connection_slots_back(kind: str, hostile: RunningServer) -> None:
+    """Cancel twice as many hanging fetches as there are slots (SETTINGS.concurrency), then every slot must be
+    free again: the next fetches do not wait for the hung ones' deadlines."""
+
+    async def body(f: FetcherLike) -> tuple[list[int], float]:
+        hung = [asyncio.ensure_future(f.fetch(f"{hostile.url}/hang", None)) for _ in range(2 * SETTINGS.concurrency)]
+        # wait (with a deadline) until the slots are all held by hung requests, as the server sees them
+        await asyncio.to_thread(wait_until, lambda: hostile.stats()["in_flight"] >= SETTINGS.concurrency, 10, 0.02)
+        for t in hung:
+            t.cancel()
+        await asyncio.gather(*hung, return_exceptions=True)
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(f.fetch(f"{hostile.url}/slow/1?n={i}", None) for i in range(16)))
+        return [r.status for r in results], time.monotonic() - t0
+
+    statuses, elapsed = run(kind, body)
+    assert statuses == [200] * 16 and elapsed < 2.0, elapsed
