@@ -116,7 +116,8 @@ def test_no_password_appears_in_any_output(
     common = ["--no-robots", "--no-follow", "--timeout", "2", "--retries", "0", "--proxy", gateway, *fetcher]
 
     # 1. a long-running worker with JSON logs and /metrics; scraped and listed while it runs
-    first = urls("a")
+    run_tag = "-".join(fetcher) or "default"  # the hostile server is shared by both fetchers' runs: own tokens
+    first = urls(f"a{run_tag}")
     t.run("enqueue", crawl(["enqueue", seeds(tmp_path / "a.txt", first), "--redis", redis_url, "--crawl", "sa"]))
     metrics_port = free_port()
     log = tmp_path / "worker-json.log"
@@ -154,7 +155,7 @@ def test_no_password_appears_in_any_output(
     assert any(r["proxy"] for r in records), "no record went through the gateway: the test proves nothing"
 
     # 2. `crawl run` with text logs
-    second = urls("b")
+    second = urls(f"b{run_tag}")
     run2 = t.run(
         "run text",
         crawl(
