@@ -163,7 +163,6 @@ async def app(scope, receive, send):
 
 @pytest.fixture
 def h2_server(certs: tuple[str, str, str], tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("hypercorn")
     import subprocess
     import sys
 
