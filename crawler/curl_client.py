@@ -53,6 +53,7 @@ class Transfer:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._head_lines: list[bytes] = []
         self._head_done = asyncio.Event()
+        self._complete = False  # the final head ended with its blank line (else it failed part way)
         self._stopped = False  # set when we stop reading: the next write fails
         self.sent: list[bytes] | None = [] if record else None  # request heads as curl sent them
         self.error: CurlError | None = None  # carries `connect_code`: the gateway's answer to CONNECT
@@ -70,6 +71,7 @@ class Transfer:
         if line in (b"\r\n", b"\n"):
             status = self._head_lines[0].split(None, 2)[1:2] if self._head_lines else []
             if status and not status[0].startswith(b"1"):  # 1xx heads are followed by the real one
+                self._complete = True
                 self._head_done.set()
             else:
                 self._head_lines.clear()
@@ -94,7 +96,7 @@ class Transfer:
 
     async def wait_head(self) -> None:
         await self._head_done.wait()
-        if self.error is not None and not self._head_lines:
+        if self.error is not None and not self._complete:
             raise self.error
 
     def head(self) -> tuple[int, str, RawHeaders]:
