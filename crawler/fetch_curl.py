@@ -219,11 +219,16 @@ class CurlFetcher:
         """One GET, streamed: its head once received (the body is read from `head.transfer`)."""
         pins = await self._pins(url, proxy)
         self.requests += 1
-        lines = [f"{k}: {v}".encode("latin-1") if v else f"{k};".encode("latin-1") for k, v in sent.items()]
+        # "Name;" sends an empty header (curl drops "Name:"); values are sent as UTF-8, as aiohttp does
+        lines = [(f"{k}: {v}" if v else f"{k};").encode() for k, v in sent.items()]
         t = await self.pool.start(url, lines, proxy.url if proxy is not None else None, pins)
-        status, reason, raw = t.head()
-        heads = sent_headers(t.sent) if t.sent else ()
-        return _Head(url, status, reason, raw, t.http_version(), t.peer_ip(), heads or tuple(sent.items()), t)
+        try:
+            status, reason, raw = t.head()
+            heads = sent_headers(t.sent) if t.sent else ()
+            return _Head(url, status, reason, raw, t.http_version(), t.peer_ip(), heads or tuple(sent.items()), t)
+        except BaseException:
+            await self.pool.finish(t)
+            raise
 
     @contextlib.asynccontextmanager
     async def _open(
