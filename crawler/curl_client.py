@@ -195,11 +195,13 @@ class CurlPool:
     async def finish(self, t: Transfer) -> None:
         """End `t` (at once if still running: its connection is closed, not drained) and free its handle."""
         t.stop()
-        if t.task is not None and not t.task.done():
-            if self._acurl is not None:
-                self._acurl.remove_handle(t.curl)  # cancels the transfer's future: run() ends
-            await asyncio.wait([t.task])
-        self._release(t.curl)
+        try:
+            if t.task is not None and not t.task.done():
+                if self._acurl is not None:
+                    self._acurl.remove_handle(t.curl)  # out of curl's hands now; cancels run()'s future
+                await asyncio.wait([t.task])
+        finally:  # a second cancellation while waiting must not cost the pool a handle
+            self._release(t.curl)
 
     def _release(self, curl: Curl | None) -> None:
         if curl is not None:
