@@ -487,3 +487,12 @@ def test_cancelled_fetches_give_their_connection_slots_back(kind: str, hostile: 
 
     statuses, elapsed = run(kind, body)
     assert statuses == [200] * 16 and elapsed < 2.0, elapsed
+
+
+def test_an_unknown_profile_or_fetcher_is_a_configuration_error() -> None:
+    from crawler.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--impersonate"):
+        CurlFetcher(SETTINGS, impersonate="netscape4")
+    with pytest.raises(ConfigError, match="--fetcher"):
+        make_fetcher(with_attrs(SETTINGS, fetcher="wget"))
