@@ -1,4 +1,5 @@
-"""One exception tree; aiohttp and redis errors are translated into it once, at the boundary.
+"""One exception tree; aiohttp, curl_cffi and redis errors are translated into it once, at the boundary
+(`crawler.fetch.translate_errors`, `crawler.curl_client.translate_curl_errors`), keeping the cause.
 
     CrawlError
     ├── ConfigError            bad settings or input: one-line message, exit status 2

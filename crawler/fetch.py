@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -20,6 +20,7 @@ from yarl import URL
 from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
+    ConfigError,
     ConnectError,
     FetchError,
     FetchTimeout,
@@ -30,35 +31,26 @@ from crawler.errors import (
     ProxyError,
     TooManyRedirects,
 )
+from crawler.fetch_base import (
+    CHUNK,
+    DECODABLE_ENCODINGS,
+    HOP_BODY_MAX,
+    HTML_TYPES,
+    REDIRECTS,
+    ROBOTS_MAX_REDIRECTS,
+    FetcherLike,
+    FetchResult,
+    Hop,
+    RawHeaders,
+    crawl_headers,
+    merged,
+    next_hop,
+)
 from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
 from crawler.robots import MAX_ROBOTS_BYTES
 from crawler.settings import Settings
 from crawler.ssrf import BlockedAddressOSError, GuardedResolver, TrustCache
-
-CHUNK = 64 * 1024
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
-HTML_TYPES = ("text/html", "application/xhtml+xml")
-
-
-@dataclass(slots=True)
-class FetchResult:
-    url: str
-    final_url: str
-    status: int
-    content_type: str  # media type only, lower-cased ("" when absent)
-    charset: str | None
-    content_encoding: str
-    body: bytes | None  # raw (maybe compressed) bytes, HTML only
-    bytes: int  # bytes received (raw); for HTML the parse pool reports the decompressed size
-    elapsed_ms: int
-    retry_after: str | None
-    redirects: int
-
-    @property
-    def is_html(self) -> bool:
-        return self.content_type in HTML_TYPES or (self.content_type == "" and self.body is not None)
 
 
 def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp.ClientSession:
@@ -89,7 +81,7 @@ def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp
         headers={
             "User-Agent": settings.fetch.user_agent,
             "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
-            "Accept-Encoding": "gzip, deflate, br",
+            "Accept-Encoding": DECODABLE_ENCODINGS,
         },
         cookie_jar=aiohttp.DummyCookieJar(),  # a crawler has no cookie state; a jar per site grows without bound
         trust_env=False,
@@ -105,24 +97,24 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         yield
     except FetchError:
         raise
-    except aiohttp.TooManyRedirects:
-        raise TooManyRedirects("too many redirects") from None
+    except aiohttp.TooManyRedirects as exc:
+        raise TooManyRedirects("too many redirects") from exc
     except aiohttp.ClientHttpProxyError as exc:
         if exc.status == 407:
-            raise ProxyAuthError("gateway refused the credentials (407)") from None
-        raise ProxyError(f"gateway answered {exc.status} to CONNECT") from None
+            raise ProxyAuthError("gateway refused the credentials (407)") from exc
+        raise ProxyError(f"gateway answered {exc.status} to CONNECT") from exc
     except aiohttp.ClientProxyConnectionError as exc:
         raise GatewayUnreachable(f"cannot connect to the gateway: {exc.os_error.strerror or exc}") from exc
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, BlockedAddressOSError):
-            raise BlockedAddress(str(exc.os_error)) from None
-        raise ConnectError(exc.__class__.__name__) from None
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise FetchTimeout("deadline passed") from None
+            raise BlockedAddress(str(exc.os_error)) from exc
+        raise ConnectError(exc.__class__.__name__) from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise FetchTimeout("deadline passed") from exc
     except aiohttp.ClientResponseError as exc:  # bad status line, headers too large, ...
-        raise InvalidResponse(f"invalid response: {exc.message[:100]}") from None
+        raise InvalidResponse(f"invalid response: {exc.message[:100]}") from exc
     except aiohttp.InvalidURL as exc:
-        raise InvalidTarget(f"invalid URL: {str(exc)[:100]}") from None
+        raise InvalidTarget(f"invalid URL: {str(exc)[:100]}") from exc
     except (
         aiohttp.ClientPayloadError,
         aiohttp.ServerDisconnectedError,
@@ -131,9 +123,31 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         ConnectionError,
     ) as exc:
         kind = "proxy" if via_proxy and isinstance(exc, aiohttp.ClientProxyConnectionError) else "connect"
-        raise (ProxyError if kind == "proxy" else ConnectError)(f"{exc.__class__.__name__}") from None
+        raise (ProxyError if kind == "proxy" else ConnectError)(f"{exc.__class__.__name__}") from exc
     except aiohttp.ClientError as exc:
-        raise ConnectError(exc.__class__.__name__) from None
+        raise ConnectError(exc.__class__.__name__) from exc
+
+
+def _decoded(raw: Any) -> RawHeaders:
+    """aiohttp's raw (bytes) header pairs as text; latin-1 keeps every byte as received."""
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+
+
+def _version(resp: aiohttp.ClientResponse) -> str:
+    v = resp.version
+    return "1.1" if v is None else ("2" if v.major == 2 else f"{v.major}.{v.minor}")
+
+
+def _peer_ip(resp: aiohttp.ClientResponse) -> str | None:
+    """The address connected to. A small body may be read whole with the headers, and the connection released
+    at once, so its protocol's transport is asked (aiohttp keeps it on the response)."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is None:
+        protocol = getattr(resp, "_protocol", None)
+        transport = getattr(protocol, "transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
 
 
 def decode_prefix(raw: bytes, encoding: str, cap: int) -> bytes:
@@ -154,7 +168,10 @@ def decode_prefix(raw: bytes, encoding: str, cap: int) -> bytes:
 
 
 class Fetcher:
-    """Fetches one URL per call. Holds no per-URL state, so memory does not grow with the crawl."""
+    """Fetches one URL per call with aiohttp. Holds no per-URL state, so memory does not grow with the crawl.
+
+    `keep_body` keeps every body under the cap (WARC `--warc-content all`), not only HTML.
+    """
 
     def __init__(
         self,
@@ -162,11 +179,15 @@ class Fetcher:
         settings: Settings,
         slots: GatewaySlots | None = None,
         trust: TrustCache | None = None,
+        keep_body: bool = False,
     ) -> None:
         self.session = session
         self.settings = settings
         self.slots = slots  # the fleet-wide gateway connection cap, when set
         self.trust = trust  # the SSRF guard, when on: checks every redirect target
+        self.keep_body = keep_body
+        # --header / --cookie, sent with every request (built once; per-request headers override them)
+        self.extra_headers = crawl_headers(settings.fetch.headers, settings.fetch.cookies)
 
     def _slot(self, proxy: ProxyChoice | None) -> contextlib.AbstractAsyncContextManager[None]:
         if proxy is not None and self.slots is not None:
@@ -178,12 +199,24 @@ class Fetcher:
             f"Fetcher(max_body_bytes={self.settings.fetch.max_body_bytes}, timeout_s={self.settings.fetch.timeout_s})"
         )
 
+    async def aclose(self) -> None:
+        await self.session.close()
+
+    close = aclose
+
     @contextlib.asynccontextmanager
     async def _open(
-        self, url: str, proxy: ProxyChoice | None, max_redirects: int
+        self,
+        url: str,
+        proxy: ProxyChoice | None,
+        max_redirects: int,
+        headers: Mapping[str, str] | None = None,
+        hops: list[Hop] | None = None,
     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int]]:
         """GET `url` under the fleet slot, the total deadline and the error translation, following redirects here,
-        hop by hop, so every target passes the SSRF guard. Yields (final response, redirects followed)."""
+        hop by hop, so every target passes the SSRF guard. Yields (final response, redirects followed); each
+        redirect response is appended to `hops` when given."""
+        sent = merged(self.extra_headers, headers) or None
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_errors(proxy is not None))
             # a hard outer deadline too: sock_read resets on every byte, so only a total deadline stops a drip
@@ -191,39 +224,53 @@ class Fetcher:
                 target = URL(url, encoded=True)
                 for hop in range(max_redirects + 1):
                     async with self.session.get(
-                        target, proxy=proxy.url if proxy else None, allow_redirects=False
+                        target, proxy=proxy.url if proxy else None, allow_redirects=False, headers=sent
                     ) as resp:
-                        location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+                        location = resp.headers.get("Location") if resp.status in REDIRECTS else None
                         if location is None or max_redirects == 0:
                             yield resp, hop
                             return
                         here = resp.url
+                        if hops is not None:
+                            hops.append(await self._hop(resp))
                     if hop == max_redirects:
                         break
-                    target = await self._next_hop(here, location)
+                    target = await next_hop(self.trust, here, location)
                 raise TooManyRedirects(f"more than {max_redirects} redirects")
 
-    async def fetch(self, url: str, proxy: ProxyChoice | None) -> FetchResult:
+    async def _hop(self, resp: aiohttp.ClientResponse) -> Hop:
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            buf += chunk
+            if len(buf) > HOP_BODY_MAX:
+                break  # not kept: the connection is closed rather than drained
+        return Hop(
+            url=str(resp.url),
+            status=resp.status,
+            reason=resp.reason or "",
+            http_version=_version(resp),
+            raw_headers=_decoded(resp.raw_headers),
+            request_headers=tuple(resp.request_info.headers.items()),
+            body=bytes(buf) if len(buf) <= HOP_BODY_MAX else None,
+            bytes=len(buf),
+        )
+
+    async def fetch(self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None) -> FetchResult:
         """One attempt, redirects included."""
         started = time.monotonic()
-        async with self._open(url, proxy, self.settings.fetch.max_redirects) as (resp, redirects):
-            return await self._result(url, resp, proxy, started, redirects)
+        hops: list[Hop] = []
+        async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
+            return await self._result(url, resp, proxy, started, redirects, tuple(hops))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _next_hop(self, here: URL, location: str) -> URL:
-        try:
-            target = here.join(URL(location))
-        except ValueError:
-            raise InvalidTarget("redirect to an unparsable URL") from None
-        if target.scheme not in ("http", "https") or not target.host:
-            raise InvalidTarget(f"redirect to a {target.scheme or 'relative'} URL")
-        host = target.host.lower()
-        if self.trust is not None and await self.trust.refuses(host):
-            raise BlockedAddress(f"redirect to private address {host}")
-        return target
-
     async def _result(
-        self, url: str, resp: aiohttp.ClientResponse, proxy: ProxyChoice | None, started: float, redirects: int
+        self,
+        url: str,
+        resp: aiohttp.ClientResponse,
+        proxy: ProxyChoice | None,
+        started: float,
+        redirects: int,
+        hops: tuple[Hop, ...],
     ) -> FetchResult:
         s = self.settings
         ctype = (resp.content_type or "").lower() if "Content-Type" in resp.headers else ""
@@ -231,9 +278,10 @@ class Fetcher:
             raise ProxyAuthError("gateway refused the credentials (407)")
         declared = resp.content_length
         body: bytes | None = None
+        peer = _peer_ip(resp)  # before the body: the connection is released at its end
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
-        elif ctype in HTML_TYPES or ctype == "":
+        elif ctype in HTML_TYPES or ctype == "" or self.keep_body:
             if declared is not None and declared > s.fetch.max_body_bytes:
                 raise BodyTooLarge(f"Content-Length {declared} > {s.fetch.max_body_bytes}")
             body = await self._read_capped(resp.content)
@@ -254,6 +302,12 @@ class Fetcher:
             elapsed_ms=int((time.monotonic() - started) * 1000),
             retry_after=resp.headers.get("Retry-After"),
             redirects=redirects,
+            http_version=_version(resp),
+            peer_ip=peer,
+            reason=resp.reason or "",
+            raw_headers=_decoded(resp.raw_headers),
+            request_headers=tuple(resp.request_info.headers.items()),
+            hops=hops,
         )
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
@@ -291,3 +345,38 @@ class Fetcher:
             if n > cap:
                 raise BodyTooLarge(f"body passed {cap} bytes")
         return n
+
+
+def make_fetcher(
+    settings: Settings,
+    trust: TrustCache | None = None,
+    slots: GatewaySlots | None = None,
+    keep_body: bool = False,
+    record_request_headers: bool = False,
+) -> FetcherLike:
+    """The fetcher `settings.fetcher` names ("aiohttp", the default, or "curl"), with its own session.
+
+    `keep_body`: keep every body under the cap, not only HTML (WARC `--warc-content all`).
+    `record_request_headers`: FetchResult.request_headers are complete, the browser profile's included (a WARC
+    writer wants this; aiohttp always has them, curl pays a debug callback per page for them).
+    The caller owns the fetcher: `await fetcher.aclose()` at the end (or `contextlib.aclosing(...)`)."""
+    kind = settings.fetch.fetcher
+    if kind == "curl":
+        from crawler.fetch_curl import CurlFetcher
+
+        return CurlFetcher(settings, trust, slots, keep_body=keep_body, record_request_headers=record_request_headers)
+    if kind != "aiohttp":
+        raise ConfigError(f"--fetcher {kind!r}: expected aiohttp or curl")
+    return Fetcher(make_session(settings, trust), settings, slots, trust, keep_body=keep_body)
+
+
+__all__ = [
+    "CHUNK",
+    "HTML_TYPES",
+    "ROBOTS_MAX_REDIRECTS",
+    "FetchResult",
+    "Fetcher",
+    "Hop",
+    "make_fetcher",
+    "make_session",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
+from crawler.testing.services import RedisServer
 from tests.helpers import crawl, enqueue, read_records, worker_args
 
 pytestmark = pytest.mark.timeout(120)

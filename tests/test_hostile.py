@@ -18,6 +18,7 @@ import pytest
 
 from crawler.testing.hostile_server import CP1251_TITLE, LATIN1_TITLE, PDF_BYTES, PNG_BYTES
 from crawler.testing.services import RedisServer, RunningServer, start_server
+from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, enqueue, read_records, stats, worker_args
 
 MAX_BODY = 2 * 1024 * 1024
@@ -38,6 +39,12 @@ def hostile() -> Iterator[RunningServer]:
         yield h
 
 
+@pytest.fixture(params=FETCHERS)
+def fetcher(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Worker flags selecting each fetcher in turn: the guarantees below hold for both."""
+    return fetcher_flags(str(request.param))
+
+
 def fetch_body(url: str) -> bytes:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=60) as resp:
@@ -52,7 +59,7 @@ def dead_entries(redis: RedisServer, name: str) -> dict[str, dict[str, Any]]:
 
 
 def test_every_hostile_endpoint_ends_in_one_terminal_state_with_bounded_memory(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, hostile: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, hostile: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     h = hostile.url
     u = {
@@ -104,6 +111,7 @@ def test_every_hostile_endpoint_ends_in_one_terminal_state_with_bounded_memory(
             "5",
             "--retries",
             "1",
+            *fetcher,
         ),
         timeout_s=WORKER_BOUND_S + 30,
     )
@@ -181,7 +189,7 @@ FLAKY_RETRIES = 10
 
 
 def test_flaky_gateway_drops_and_502s_are_retried_until_every_page_is_done(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, fetcher: tuple[str, ...]
 ) -> None:
     with (
         start_server("crawler.testing.site_server", "--port", 0, "--pages", FLAKY_PAGES, "--seed", 5) as site,
@@ -223,6 +231,7 @@ def test_flaky_gateway_drops_and_502s_are_retried_until_every_page_is_done(
                 "10",
                 "--proxy",
                 proxy_url,
+                *fetcher,
             ),
             timeout_s=55,
         )

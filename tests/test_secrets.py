@@ -19,6 +19,7 @@ from crawler.proxies import ProxyPool
 from crawler.redact import redact_url
 from crawler.settings import ProxySettings, Settings
 from crawler.testing.services import RedisServer, RunningServer, free_port, start_server, wait_until
+from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import PROXY_PASSWORD, PROXY_USER, CrawlRun, crawl, read_records, spawn_crawl, worker_args
 
 REDIS_PASSWORD = "redis-s3cret-pw"
@@ -46,6 +47,12 @@ def servers() -> Iterator[tuple[RunningServer, RunningServer, RunningServer]]:
         ) as proxy,
     ):
         yield site, hostile, proxy
+
+
+@pytest.fixture(params=FETCHERS)
+def fetcher(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Worker flags selecting each fetcher in turn: the guarantees below hold for both."""
+    return fetcher_flags(str(request.param))
 
 
 class Transcript:
@@ -83,7 +90,10 @@ def seeds(path: Path, urls: list[str]) -> str:
 
 
 def test_no_password_appears_in_any_output(
-    private_redis: RedisServer, servers: tuple[RunningServer, RunningServer, RunningServer], tmp_path: Path
+    private_redis: RedisServer,
+    servers: tuple[RunningServer, RunningServer, RunningServer],
+    tmp_path: Path,
+    fetcher: tuple[str, ...],
 ) -> None:
     site, hostile, proxy = servers
     t = Transcript()
@@ -102,10 +112,11 @@ def test_no_password_appears_in_any_output(
             f"{site.url}/missing/1",  # 404
         ]
 
-    common = ["--no-robots", "--no-follow", "--timeout", "2", "--retries", "0", "--proxy", gateway]
+    common = ["--no-robots", "--no-follow", "--timeout", "2", "--retries", "0", "--proxy", gateway, *fetcher]
 
     # 1. a long-running worker with JSON logs and /metrics; scraped and listed while it runs
-    first = urls("a")
+    run_tag = "-".join(fetcher) or "default"  # the hostile server is shared by both fetchers' runs: own tokens
+    first = urls(f"a{run_tag}")
     t.run("enqueue", crawl(["enqueue", seeds(tmp_path / "a.txt", first), "--redis", redis_url, "--crawl", "sa"]))
     metrics_port = free_port()
     log = tmp_path / "worker-json.log"
@@ -143,7 +154,7 @@ def test_no_password_appears_in_any_output(
     assert any(r["proxy"] for r in records), "no record went through the gateway: the test proves nothing"
 
     # 2. `crawl run` with text logs
-    second = urls("b")
+    second = urls(f"b{run_tag}")
     run2 = t.run(
         "run text",
         crawl(
@@ -242,6 +253,7 @@ def test_no_password_appears_in_any_output(
                     "1",
                     "--output",
                     str(tmp_path / f"out-407-{fmt}"),
+                    *fetcher,
                 ],
                 timeout_s=60,
             ),

@@ -21,6 +21,7 @@ from aiohttp import web
 from crawler.ssrf import is_private_address
 from crawler.testing.services import RedisServer, RunningServer, start_server
 from crawler.urls import normalize
+from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import crawl, enqueue, read_records, stats, worker_args
 
 # ------------------------------------------------------------------------------------------------ unit tests
@@ -168,6 +169,12 @@ def pages() -> Iterator[RunningServer]:
         yield s
 
 
+@pytest.fixture(params=FETCHERS)
+def fetcher(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Worker flags selecting each fetcher in turn: the guarantees below hold for both."""
+    return fetcher_flags(str(request.param))
+
+
 def hits(server: RunningServer) -> dict[str, int]:
     data: dict[str, int] = server.stats()["hits"]
     return data
@@ -196,7 +203,7 @@ def dead_json(redis: RedisServer, name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_a_connection(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -206,6 +213,7 @@ def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_
         redis_server,
         crawl_name,
         tmp_path / "out",
+        *fetcher,
         "--no-robots",
         "--allow-domain",
         "169.254.169.254",
@@ -239,7 +247,7 @@ def test_links_and_redirects_to_private_targets_are_recorded_as_blocked_without_
 
 
 def test_allow_private_networks_fetches_the_same_private_name(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -249,6 +257,7 @@ def test_allow_private_networks_fetches_the_same_private_name(
         redis_server,
         crawl_name,
         tmp_path / "out",
+        *fetcher,
         "--no-robots",
         "--allow-domain",
         "localhost",
@@ -264,21 +273,23 @@ def test_allow_private_networks_fetches_the_same_private_name(
 
 
 def test_without_allow_private_networks_the_same_crawl_is_blocked(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     """The control for the test above: same seed, same scope, guard on."""
     base = pages.url
     port = base.rsplit(":", 1)[1]
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed-local"])
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--no-robots", "--allow-domain", "localhost")
+    records, _ = run_crawl(
+        redis_server, crawl_name, tmp_path / "out", *fetcher, "--no-robots", "--allow-domain", "localhost"
+    )
     assert records[f"http://localhost:{port}/x/local"]["error"] == "blocked_address"
     assert records[f"{base}/redirect?to=http://localhost:{port}/x/redirected"]["error"] == "blocked_address"
     assert hits(pages) == before
 
 
 def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     """inet_aton spellings of 127.0.0.1 (`2130706433`, `0x7f.1`, `127.1`) are one address: the WHATWG parser
     canonicalises them to 127.0.0.1, so the literal check sees the loopback address. The seed is `localhost` (a
@@ -288,7 +299,9 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
     base = f"http://localhost:{port}"
     enqueue(redis_server, crawl_name, tmp_path, [f"{base}/seed-numeric"])
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--no-robots", "--allow-domain", "127.0.0.1")
+    records, _ = run_crawl(
+        redis_server, crawl_name, tmp_path / "out", *fetcher, "--no-robots", "--allow-domain", "127.0.0.1"
+    )
     dead = {e["url"]: e for e in map(json.loads, dead_json(redis_server, crawl_name).splitlines())}
     direct = [f"http://127.0.0.1:{port}/x/decimal", f"http://127.0.0.1:{port}/x/hex"]  # as the links spelled them
     redirects = [
@@ -306,7 +319,7 @@ def test_numeric_ipv4_forms_of_loopback_are_never_fetched(
 
 
 def test_blocked_name_with_robots_on_is_recorded_as_blocked(
-    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer
+    redis_server: RedisServer, crawl_name: str, tmp_path: Path, pages: RunningServer, fetcher: tuple[str, ...]
 ) -> None:
     base = pages.url
     port = base.rsplit(":", 1)[1]
@@ -315,7 +328,7 @@ def test_blocked_name_with_robots_on_is_recorded_as_blocked(
     Fetcher.fetch_small turned that into "unreachable": the URL was deferred 60 s per attempt and dead-lettered as
     robots_unreachable. --retries 0 keeps that wrong path fast (dead at once) should it come back."""
     before = hits(pages)
-    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", "--allow-domain", "localhost")
+    records, _ = run_crawl(redis_server, crawl_name, tmp_path / "out", *fetcher, "--allow-domain", "localhost")
     assert hits(pages) == before
     assert records[f"{base}/seed-local"]["status"] == 200
     local = records.get(f"http://localhost:{port}/x/local")

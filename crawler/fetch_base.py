@@ -1,0 +1,145 @@
+"""What every fetcher promises: the `FetchResult` it returns, the `FetcherLike` interface, and the pieces both
+HTTP clients share (redirect targets through the SSRF guard, crawl-wide headers, header limits).
+
+Two fetchers implement the interface: `crawler.fetch.Fetcher` (aiohttp) and `crawler.fetch_curl.CurlFetcher`
+(curl_cffi: a browser's TLS fingerprint and HTTP/2). The pipeline sees only this module's types, so the choice
+(`--fetcher`) changes nothing above the fetch layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from yarl import URL
+
+from crawler.errors import BlockedAddress, InvalidResponse, InvalidTarget
+from crawler.proxies import ProxyChoice
+from crawler.ssrf import TrustCache
+
+CHUNK = 64 * 1024
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+HOP_BODY_MAX = 64 * 1024  # a redirect's body is kept (for a WARC record) only up to this; past it, counted
+MAX_HEADERS = 128  # aiohttp's limit; the curl fetcher applies the same so both refuse the same floods
+MAX_FIELD_BYTES = 16 * 1024  # one header line, name and value
+# Content codings the parse pool can undo (crawler.parse.decompress); nothing else is asked for.
+DECODABLE_ENCODINGS = "gzip, deflate, br"
+
+RawHeaders = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One redirect response, as received: what a WARC writer needs for its own response record."""
+
+    url: str  # the URL requested on this hop
+    status: int
+    reason: str
+    http_version: str  # "1.0", "1.1", "2"
+    raw_headers: RawHeaders  # in order, as received (repeated names kept)
+    request_headers: RawHeaders  # sent on this hop (raw: the WARC writer redacts; never log them)
+    body: bytes | None  # raw bytes when at most HOP_BODY_MAX, else None
+    bytes: int  # body bytes received
+
+
+@dataclass(slots=True)
+class FetchResult:
+    url: str
+    final_url: str
+    status: int
+    content_type: str  # media type only, lower-cased ("" when absent)
+    charset: str | None
+    content_encoding: str
+    body: bytes | None  # raw (maybe compressed) bytes: HTML, or any type with keep_body; None for 204/304/HEAD
+    bytes: int  # bytes received (raw); for HTML the parse pool reports the decompressed size
+    elapsed_ms: int
+    retry_after: str | None
+    redirects: int
+    http_version: str = "1.1"  # of the final response: "1.0", "1.1", "2"
+    peer_ip: str | None = None  # the address connected to (the gateway's, through a proxy)
+    reason: str = ""
+    raw_headers: RawHeaders = ()  # final response headers in order, as received
+    request_headers: RawHeaders = ()  # final request's headers (raw: the WARC writer redacts; never log them)
+    hops: tuple[Hop, ...] = ()  # the redirects before the final response, in order
+
+    @property
+    def is_html(self) -> bool:
+        return self.content_type in HTML_TYPES or (self.content_type == "" and self.body is not None)
+
+    def __repr__(self) -> str:  # headers may carry cookies: never in a repr
+        return (
+            f"FetchResult({self.final_url!r}, status={self.status}, http_version={self.http_version!r}, "
+            f"bytes={self.bytes}, redirects={self.redirects})"
+        )
+
+
+@runtime_checkable
+class FetcherLike(Protocol):
+    """The fetch layer's contract, whichever HTTP client is behind it.
+
+    `fetch` makes one attempt (redirects followed hop by hop, each target through the SSRF guard) and returns
+    a FetchResult for any HTTP status, or raises a `crawler.errors.FetchError` (never a client library's
+    exception). A 304 to a conditional request is a normal result (status 304, body None). `headers` are
+    added to (and override) the crawl-wide and profile headers for this request only.
+    `fetch_small` is for robots.txt: (status, decompressed body up to `cap`), (0, b"") when unreachable; it
+    raises only BlockedAddress. `aclose` releases the connections; the fetcher is unusable afterwards.
+    """
+
+    async def fetch(
+        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None
+    ) -> FetchResult: ...
+
+    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def next_hop(trust: TrustCache | None, here: URL, location: str) -> URL:
+    """The redirect target `location` seen from `here`, refused unless http(s) and (SSRF guard on) not a
+    private literal address. Names are checked on their resolved addresses by each fetcher's resolver."""
+    try:
+        target = here.join(URL(location))
+    except ValueError:
+        raise InvalidTarget("redirect to an unparsable URL") from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise InvalidTarget(f"redirect to a {target.scheme or 'relative'} URL")
+    host = target.host.lower()
+    if trust is not None and await trust.refuses(host):
+        raise BlockedAddress(f"redirect to private address {host}")
+    return target
+
+
+def crawl_headers(header_pairs: tuple[tuple[str, str], ...], cookies: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """`--header "Name: value"` and `--cookie "name=value"` (validated pairs from the settings) as one header
+    mapping, the cookies joined into one Cookie header as a browser sends them."""
+    out: dict[str, str] = dict(header_pairs)
+    if cookies:
+        jar = "; ".join(f"{name}={value}" for name, value in cookies)
+        out["Cookie"] = f"{out['Cookie']}; {jar}" if out.get("Cookie") else jar
+    return out
+
+
+def merged(*layers: Mapping[str, str] | None) -> dict[str, str]:
+    """Header layers, later ones winning case-insensitively (the later spelling is kept)."""
+    out: dict[str, str] = {}
+    lower: dict[str, str] = {}
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            old = lower.pop(name.lower(), None)
+            if old is not None:
+                del out[old]
+            out[name] = value
+            lower[name.lower()] = name
+    return out
+
+
+def check_header_limits(raw: RawHeaders) -> None:
+    """InvalidResponse for a header flood: more than MAX_HEADERS lines, or one past MAX_FIELD_BYTES."""
+    if len(raw) > MAX_HEADERS:
+        raise InvalidResponse(f"invalid response: {len(raw)} header lines (limit {MAX_HEADERS})")
+    for name, value in raw:
+        if len(name) + len(value) + 2 > MAX_FIELD_BYTES:
+            raise InvalidResponse(f"invalid response: header {name[:40]!r} is longer than {MAX_FIELD_BYTES} bytes")
