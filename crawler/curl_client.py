@@ -26,6 +26,7 @@ from crawler.errors import (
     ConnectError,
     FetchError,
     FetchTimeout,
+    GatewayUnreachable,
     InvalidResponse,
     InvalidTarget,
     ProxyAuthError,
@@ -284,7 +285,7 @@ def translate_curl_errors(via_proxy: bool) -> Iterator[None]:
         if code in _BAD_URL:
             raise InvalidTarget(f"invalid URL: curl error {code}") from exc
         if code in _GATEWAY or (via_proxy and code == CurlECode.COULDNT_CONNECT):
-            raise ProxyError("cannot connect to the gateway") from exc
+            raise GatewayUnreachable(f"cannot connect to the gateway (curl error {code})") from exc
         raise ConnectError(f"curl error {code}") from exc
     except TimeoutError as exc:
         raise FetchTimeout("deadline passed") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -43,6 +42,7 @@ from crawler.fetch_base import (
     Hop,
     RawHeaders,
     crawl_headers,
+    decode_prefix,
     merged,
     next_hop,
 )
@@ -115,16 +115,7 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         raise InvalidResponse(f"invalid response: {exc.message[:100]}") from exc
     except aiohttp.InvalidURL as exc:
         raise InvalidTarget(f"invalid URL: {str(exc)[:100]}") from exc
-    except (
-        aiohttp.ClientPayloadError,
-        aiohttp.ServerDisconnectedError,
-        aiohttp.ClientOSError,
-        aiohttp.ClientConnectionError,
-        ConnectionError,
-    ) as exc:
-        kind = "proxy" if via_proxy and isinstance(exc, aiohttp.ClientProxyConnectionError) else "connect"
-        raise (ProxyError if kind == "proxy" else ConnectError)(f"{exc.__class__.__name__}") from exc
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, ConnectionError) as exc:  # payload cut, server disconnected, resets, ...
         raise ConnectError(exc.__class__.__name__) from exc
 
 
@@ -148,23 +139,6 @@ def _peer_ip(resp: aiohttp.ClientResponse) -> str | None:
         transport = getattr(protocol, "transport", None)
     peer = transport.get_extra_info("peername") if transport is not None else None
     return str(peer[0]) if peer else None
-
-
-def decode_prefix(raw: bytes, encoding: str, cap: int) -> bytes:
-    """Up to `cap` decoded bytes of a (possibly cut) compressed body: a prefix, never an error past the cap."""
-    enc = encoding.strip().lower()
-    if enc in ("gzip", "x-gzip", "deflate"):
-        d = zlib.decompressobj(47 if enc != "deflate" else 15)  # 47: gzip or zlib header, auto-detected
-        try:
-            return d.decompress(raw, cap)
-        except zlib.error:
-            return b""
-    from crawler.parse import decompress
-
-    try:
-        return decompress(raw, enc, cap)
-    except Exception:  # brotli past the cap, or a body that is not what its header says: nothing usable
-        return b""
 
 
 class Fetcher:

@@ -8,6 +8,7 @@ Two fetchers implement the interface: `crawler.fetch.Fetcher` (aiohttp) and `cra
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -84,8 +85,9 @@ class FetcherLike(Protocol):
     a FetchResult for any HTTP status, or raises a `crawler.errors.FetchError` (never a client library's
     exception). A 304 to a conditional request is a normal result (status 304, body None). `headers` are
     added to (and override) the crawl-wide and profile headers for this request only.
-    `fetch_small` is for robots.txt: (status, decompressed body up to `cap`), (0, b"") when unreachable; it
-    raises only BlockedAddress. `aclose` releases the connections; the fetcher is unusable afterwards.
+    `fetch_small` is for robots.txt: (status, body decoded up to `cap`, cut there, never dropped); it raises
+    FetchError when there is no answer (the robots cache keeps it as the cause) and ProxyAuthError on a 407.
+    `aclose` releases the connections; the fetcher is unusable afterwards.
     """
 
     async def fetch(
@@ -143,3 +145,20 @@ def check_header_limits(raw: RawHeaders) -> None:
     for name, value in raw:
         if len(name) + len(value) + 2 > MAX_FIELD_BYTES:
             raise InvalidResponse(f"invalid response: header {name[:40]!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+
+def decode_prefix(raw: bytes, encoding: str, cap: int) -> bytes:
+    """Up to `cap` decoded bytes of a (possibly cut) compressed body: a prefix, never an error past the cap."""
+    enc = encoding.strip().lower()
+    if enc in ("gzip", "x-gzip", "deflate"):
+        d = zlib.decompressobj(47 if enc != "deflate" else 15)  # 47: gzip or zlib header, auto-detected
+        try:
+            return d.decompress(raw, cap)
+        except zlib.error:
+            return b""
+    from crawler.parse import decompress
+
+    try:
+        return decompress(raw, enc, cap)
+    except Exception:  # brotli past the cap, or a body that is not what its header says: nothing usable
+        return b""

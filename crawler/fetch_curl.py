@@ -47,7 +47,6 @@ from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
     ConnectError,
-    FetchError,
     InvalidTarget,
     ProxyAuthError,
     TooManyRedirects,
@@ -63,11 +62,13 @@ from crawler.fetch_base import (
     RawHeaders,
     check_header_limits,
     crawl_headers,
+    decode_prefix,
     merged,
     next_hop,
 )
 from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
+from crawler.robots import MAX_ROBOTS_BYTES
 from crawler.settings import DEFAULT_USER_AGENT, Settings
 from crawler.ssrf import TrustCache, is_private_address, literal_ip
 
@@ -346,27 +347,19 @@ class CurlFetcher:
                 buf += chunk
         return bytes(buf), n
 
-    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]:
-        """(status, decompressed body up to `cap`) for robots.txt; (0, b"") when unreachable.
+    async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
+        """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.
 
-        Raises only BlockedAddress (the SSRF guard refused the host)."""
-        from crawler.parse import decompress
-
-        try:
-            async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
-                buf = bytearray()
-                async for chunk in resp.transfer.chunks():
-                    buf += chunk
-                    if len(buf) >= cap:
-                        break
-                if proxy is not None and resp.status == 407:
-                    return 0, b""
-                try:
-                    body = decompress(bytes(buf), resp.get("content-encoding") or "", cap)
-                except Exception:
-                    body = b""
-                return resp.status, body
-        except BlockedAddress:
-            raise  # the SSRF guard's verdict is the URL's outcome, not an unreachable robots.txt
-        except FetchError:
-            return 0, b""
+        Raises FetchError (its cause kept) when there is no answer, ProxyAuthError on a gateway 407 (the same
+        contract as the aiohttp fetcher's)."""
+        async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
+            if proxy is not None and resp.status == 407:
+                raise ProxyAuthError("the gateway refused the credentials (407)")
+            buf = bytearray()
+            async for chunk in resp.transfer.chunks():
+                buf += chunk
+                if len(buf) >= cap:
+                    break
+            encoding = resp.get("content-encoding") or ""
+            body = await asyncio.to_thread(decode_prefix, bytes(buf), encoding, cap) if encoding else bytes(buf[:cap])
+            return resp.status, body

@@ -3,7 +3,7 @@
 Fields from DESIGN.md, never renamed: url, final_url, status, depth, fetched_at, elapsed_ms, bytes, content_type,
 title, links, error, attempts, proxy (redacted). Added: worker, links_total (distinct links before the cap),
 canonical, noindex, nofollow, text_length, charset, redirects, data (extraction rules), truncated_links,
-items (count of the parser's items), parser_error_detail.
+items (count of the parser's items), parser_error_detail, http_version.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Record:
     charset: str | None = None
     redirects: int = 0
     data: dict[str, Any] | None = field(default=None)
+    http_version: str | None = None  # of the final response: "1.1", "2"
     items: int = 0  # items the user's parser yielded for this page (they are in items/<worker>.jsonl)
     parser_error_detail: str | None = None  # with error parser_error/parse_timeout: "KeyError: 'price'"
 

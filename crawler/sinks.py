@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crawler.records import Record
+from crawler.warc import WarcExchange, WarcWriter
 
 _TAIL_CHUNK = 64 * 1024
 
@@ -175,9 +176,10 @@ class Outputs:
     duplicates, never losses. `probe` tells when writing works again.
     """
 
-    def __init__(self, records: JsonlSink, items: ItemSink | None = None) -> None:
+    def __init__(self, records: JsonlSink, items: ItemSink | None = None, warc: WarcWriter | None = None) -> None:
         self.records = records
         self.items = items
+        self.warc = warc
 
     def __repr__(self) -> str:
         return f"Outputs({self.records!r}, {self.items!r})"
@@ -187,14 +189,20 @@ class Outputs:
         dirs = [self.records.directory]
         if self.items is not None:
             dirs.append(self.items.directory)
+        if self.warc is not None:
+            dirs.append(self.warc.directory)
         return dirs
 
-    def write(self, records: Sequence[Record], item_blobs: Sequence[bytes]) -> None:
+    def write(
+        self, records: Sequence[Record], item_blobs: Sequence[bytes], exchanges: Sequence[WarcExchange] = ()
+    ) -> None:
         """Blocking: call from a thread. Flushed (to the kernel) before it returns."""
         if records:
             self.records.write(records)
         if item_blobs and self.items is not None:
             self.items.write(item_blobs)
+        if exchanges and self.warc is not None:
+            self.warc.write(exchanges)
 
     def probe(self) -> None:
         """Raise OSError unless a small file can be written, flushed and removed in every output directory."""
@@ -215,3 +223,6 @@ class Outputs:
         self.records.close()
         if self.items is not None:
             self.items.close()
+        if self.warc is not None:
+            with contextlib.suppress(OSError):
+                self.warc.close()

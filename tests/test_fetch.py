@@ -417,7 +417,7 @@ def test_the_gateway_connection_cap_holds_for_concurrent_fetches(
         proxy = ProxyServer(user=PROXY_USER, password=PROXY_PASSWORD)
         await proxy.start()
         r = aioredis.from_url(redis_server.url)
-        slots = GatewaySlots(r, crawl_name, 3, settings.timeout_s + 5)
+        slots = GatewaySlots(r, crawl_name, 3, settings.fetch.timeout_s + 5)
         pool = ProxyPool((proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@"),))
         f = build(kind, settings, slots=slots)
         try:
@@ -436,10 +436,11 @@ def test_the_gateway_connection_cap_holds_for_concurrent_fetches(
 
 
 # ------------------------------------------------------------------------------------- errors and cancellation
-def test_refused_connections_are_connect_errors_and_a_dead_gateway_is_a_proxy_error(
+def test_refused_connections_are_connect_errors_and_a_dead_gateway_is_gateway_unreachable(
     kind: str, hostile: RunningServer
 ) -> None:
-    from crawler.errors import ConnectError, ProxyError
+    """A dead gateway is GatewayUnreachable (an infrastructure fault for the circuit breaker), not the site's."""
+    from crawler.errors import ConnectError, GatewayUnreachable
     from crawler.testing.services import free_port
 
     closed = free_port()
@@ -459,7 +460,7 @@ def test_refused_connections_are_connect_errors_and_a_dead_gateway_is_a_proxy_er
                 got.append(type(exc))
         return got[0], got[1], got[2]
 
-    assert run(kind, body) == (ConnectError, ProxyError, ProxyError)
+    assert run(kind, body) == (ConnectError, GatewayUnreachable, GatewayUnreachable)
 
 
 def test_cancelled_fetches_give_their_connection_slots_back(kind: str, hostile: RunningServer) -> None:

@@ -166,8 +166,7 @@ def h2_server(certs: tuple[str, str, str], tmp_path: Path) -> Iterator[str]:
     import subprocess
     import sys
 
-    from crawler.testing.services import stop_process, wait_until
-    from crawler.testing.services import free_port
+    from crawler.testing.services import free_port, stop_process, wait_until
 
     _, chain, key = certs
     (tmp_path / "h2app.py").write_text(H2_APP)

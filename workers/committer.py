@@ -133,9 +133,10 @@ class Committer:
         done = [o for o in batch if o.action is Action.DONE]
         records = [o.record for o in done if o.record is not None]
         items = [o.items for o in done if o.items]
-        if records or items:
+        warc = [x for o in done for x in o.warc]
+        if records or items or warc:
             try:
-                await asyncio.to_thread(self.outputs.write, records, items)  # flushed before any ack below
+                await asyncio.to_thread(self.outputs.write, records, items, warc)  # flushed before any ack below
             except OSError as exc:
                 batch = self._output_failed(batch, exc)
         self.written += batch

@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from crawler.errors import RedisUnavailable
-from crawler.fetch import Fetcher
+from crawler.fetch_base import FetcherLike
 from crawler.frontier import Frontier
 from crawler.heartbeat import remove_heartbeat
 from crawler.logs import EventLog
@@ -47,7 +47,7 @@ class Engine:
         self,
         settings: Settings,
         frontier: Frontier,
-        fetcher: Fetcher,
+        fetcher: FetcherLike,
         parse_pool: ParsePool,
         proxies: ProxyPool,
         outputs: Outputs,

@@ -17,10 +17,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from crawler import __version__
 from crawler.backoff import Backoff
 from crawler.connection import open_redis
 from crawler.errors import ConfigError, CrawlError, RedisUnavailable
-from crawler.fetch import Fetcher, make_session
+from crawler.fetch import make_fetcher
 from crawler.frontier import Frontier, Politeness
 from crawler.gateway_slots import GatewaySlots
 from crawler.logs import EventLog, install_logging
@@ -32,6 +33,7 @@ from crawler.scrape import load_parser
 from crawler.settings import Settings
 from crawler.sinks import ItemSink, JsonlSink, Outputs
 from crawler.ssrf import TrustCache
+from crawler.warc import WarcWriter
 from workers import signals
 from workers.engine import Engine
 from workers.parse_pool import ParsePool
@@ -129,7 +131,13 @@ def _outputs(settings: Settings) -> Outputs:
     except OSError as exc:
         raise ConfigError(f"--output {out.dir}: {exc.strerror or exc}") from exc
     items = ItemSink(out.dir, settings.worker_id, out.rotate_bytes) if settings.parse.parser else None
-    return Outputs(records, items)
+    warc = None
+    if out.warc_dir is not None:
+        try:
+            warc = WarcWriter(out.warc_dir, settings.worker_id, out.warc_rotate_bytes, f"crawl/{__version__}")
+        except OSError as exc:
+            raise ConfigError(f"--warc {out.warc_dir}: {exc.strerror or exc}") from exc
+    return Outputs(records, items, warc)
 
 
 async def _main(settings: Settings, log: EventLog) -> int:
@@ -167,11 +175,19 @@ async def _main(settings: Settings, log: EventLog) -> int:
                 else None
             )
             outputs = _outputs(settings)
-            async with make_session(settings, trust) as session:
+            out = settings.output
+            fetcher = make_fetcher(
+                settings,
+                trust,
+                slots,
+                keep_body=out.warc_dir is not None and out.warc_content == "all",
+                record_request_headers=out.warc_dir is not None,
+            )
+            async with contextlib.aclosing(fetcher):
                 engine = Engine(
                     settings,
                     frontier,
-                    Fetcher(session, settings, slots, trust),
+                    fetcher,
                     parse_pool,
                     ProxyPool(proxy.urls, proxy.session_requests, None, proxy.gateway_failures),
                     outputs,

@@ -9,6 +9,7 @@ from typing import Any
 from crawler.frontier import DeadLetter, Deferral, Lease, NewLink, Settlement
 from crawler.records import Record
 from crawler.retry import Action
+from crawler.warc import WarcExchange
 
 
 @dataclass(slots=True)
@@ -23,6 +24,7 @@ class Outcome:
     due_s: float = 0.0  # RETRY_LATER: when, epoch seconds
     error: dict[str, Any] | None = None  # RETRY_LATER / DEAD: the last error (kind, status, message)
     items: bytes = b""  # DONE: the parser's items, JSON lines made in the parse pool
+    warc: list[WarcExchange] = field(default_factory=list)  # DONE with --warc: the responses, hops included
 
 
 def settlement(outcomes: Sequence[Outcome], extra_release: Sequence[Lease] = ()) -> Settlement:

@@ -13,12 +13,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crawler import retry
 from crawler.errors import BlockedAddress, FetchError, GatewayUnreachable, ProxyAuthError, RedisUnavailable
-from crawler.fetch import Fetcher, FetchResult
+from crawler.fetch_base import FetcherLike, FetchResult
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
 from crawler.parse import ParsedPage, ParseTask
@@ -31,6 +31,8 @@ from crawler.robots import RobotsCache
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, host_of, normalize
+from crawler.warc import WarcExchange
+from workers import archive
 from workers.outcomes import Outcome
 from workers.parse_pool import ParsePool
 from workers.seen_cache import SeenCache
@@ -47,6 +49,7 @@ class Attempt:
     decision: Decision
     proxy: str | None
     error: FetchError | None = None  # the failure behind a decision, when the fetch raised
+    warc: list[WarcExchange] = field(default_factory=list)  # with --warc: what the WARC sink keeps of it
 
 
 class Processor:
@@ -55,7 +58,7 @@ class Processor:
     def __init__(
         self,
         settings: Settings,
-        fetcher: Fetcher,
+        fetcher: FetcherLike,
         parse_pool: ParsePool,
         proxies: ProxyPool,
         metrics: WorkerMetrics,
@@ -81,6 +84,8 @@ class Processor:
         self._auth_streak = retry.ProxyAuthStreak()
         self._secrets = settings.secrets()
         self._task_options = task_options(settings)  # what every ParseTask carries from the settings
+        self._warc = settings.output.warc_dir is not None
+        self._warc_all = settings.output.warc_content == "all"
 
     def __repr__(self) -> str:
         return f"Processor(robots={self.robots!r}, seen={self.seen!r}, auth_streak={self._auth_streak.count})"
@@ -183,7 +188,8 @@ class Processor:
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
         )
         links = self._new_links(lease, page)
-        return Outcome(lease, Action.DONE, attempts, record=record, links=links, items=page.items if page else b"")
+        items = page.items if page else b""
+        return Outcome(lease, Action.DONE, attempts, record=record, links=links, items=items, warc=last.warc)
 
     def _error(self, decision: Decision, result: FetchResult | None, cause: FetchError | None) -> dict[str, Any]:
         """The dead letter's (or deferral's) error: the stable kind, the status, and what really happened."""
@@ -219,8 +225,9 @@ class Processor:
         result: FetchResult | None = None
         error: FetchError | None = None
         page: ParsedPage | None = None
+        started = archive.now() if self._warc else None
         try:
-            result = await self.fetcher.fetch(lease.url, choice)
+            result = await self.fetcher.fetch(lease.url, choice, _request_headers(lease))
         except GatewayUnreachable as exc:
             assert choice is not None
             self._gateway_failed(choice, exc)
@@ -245,7 +252,8 @@ class Processor:
             self.proxies.report(choice, ok, decision.ban)
         if decision.action is Action.RETRY_NOW:
             self.metrics.attempt_error(decision.reason or "retry", "retry_now")
-        return Attempt(result, page, decision, choice.redacted if choice is not None else None, error)
+        kept = archive.exchanges(result, started, self._warc_all) if result is not None and started else []
+        return Attempt(result, page, decision, choice.redacted if choice is not None else None, error, kept)
 
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
         assert result.body is not None
@@ -305,6 +313,11 @@ class Processor:
             )
 
 
+def _request_headers(lease: Lease) -> dict[str, str] | None:
+    """A follow request's own headers (decoded only when the lease has some: no JSON work for the rest)."""
+    return lease.headers if '"headers"' in lease.extras_json else None
+
+
 def _front(priority: int | None) -> bool:
     """A follow request with a positive priority goes to the head of its host's queue."""
     return priority is not None and priority > 0
@@ -353,6 +366,7 @@ def build_record(
         text_length=page.text_length if page else None,
         charset=page.charset if page else None,
         redirects=result.redirects if result else 0,
+        http_version=result.http_version if result else None,
         data=page.data if page else None,
         items=page.items_count if page else 0,
         parser_error_detail=page.parser_error_detail if page else None,
