@@ -8,6 +8,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -123,8 +124,15 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------------------------------- enqueue
 @main.command(cls=TableCommand)
-@click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("source", type=click.Path(dir_okay=False, allow_dash=True), required=False)
 @click.option("--depth", default=0, show_default=True, type=click.IntRange(0), help="Depth of these seeds.")
+@click.option(
+    "--sitemap",
+    "sitemaps",
+    multiple=True,
+    metavar="URL",
+    help="A sitemap (or sitemap index) to expand into seeds (repeatable; no SOURCE needed).",
+)
 @click.option(
     "--priority",
     type=click.Choice(["normal", "high"]),
@@ -134,20 +142,32 @@ def main() -> None:
 )
 @table_options([BY_KEY["keep_tracking_params"]])
 @common_options
-def enqueue(source: str, depth: int, priority: str, **kw: Any) -> None:
-    """Add the URLs of SOURCE (a file, or - for stdin), one per line, to the crawl."""
+def enqueue(source: str | None, depth: int, sitemaps: tuple[str, ...], priority: str, **kw: Any) -> None:
+    """Add the URLs of SOURCE (a file, or - for stdin) to the crawl: plain URL lines and JSON lines
+    ({"url": ..., "data": {...}, "priority": ..., "label": ..., "kind": "sitemap"}) mixed; and --sitemap URLs."""
     settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
     keep_tracking = settings.scope.keep_tracking_params
-    sys.exit(run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking)))
+    if source is None and not sitemaps:
+        _fail("crawl enqueue needs a SOURCE file (or -), or --sitemap URL")
+    code = 0
+    if sitemaps:
+        lines = "".join(json.dumps({"url": u, "kind": "sitemap"}) + "\n" for u in sitemaps).encode()
+        code = run_async(_enqueue(settings, lines, depth, priority == "high", keep_tracking))
+    if source is not None and not code:
+        code = run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking))
+    sys.exit(code)
 
 
-async def _enqueue(settings: Settings, source: str, depth: int, front: bool, keep_tracking: bool) -> int:
+async def _enqueue(settings: Settings, source: str | bytes, depth: int, front: bool, keep_tracking: bool) -> int:
     from crawler.connection import open_redis
     from crawler.enqueue import InvalidLinePrinter, enqueue_stream
     from crawler.frontier import Frontier
 
     if source == "-":
         stream = sys.stdin.buffer
+    elif isinstance(source, bytes):  # lines made here (--sitemap), not a file
+        stream = io.BytesIO(source)
+        source = "--sitemap"
     else:
         try:
             stream = open(source, "rb")  # noqa: SIM115, ASYNC230 - opening is instant; closed below

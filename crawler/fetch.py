@@ -229,12 +229,14 @@ class Fetcher:
             bytes=len(buf),
         )
 
-    async def fetch(self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None) -> FetchResult:
+    async def fetch(
+        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None, keep_body: bool = False
+    ) -> FetchResult:
         """One attempt, redirects included."""
         started = time.monotonic()
         hops: list[Hop] = []
         async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
-            return await self._result(url, resp, proxy, started, redirects, tuple(hops))
+            return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
@@ -245,6 +247,7 @@ class Fetcher:
         started: float,
         redirects: int,
         hops: tuple[Hop, ...],
+        keep_body: bool = False,
     ) -> FetchResult:
         s = self.settings
         ctype = (resp.content_type or "").lower() if "Content-Type" in resp.headers else ""
@@ -255,7 +258,7 @@ class Fetcher:
         peer = _peer_ip(resp)  # before the body: the connection is released at its end
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
-        elif ctype in HTML_TYPES or ctype == "" or self.keep_body:
+        elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
             if declared is not None and declared > s.fetch.max_body_bytes:
                 raise BodyTooLarge(f"Content-Length {declared} > {s.fetch.max_body_bytes}")
             body = await self._read_capped(resp.content)

@@ -83,7 +83,8 @@ class FetcherLike(Protocol):
 
     `fetch` makes one attempt (redirects followed hop by hop, each target through the SSRF guard) and returns
     a FetchResult for any HTTP status, or raises a `crawler.errors.FetchError` (never a client library's
-    exception). A 304 to a conditional request is a normal result (status 304, body None). `headers` are
+    exception). A 304 to a conditional request is a normal result (status 304, body None). `keep_body` keeps
+    this response's body whatever its type (a sitemap), under the cap. `headers` are
     added to (and override) the crawl-wide and profile headers for this request only.
     `fetch_small` is for robots.txt: (status, body decoded up to `cap`, cut there, never dropped); it raises
     FetchError when there is no answer (the robots cache keeps it as the cause) and ProxyAuthError on a 407.
@@ -91,7 +92,7 @@ class FetcherLike(Protocol):
     """
 
     async def fetch(
-        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None
+        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None, keep_body: bool = False
     ) -> FetchResult: ...
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = 512 * 1024) -> tuple[int, bytes]: ...

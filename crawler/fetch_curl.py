@@ -282,12 +282,14 @@ class CurlFetcher:
             bytes=len(buf),
         )
 
-    async def fetch(self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None) -> FetchResult:
+    async def fetch(
+        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None, keep_body: bool = False
+    ) -> FetchResult:
         """One attempt, redirects included (see FetcherLike)."""
         started = time.monotonic()
         hops: list[Hop] = []
         async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
-            return await self._result(url, resp, proxy, started, redirects, tuple(hops))
+            return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
@@ -298,6 +300,7 @@ class CurlFetcher:
         started: float,
         redirects: int,
         hops: tuple[Hop, ...],
+        keep_body: bool = False,
     ) -> FetchResult:
         cap = self.settings.fetch.max_body_bytes
         if proxy is not None and resp.status == 407:
@@ -307,7 +310,7 @@ class CurlFetcher:
         body: bytes | None = None
         if resp.status in (204, 304):
             got = 0
-        elif ctype in HTML_TYPES or ctype == "" or self.keep_body:
+        elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
             if declared is not None and declared > cap:
                 raise BodyTooLarge(f"Content-Length {declared} > {cap}")
             body, got = await self._read(resp, cap, keep=True)

@@ -27,6 +27,7 @@ from crawler.entries import Extras, InvalidExtras
 from crawler.linkrules import LinkFilter, LinkRules
 from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_data, get_parser, run_parser
 from crawler.settings import ExtractRule
+from crawler.sitemaps import parse_sitemap
 from crawler.urls import InvalidURL, LinkResolver, crawl_url, in_domain, resolve
 
 NO_RULES = LinkRules()
@@ -52,9 +53,8 @@ class ParseTask:
     headers: tuple[tuple[str, str], ...] = ()
     data: Mapping[str, Any] | str | None = None
     label: str | None = None
-    extras_json: str = (
-        ""  # the lease's extras as stored (crawler.entries): data and label decoded here, not on the loop
-    )
+    extras_json: str = ""  # the lease's extras as stored (crawler.entries): decoded here, never on the event loop
+    kind: str | None = None  # "sitemap": the body is a sitemap (crawler.sitemaps), not an HTML page
     parser_spec: str | None = None  # "module:function": loaded once per parse process
     link_rules: LinkRules = NO_RULES
     want_traceback: bool = False  # `crawl parse`: keep the parser's traceback for the developer
@@ -163,6 +163,8 @@ def parse_pages(tasks: list[ParseTask], progress: MutableSequence[float] | None 
 
 def parse_page(task: ParseTask) -> ParsedPage:
     """Never raises for any input bytes: a page that cannot be read becomes a ParsedPage with `error` set."""
+    if task.kind == "sitemap":
+        return sitemap_page(task)
     page = ParsedPage()
     try:
         raw = decompress(task.body, task.content_encoding, task.max_bytes)
@@ -324,3 +326,32 @@ def extract(tree: LexborHTMLParser, rules: tuple[ExtractRule, ...]) -> dict[str,
         values = [(n.attributes.get(r.attr) if r.attr else " ".join(n.text().split())) for n in nodes]
         out[r.name] = values if r.all else (values[0] if values else None)
     return out
+
+
+SITEMAP_MAX_DEPTH = 3  # sitemap indexes nested at most this deep
+
+
+def sitemap_page(task: ParseTask) -> ParsedPage:
+    """A sitemap as a page: its URLs (lastmod and priority as their user data) and child sitemaps become follow
+    requests; its counts go in `data`. Streaming and bounded (crawler.sitemaps); never raises."""
+    res = parse_sitemap(task.body, task.content_encoding, task.final_url, allowed_domains=task.allow_domains)
+    page = ParsedPage(size=len(task.body), error="sitemap_error" if res.error else None)
+    page.parser_error_detail = res.error
+    for e in res.urls:
+        data = {k: v for k, v in (("lastmod", e.lastmod), ("priority", e.priority)) if v is not None}
+        _sitemap_request(page, e.loc, Extras(data=data or None))
+    if task.depth < SITEMAP_MAX_DEPTH:
+        for child in res.sitemaps:
+            _sitemap_request(page, child, Extras(kind="sitemap"))
+    page.links_total = len(res.urls) + len(res.sitemaps)
+    counts = {"urls": len(res.urls), "sitemaps": len(res.sitemaps), "refused": res.refused, "invalid": res.invalid}
+    page.data = {"sitemap": counts}
+    return page
+
+
+def _sitemap_request(page: ParsedPage, loc: str, extras: Extras) -> None:
+    try:
+        n = crawl_url(loc)
+    except InvalidURL:
+        return
+    page.requests.append(FollowLink(n.fingerprint, n.host, n.url, extras_json=extras.encode()))

@@ -219,6 +219,7 @@ class ScopeSettings:
     include: tuple[re.Pattern[str], ...] = default("scope.include")
     exclude: tuple[re.Pattern[str], ...] = default("scope.exclude")
     follow_selector: str | None = default("scope.follow_selector")
+    sitemaps_from_robots: bool = default("scope.sitemaps_from_robots")
     keep_tracking_params: bool = default("scope.keep_tracking_params")
     max_links_per_page: int = default("scope.max_links_per_page")
 

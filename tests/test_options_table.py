@@ -126,6 +126,7 @@ def sample_env(tmp: Path) -> dict[str, str]:
         "CRAWL_EXCLUDE": r"\?sort=",
         "CRAWL_FOLLOW_SELECTOR": "main .list",
         "CRAWL_KEEP_TRACKING_PARAMS": "1",
+        "CRAWL_SITEMAPS_FROM_ROBOTS": "1",
         "CRAWL_MAX_LINKS": "50",
         "CRAWL_PARSE_WORKERS": "3",
         "CRAWL_PARSER": f"{tmp / 'parser.py'}:parse",

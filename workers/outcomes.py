@@ -1,12 +1,15 @@
-"""What the processing stage hands the committer: one `Outcome` per lease, turned into one `Settlement`."""
+"""What the processing stage hands the committer: one `Outcome` per lease (with its record), one `Settlement`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crawler.fetch_base import FetchResult
 from crawler.frontier import DeadLetter, Deferral, Lease, NewLink, Settlement
+from crawler.parse import ParsedPage
 from crawler.records import Record
 from crawler.retry import Action
 from crawler.warc import WarcExchange
@@ -37,4 +40,54 @@ def settlement(outcomes: Sequence[Outcome], extra_release: Sequence[Lease] = ())
             DeadLetter(o.lease, o.attempts, o.error or {"kind": "unknown"}) for o in outcomes if o.action is Action.DEAD
         ],
         released=[*(o.lease for o in outcomes if o.action is Action.RELEASE), *extra_release],
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """The error and its first cause in one line (`connect: Connection refused`): the real reason, for people."""
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text
+
+
+def build_record(
+    lease: Lease,
+    attempts: int,
+    worker_id: str,
+    result: FetchResult | None,
+    page: ParsedPage | None,
+    error: str | None,
+    proxy: str | None,
+) -> Record:
+    """The one place a lease, its last fetch and its parsed page become an output record."""
+    nbytes = (page.size if page is not None else result.bytes) if result is not None else None
+    return Record(
+        url=lease.url,
+        final_url=result.final_url if result else None,
+        status=result.status if result else None,
+        depth=lease.depth,
+        fetched_at=round(time.time(), 3),
+        elapsed_ms=result.elapsed_ms if result else None,
+        bytes=nbytes,
+        content_type=(result.content_type or None) if result else None,
+        title=page.title if page else None,
+        links=page.links if page else [],
+        error=error,
+        attempts=attempts,
+        proxy=proxy,  # already redacted
+        worker=worker_id,
+        links_total=page.links_total if page else 0,
+        truncated_links=bool(page and page.links_total > len(page.links)),
+        canonical=page.canonical if page else None,
+        noindex=page.noindex if page else False,
+        nofollow=page.nofollow if page else False,
+        text_length=page.text_length if page else None,
+        charset=page.charset if page else None,
+        redirects=result.redirects if result else 0,
+        http_version=result.http_version if result else None,
+        data=page.data if page else None,
+        items=page.items_count if page else 0,
+        parser_error_detail=page.parser_error_detail if page else None,
     )

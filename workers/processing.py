@@ -9,6 +9,7 @@ mid-lease hands the URL back without an attempt, a bug dead-letters it with the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawler import retry
+from crawler.entries import Extras
 from crawler.errors import BlockedAddress, FetchError, GatewayUnreachable, ProxyAuthError, RedisUnavailable
 from crawler.fetch_base import FetcherLike, FetchResult
 from crawler.frontier import Lease, NewLink
@@ -30,10 +32,10 @@ from crawler.retry import Action, Decision
 from crawler.robots import RobotsCache
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
-from crawler.urls import InvalidURL, host_of, normalize
+from crawler.urls import InvalidURL, crawl_url, host_of, in_domain, normalize
 from crawler.warc import WarcExchange
 from workers import archive
-from workers.outcomes import Outcome
+from workers.outcomes import Outcome, build_record, describe
 from workers.parse_pool import ParsePool
 from workers.seen_cache import SeenCache
 
@@ -79,6 +81,7 @@ class Processor:
         self._on_fatal = on_fatal
         self._set_host_delay = set_host_delay  # Frontier.set_host_delay: a robots.txt Crawl-delay, crawl-wide
         self._delays_told: set[str] = set()
+        self._sitemaps_told: set[str] = set()  # hosts whose robots.txt sitemaps were enqueued (bounded by seeds)
         self._say = say
         self._rng = random.Random()
         self._auth_streak = retry.ProxyAuthStreak()
@@ -112,7 +115,7 @@ class Processor:
             if gate is not None:
                 return gate
         attempts, last = await self._attempts(lease)
-        return self._finish(lease, attempts, last)
+        return await self._finish(lease, attempts, last)
 
     async def _robots_gate(self, lease: Lease) -> Outcome | None:
         """None when robots.txt lets the URL through; else the lease's outcome (disallowed, unreachable, 407)."""
@@ -122,13 +125,13 @@ class Processor:
         except BlockedAddress:
             return self._unfetched(lease, "blocked_address")
         except ProxyAuthError:  # the gateway refused robots.txt: the credentials, not the site
-            return self._finish(lease, lease.attempts, Attempt(None, None, retry.PROXY_AUTH, None))
+            return await self._finish(lease, lease.attempts, Attempt(None, None, retry.PROXY_AUTH, None))
         except GatewayUnreachable:  # the gateway is down: hand the URL back, no attempt spent
-            return self._finish(lease, lease.attempts, Attempt(None, None, retry.GATEWAY_DOWN, None))
+            return await self._finish(lease, lease.attempts, Attempt(None, None, retry.GATEWAY_DOWN, None))
         if verdict.allowed is None:
             attempts = lease.attempts + 1
             decision = retry.robots_unreachable(verdict.rules.cause, attempts, self.s.max_attempts, self._rng)
-            return self._finish(lease, attempts, Attempt(None, None, decision, None), verdict.rules.cause)
+            return await self._finish(lease, attempts, Attempt(None, None, decision, None), verdict.rules.cause)
         if not verdict.allowed:
             return self._unfetched(lease, "robots_disallowed")
         if verdict.rules.crawl_delay_s:
@@ -161,7 +164,7 @@ class Processor:
             pass  # in-process tries exhausted: `last` holds the final attempt
         return attempts, last
 
-    def _finish(self, lease: Lease, attempts: int, last: Attempt, cause: FetchError | None = None) -> Outcome:
+    async def _finish(self, lease: Lease, attempts: int, last: Attempt, cause: FetchError | None = None) -> Outcome:
         """Execute the policy's final decision: a record, a deferral, a dead letter, or a hand-back."""
         decision = retry.conclude(last.decision, attempts, self.s.max_attempts, self._rng)
         if self._auth_streak.observe(decision):
@@ -188,8 +191,28 @@ class Processor:
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
         )
         links = self._new_links(lease, page)
+        if self.s.scope.sitemaps_from_robots and lease.depth == 0 and self.robots is not None:
+            links += await self._robots_sitemaps(lease)
         items = page.items if page else b""
         return Outcome(lease, Action.DONE, attempts, record=record, links=links, items=items, warc=last.warc)
+
+    async def _robots_sitemaps(self, lease: Lease) -> list[NewLink]:
+        """--sitemaps-from-robots: a seed host's robots.txt `Sitemap:` lines, once per host, as sitemap seeds."""
+        assert self.robots is not None
+        host = host_of(lease.url)
+        if host in self._sitemaps_told:
+            return []
+        self._sitemaps_told.add(host)
+        scheme = lease.url.split("://", 1)[0]
+        rules = await self.robots.rules(f"{scheme}://{host}")  # cached: robots.txt was read for this lease
+        kind = Extras(kind="sitemap").encode()
+        out = []
+        for loc in rules.sitemaps:
+            with contextlib.suppress(InvalidURL):
+                n = crawl_url(loc)
+                if n.host == host or in_domain(n.host, self.s.scope.allow_domains):  # no cross-host submission
+                    out.append(NewLink(n.fingerprint, n.host, n.url, 0, kind))
+        return out
 
     def _error(self, decision: Decision, result: FetchResult | None, cause: FetchError | None) -> dict[str, Any]:
         """The dead letter's (or deferral's) error: the stable kind, the status, and what really happened."""
@@ -197,13 +220,17 @@ class Processor:
         if result is not None:
             err["status"] = result.status
         if cause is not None:
-            err["message"] = scrub(_describe(cause), self._secrets)[:300]
+            err["message"] = scrub(describe(cause), self._secrets)[:300]
         return err
 
     def _new_links(self, lease: Lease, page: ParsedPage | None) -> list[NewLink]:
         """The page's links to follow (through the seen-link cache) and the parser's follow requests."""
         max_depth = self.s.scope.max_depth
-        if page is None or (max_depth is not None and lease.depth >= max_depth):
+        if page is None:
+            return []
+        if _is_sitemap(lease):  # a sitemap's URLs are seeds, not links: no --max-depth, --no-follow expands them
+            return [NewLink(r.fingerprint, r.host, r.url, lease.depth + 1, r.extras_json) for r in page.requests]
+        if max_depth is not None and lease.depth >= max_depth:
             return []
         depth = lease.depth + 1
         links = [NewLink(fp, host, url, depth) for fp, host, url in page.follow if self.seen.add(fp)]
@@ -227,14 +254,14 @@ class Processor:
         page: ParsedPage | None = None
         started = archive.now() if self._warc else None
         try:
-            result = await self.fetcher.fetch(lease.url, choice, _request_headers(lease))
+            result = await self.fetcher.fetch(lease.url, choice, _request_headers(lease), _is_sitemap(lease))
         except GatewayUnreachable as exc:
             assert choice is not None
             self._gateway_failed(choice, exc)
             return Attempt(None, None, retry.GATEWAY_DOWN, choice.redacted, exc)
         except FetchError as exc:
             error = exc
-        if result is not None and result.body is not None and result.is_html and 200 <= result.status < 600:
+        if result is not None and self._parses(lease, result):
             page = await self._parse(lease, result)
         decision = retry.decide(
             status=result.status if result else None,
@@ -255,6 +282,13 @@ class Processor:
         kept = archive.exchanges(result, started, self._warc_all) if result is not None and started else []
         return Attempt(result, page, decision, choice.redacted if choice is not None else None, error, kept)
 
+    @staticmethod
+    def _parses(lease: Lease, result: FetchResult) -> bool:
+        """HTML answers go to the parse pool (any status: error pages have titles); a sitemap when it is 2xx."""
+        if result.body is None or not 200 <= result.status < 600:
+            return False
+        return result.is_html or (_is_sitemap(lease) and result.status < 300)
+
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
         assert result.body is not None
         try:
@@ -271,6 +305,7 @@ class Processor:
             depth=lease.depth,
             headers=(("Content-Type", result.content_type),) if result.content_type else (),
             extras_json=lease.extras_json,
+            kind="sitemap" if _is_sitemap(lease) else None,
             **self._task_options,
         )
         t0 = time.monotonic()
@@ -313,6 +348,11 @@ class Processor:
             )
 
 
+def _is_sitemap(lease: Lease) -> bool:
+    """A sitemap lease (decoded only when the lease has extras with a kind: no JSON work for the rest)."""
+    return '"kind"' in lease.extras_json and lease.kind == "sitemap"
+
+
 def _request_headers(lease: Lease) -> dict[str, str] | None:
     """A follow request's own headers (decoded only when the lease has some: no JSON work for the rest)."""
     return lease.headers if '"headers"' in lease.extras_json else None
@@ -321,56 +361,6 @@ def _request_headers(lease: Lease) -> dict[str, str] | None:
 def _front(priority: int | None) -> bool:
     """A follow request with a positive priority goes to the head of its host's queue."""
     return priority is not None and priority > 0
-
-
-def _describe(exc: BaseException) -> str:
-    """The error and its first cause in one line (`connect: Connection refused`): the real reason, for people."""
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text}: {cause}"
-    return text
-
-
-def build_record(
-    lease: Lease,
-    attempts: int,
-    worker_id: str,
-    result: FetchResult | None,
-    page: ParsedPage | None,
-    error: str | None,
-    proxy: str | None,
-) -> Record:
-    """The one place a lease, its last fetch and its parsed page become an output record."""
-    nbytes = (page.size if page is not None else result.bytes) if result is not None else None
-    return Record(
-        url=lease.url,
-        final_url=result.final_url if result else None,
-        status=result.status if result else None,
-        depth=lease.depth,
-        fetched_at=round(time.time(), 3),
-        elapsed_ms=result.elapsed_ms if result else None,
-        bytes=nbytes,
-        content_type=(result.content_type or None) if result else None,
-        title=page.title if page else None,
-        links=page.links if page else [],
-        error=error,
-        attempts=attempts,
-        proxy=proxy,  # already redacted
-        worker=worker_id,
-        links_total=page.links_total if page else 0,
-        truncated_links=bool(page and page.links_total > len(page.links)),
-        canonical=page.canonical if page else None,
-        noindex=page.noindex if page else False,
-        nofollow=page.nofollow if page else False,
-        text_length=page.text_length if page else None,
-        charset=page.charset if page else None,
-        redirects=result.redirects if result else 0,
-        http_version=result.http_version if result else None,
-        data=page.data if page else None,
-        items=page.items_count if page else 0,
-        parser_error_detail=page.parser_error_detail if page else None,
-    )
 
 
 class FetchTasks:

@@ -1,0 +1,110 @@
+"""Sitemaps as seeds (issue 15): `crawl enqueue --sitemap`, an index of gzip'd sitemaps expanded by the worker
+exactly (count and dedup) with bounded memory, cross-host entries refused, robots.txt `Sitemap:` lines followed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import crawl, read_records, stats, worker_args
+
+PER_SITEMAP = 40_000
+SITEMAPS = 3
+
+
+def urlset(base: str, start: int, n: int) -> bytes:
+    rows = "".join(
+        f"<url><loc>{base}/item/{i}</loc><lastmod>2026-11-{1 + i % 28:02d}</lastmod><priority>0.5</priority></url>"
+        for i in range(start, start + n)
+    )
+    return f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{rows}</urlset>'.encode()
+
+
+class SitemapSite(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        ctype = "application/xml"
+        if self.path == "/robots.txt":
+            body, ctype = f"User-agent: *\nAllow: /\nSitemap: {base}/small.xml\n".encode(), "text/plain"
+        elif self.path == "/sitemap_index.xml":
+            items = "".join(f"<sitemap><loc>{base}/sitemaps/{i}.xml.gz</loc></sitemap>" for i in range(SITEMAPS))
+            body = f"<sitemapindex>{items}</sitemapindex>".encode()
+        elif self.path.startswith("/sitemaps/"):
+            i = int(self.path.split("/")[-1].split(".")[0])
+            # the sitemaps overlap by 100 URLs: dedup must count them once
+            body, ctype = gzip.compress(urlset(base, i * (PER_SITEMAP - 100), PER_SITEMAP)), "application/gzip"
+        elif self.path == "/small.xml":  # one URL of this host, one of another: that one is refused
+            body = (
+                f"<urlset><url><loc>{base}/from-robots</loc></url>"
+                "<url><loc>http://elsewhere.example/x</loc></url></urlset>"
+            ).encode()
+        else:
+            body, ctype = b"<title>page</title>", "text/html"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SitemapSite)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.timeout(180)
+def test_an_index_of_gzipd_sitemaps_is_enqueued_exactly_with_bounded_memory(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    index = f"{site}/sitemap_index.xml"
+    run = crawl(["enqueue", "--sitemap", index, "--redis", redis_server.url, "--crawl", crawl_name])
+    assert run.returncode == 0 and "added=1 " in run.stdout, run.stdout + run.stderr
+    out = tmp_path / "out"
+    # the index and its three sitemaps, nothing else (--no-follow: sitemaps are seeds, expanded anyway)
+    args = worker_args(redis_server.url, crawl_name, out, "--max-pages", "4", "--no-follow", "--no-robots")
+    run = crawl([*args, "--concurrency", "4"], timeout_s=150)
+    assert run.returncode == 0, run.stderr[-3000:]
+    distinct = SITEMAPS * PER_SITEMAP - 100 * (SITEMAPS - 1)
+    s = stats(redis_server.url, crawl_name)
+    assert s["enqueued"] == 1 + SITEMAPS + distinct, s
+    records = {r["url"]: r for r in read_records(out)}
+    assert records[index]["data"] == {"sitemap": {"urls": 0, "sitemaps": SITEMAPS, "refused": 0, "invalid": 0}}
+    for i in range(SITEMAPS):
+        assert records[f"{site}/sitemaps/{i}.xml.gz"]["data"]["sitemap"]["urls"] == PER_SITEMAP
+    summary = [ln for ln in run.stderr.splitlines() if '"event":"summary"' in ln]
+    peak_mb = json.loads(summary[-1])["peak_rss_mb"]
+    assert peak_mb < 400, f"worker peak RSS {peak_mb} MB for 120,000 sitemap URLs"
+
+
+def test_robots_sitemap_lines_are_followed_and_cross_host_entries_refused(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(f"{site}/\n")
+    run = crawl(["enqueue", str(seeds), "--redis", redis_server.url, "--crawl", crawl_name])
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "out"
+    args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--sitemaps-from-robots", "--no-follow")
+    run = crawl(args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    urls = {r["url"] for r in read_records(out)}
+    assert urls == {f"{site}/", f"{site}/small.xml", f"{site}/from-robots"}
+    small = next(r for r in read_records(out) if r["url"].endswith("/small.xml"))
+    assert small["data"]["sitemap"]["refused"] == 1
