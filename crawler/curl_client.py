@@ -286,7 +286,7 @@ def translate_curl_errors(via_proxy: bool) -> Iterator[None]:
             raise InvalidTarget(f"invalid URL: curl error {code}") from exc
         if code in _GATEWAY or (via_proxy and code == CurlECode.COULDNT_CONNECT):
             raise GatewayUnreachable(f"cannot connect to the gateway (curl error {code})") from exc
-        raise ConnectError(f"curl error {code}") from exc
+        raise ConnectError(f"curl error {code}: {str(exc)[:200]}") from exc
     except TimeoutError as exc:
         raise FetchTimeout("deadline passed") from exc
 

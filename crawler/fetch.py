@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -90,6 +91,13 @@ def make_session(settings: Settings, trust: TrustCache | None = None) -> aiohttp
     )
 
 
+def os_reason(err: OSError) -> str:
+    """What went wrong, in words ("Connection refused"), from the errno when the message does not say it."""
+    if err.errno:
+        return os.strerror(err.errno)
+    return err.strerror or str(err) or type(err).__name__
+
+
 @contextlib.contextmanager
 def translate_errors(via_proxy: bool) -> Iterator[None]:
     """The one place aiohttp's exceptions become ours."""
@@ -104,11 +112,11 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
             raise ProxyAuthError("gateway refused the credentials (407)") from exc
         raise ProxyError(f"gateway answered {exc.status} to CONNECT") from exc
     except aiohttp.ClientProxyConnectionError as exc:
-        raise GatewayUnreachable(f"cannot connect to the gateway: {exc.os_error.strerror or exc}") from exc
+        raise GatewayUnreachable(f"cannot connect to the gateway: {os_reason(exc.os_error)}") from exc
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, BlockedAddressOSError):
             raise BlockedAddress(str(exc.os_error)) from exc
-        raise ConnectError(exc.__class__.__name__) from exc
+        raise ConnectError(f"cannot connect to {exc.host}:{exc.port}: {os_reason(exc.os_error)}") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise FetchTimeout("deadline passed") from exc
     except aiohttp.ClientResponseError as exc:  # bad status line, headers too large, ...
