@@ -160,7 +160,7 @@ def enqueue(source: str | None, depth: int, sitemaps: tuple[str, ...], priority:
 
 async def _enqueue(settings: Settings, source: str | bytes, depth: int, front: bool, keep_tracking: bool) -> int:
     from crawler.connection import open_redis
-    from crawler.enqueue import InvalidLinePrinter, enqueue_stream
+    from crawler.enqueue import EnqueueProgress, InvalidLinePrinter, enqueue_stream
     from crawler.frontier import Frontier
 
     if source == "-":
@@ -193,54 +193,6 @@ async def _enqueue(settings: Settings, source: str | bytes, depth: int, front: b
             err=True,
         )
     return 0
-
-
-class EnqueueProgress:
-    """A rich progress bar on a terminal (bytes of the file read, lines, URLs added); nothing when piped.
-
-    Its last frame is drawn from the final report, so it never shows a stale count."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._bar: Any = None
-        self._task: Any = None
-        try:
-            self._total: int | None = os.fstat(stream.fileno()).st_size or None
-        except (OSError, ValueError, AttributeError):
-            self._total = None
-
-    async def __aenter__(self) -> EnqueueProgress:
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("enqueue"),
-                BarColumn(),
-                TextColumn("{task.fields[lines]:,} lines, {task.fields[added]:,} added"),
-                TimeElapsedColumn(),
-                transient=False,
-                console=None,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("enqueue", total=self._total, lines=0, added=0)
-        return self
-
-    def __call__(self, report: Any) -> None:
-        if self._bar is not None:
-            pos = self._position()
-            self._bar.update(self._task, completed=pos, lines=report.lines, added=report.added)
-
-    def _position(self) -> int | None:
-        try:
-            return int(self._stream.tell())
-        except (OSError, ValueError, AttributeError):
-            return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            if self._total is not None:
-                self._bar.update(self._task, completed=self._total)
-            self._bar.stop()
 
 
 # ------------------------------------------------------------------------------------------------------ stats

@@ -16,8 +16,10 @@ extra request headers. A line without those fields costs Redis nothing more than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
+import os
 import sys
 import time
 from collections import deque
@@ -317,3 +319,50 @@ class InvalidLinePrinter:
     def finish(self) -> None:
         if self.count > SHOWN_ERRORS:
             print(f"... and {self.count - SHOWN_ERRORS} more invalid lines", file=sys.stderr)
+
+
+class EnqueueProgress:
+    """A rich progress bar on a terminal (bytes of the file read, lines, URLs added); nothing when piped.
+
+    Its last frame is drawn from the final report, so it never shows a stale count."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._bar: Any = None
+        self._task: Any = None
+        self._total: int | None = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a pipe, an in-memory stream: no total
+            self._total = os.fstat(stream.fileno()).st_size or None
+
+    async def __aenter__(self) -> EnqueueProgress:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("enqueue"),
+                BarColumn(),
+                TextColumn("{task.fields[lines]:,} lines, {task.fields[added]:,} added"),
+                TimeElapsedColumn(),
+                transient=False,
+                console=None,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("enqueue", total=self._total, lines=0, added=0)
+        return self
+
+    def __call__(self, report: Any) -> None:
+        if self._bar is not None:
+            pos = self._position()
+            self._bar.update(self._task, completed=pos, lines=report.lines, added=report.added)
+
+    def _position(self) -> int | None:
+        try:
+            return int(self._stream.tell())
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            if self._total is not None:
+                self._bar.update(self._task, completed=self._total)
+            self._bar.stop()

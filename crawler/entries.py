@@ -1,4 +1,6 @@
-"""A frontier entry, as stored in Redis: "<depth> <attempts> <url>" and, only when there are any, its extras.
+"""A frontier entry, as stored in Redis: "<depth> <attempts> <url>" and, only when there are any, its extras;
+and the two views of one the rest of the code holds: a `Lease` (an entry leased by a consumer) and a `NewLink`
+(an entry to add).
 
 The extras are what travels with a URL (user data, router label, request headers, kind) as compact JSON after
 the URL. Kept apart from `crawler.frontier` so the parse pool can build and check them (`Extras.encode`) without
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from crawler.urls import CrawlURL
 
 MAX_DATA_BYTES = 8192  # user data of one URL, serialised: it sits in Redis for as long as the URL is queued
 MAX_LABEL_CHARS = 200
@@ -83,3 +87,76 @@ def _dumps(obj: Any) -> str:
 def entry(url: str, depth: int, attempts: int = 0, extras: str = "") -> str:
     """A queued entry: "<depth> <attempts> <url>", then " <extras JSON>" only when there are extras."""
     return f"{depth} {attempts} {url} {extras}" if extras else f"{depth} {attempts} {url}"
+
+
+_UNPARSED: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One leased URL. `member` is the lease's identity in Redis; hand it back to ack/release/defer/dead.
+
+    `extras_json` (user data, label, headers, kind, as stored; "" for none) comes back exactly as it was added,
+    through every retry, release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it
+    is. It is decoded on first use of `extras` (or `data`, `label`, ...), not at lease time: a batch of big
+    user data is not parsed on the event loop unless asked for. Hand `extras_json` to the parse pool as it is.
+    """
+
+    member: str
+    url: str
+    depth: int
+    attempts: int  # fetch attempts already made before this lease
+    extras_json: str = ""
+    _extras: Any = field(default=_UNPARSED, compare=False, repr=False)  # the decoded extras, once asked for
+
+    @classmethod
+    def from_member(cls, member: str) -> Lease:
+        _token, depth, attempts, rest = member.split(" ", 3)
+        url, _, tail = rest.partition(" ")
+        return cls(member, url, int(depth), int(attempts), tail)
+
+    @property
+    def extras(self) -> Extras | None:
+        if self._extras is _UNPARSED:
+            object.__setattr__(self, "_extras", Extras.decode(self.extras_json))  # a cache, not a change
+        cached: Extras | None = self._extras
+        return cached
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        return self.extras.data if self.extras else None
+
+    @property
+    def label(self) -> str | None:
+        return self.extras.label if self.extras else None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self.extras.headers if self.extras else None
+
+    @property
+    def kind(self) -> str | None:
+        return self.extras.kind if self.extras else None
+
+
+@dataclass(frozen=True, slots=True)
+class NewLink:
+    """A URL found on a page (or yielded by a parser), ready for the frontier: fetch URL, its host, the
+    fingerprint of its dedup key and its extras as stored JSON, all made in the parse pool (`NewLink.of`), so
+    the event loop only joins strings. `front` puts it at the head of its host's queue."""
+
+    fingerprint: bytes
+    host: str
+    url: str
+    depth: int
+    extras_json: str = ""
+    front: bool = False
+
+    @classmethod
+    def of(cls, n: CrawlURL, depth: int, extras: Extras | None = None, front: bool = False) -> NewLink:
+        """InvalidExtras when the extras cannot travel (data over MAX_DATA_BYTES, not JSON, bad headers)."""
+        return cls(n.fingerprint, n.host, n.url, depth, extras.encode() if extras else "", front)
+
+    @property
+    def extras(self) -> Extras | None:
+        return Extras.decode(self.extras_json)

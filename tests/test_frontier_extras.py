@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from crawler.entries import MAX_DATA_BYTES, Extras, InvalidExtras, entry
-from crawler.frontier import Frontier, Lease, NewLink
+from crawler.frontier import DeadLetter, Deferral, Frontier, Lease, NewLink, Settlement
 from crawler.urls import crawl_url
 from tests.test_frontier import LONG_TTL_S, check, open_frontier, wait_expired
 
@@ -83,7 +83,7 @@ def test_lease_defer_and_lease_again(redis_server: Any, crawl_name: str) -> None
     async def body(f: Frontier) -> None:
         leases = await lease_all(f)
         assert_extras(leases, 0)
-        assert await f.defer([(ls, time.time() - 1, 2) for ls in leases]) == 3
+        assert await f.defer([Deferral(ls, time.time() - 1, 2) for ls in leases]) == 3
         await check(f, deferred=3, inflight=0)
         again = await lease_all(f, "w2")  # due retries go back to the queue first
         assert_extras(again, 2)
@@ -126,7 +126,7 @@ def test_dead_letter_by_the_worker_and_requeue(redis_server: Any, crawl_name: st
     async def body(f: Frontier) -> None:
         leases = await lease_all(f)
         err = {"kind": "http_status", "status": 404, "message": "not found\nat all"}
-        assert await f.dead([(ls, 4, err) for ls in leases]) == 3
+        assert await f.dead([DeadLetter(ls, 4, err) for ls in leases]) == 3
         dead = {d.url: d for d in await f.dead_entries()}
         assert {d.attempts for d in dead.values()} == {4}
         assert dead["http://x.example/rich?s=a&p=2"].error == err
@@ -172,7 +172,7 @@ def test_links_carry_extras_and_priority(redis_server: Any, crawl_name: str) -> 
             ]
             # settle takes the same path, in one round trip with the acks
             more = [NewLink.of(crawl_url("http://y.example/more"), 2, RICH, front=True)]
-            assert await f.settle(leased, more, [], []) == 3
+            assert await f.settle(Settlement(leased, more)) == 3
             await check(f, done=4, queued=1)
             assert [(ls.url, ls.extras) for ls in await lease_all(f)] == [("http://y.example/more", RICH)]
 

@@ -17,18 +17,16 @@ from crawler.errors import BlockedAddress, ConfigError, ConnectError, FetchTimeo
 from crawler.fetch import Fetcher, make_session
 from crawler.proxies import ProxyChoice
 from crawler.robots import (
-    CHECK_THREAD_COST,
     MAX_ROBOTS_BYTES,
     MAX_SITEMAPS,
-    RobotsCache,
     RobotsRules,
     RobotsState,
     canonical_path,
     make_rule,
     parse_robots,
     product_token,
-    split_url,
 )
+from crawler.robots_cache import CHECK_THREAD_COST, RobotsCache, split_url
 from crawler.settings import DEFAULT_USER_AGENT, Settings
 from crawler.testing.services import free_port
 

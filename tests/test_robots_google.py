@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from crawler.errors import ConfigError
-from crawler.robots import canonical_path, parse_robots, split_url, validate_agent_token
+from crawler.robots import canonical_path, parse_robots, validate_agent_token
+from crawler.robots_cache import split_url
 
 DATA = json.loads((Path(__file__).parent / "data" / "robots" / "google_cases.json").read_text(encoding="utf-8"))
 

@@ -29,7 +29,7 @@ from crawler.proxies import ProxyChoice, ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
-from crawler.robots import RobotsCache
+from crawler.robots_cache import RobotsCache
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, crawl_url, host_of, in_domain, normalize
