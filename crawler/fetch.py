@@ -284,7 +284,7 @@ class Fetcher:
             content_encoding=resp.headers.get("Content-Encoding", ""),
             body=body,
             bytes=got,
-            elapsed_ms=int((time.monotonic() - started) * 1000),
+            elapsed_ms=round((time.monotonic() - started) * 1000, 1),
             retry_after=resp.headers.get("Retry-After"),
             redirects=redirects,
             http_version=_version(resp),

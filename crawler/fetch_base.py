@@ -56,7 +56,7 @@ class FetchResult:
     content_encoding: str
     body: bytes | None  # raw (maybe compressed) bytes: HTML, or any type with keep_body; None for 204/304/HEAD
     bytes: int  # bytes received (raw); for HTML the parse pool reports the decompressed size
-    elapsed_ms: int
+    elapsed_ms: float  # to 0.1 ms: a 2 ms answer must not read as 1 or 2
     retry_after: str | None
     redirects: int
     http_version: str = "1.1"  # of the final response: "1.0", "1.1", "2"

@@ -327,7 +327,7 @@ class CurlFetcher:
             content_encoding=resp.get("content-encoding") or "",
             body=body,
             bytes=got,
-            elapsed_ms=int((time.monotonic() - started) * 1000),
+            elapsed_ms=round((time.monotonic() - started) * 1000, 1),
             retry_after=resp.get("retry-after"),
             redirects=redirects,
             http_version=resp.http_version,

@@ -19,7 +19,7 @@ class Record:
     status: int | None
     depth: int
     fetched_at: float
-    elapsed_ms: int | None
+    elapsed_ms: float | None  # milliseconds, to 0.1 ms
     bytes: int | None
     content_type: str | None
     title: str | None
