@@ -90,7 +90,6 @@ async def _fetch(url: str, settings: Settings, common: dict[str, Any]) -> ParseT
             return f"{exc.kind}: {exc}"
     if result.body is None:
         return f"not HTML ({result.content_type or 'no content type'}, status {result.status})"
-    headers = getattr(result, "headers", None) or (("Content-Type", result.content_type),)
     return ParseTask(
         body=result.body,
         url=url,
@@ -98,7 +97,7 @@ async def _fetch(url: str, settings: Settings, common: dict[str, Any]) -> ParseT
         content_encoding=result.content_encoding,
         header_charset=result.charset,
         status=result.status,
-        headers=tuple(headers),
+        headers=result.raw_headers,
         **common,
     )
 

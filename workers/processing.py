@@ -303,7 +303,7 @@ class Processor:
             header_charset=result.charset,
             status=result.status,
             depth=lease.depth,
-            headers=(("Content-Type", result.content_type),) if result.content_type else (),
+            headers=result.raw_headers,
             extras_json=lease.extras_json,
             kind="sitemap" if _is_sitemap(lease) else None,
             **self._task_options,
