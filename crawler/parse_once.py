@@ -16,7 +16,7 @@ from typing import Any
 
 from crawler.errors import ConfigError, FetchError
 from crawler.parse import FollowLink, ParsedPage, ParseTask
-from crawler.parse_tasks import task_options
+from crawler.parse_tasks import task_for, task_options
 from crawler.scrape import load_parser
 from crawler.settings import Settings
 from crawler.urls import InvalidURL, normalize
@@ -90,16 +90,7 @@ async def _fetch(url: str, settings: Settings, common: dict[str, Any]) -> ParseT
             return f"{exc.kind}: {exc}"
     if result.body is None:
         return f"not HTML ({result.content_type or 'no content type'}, status {result.status})"
-    return ParseTask(
-        body=result.body,
-        url=url,
-        final_url=result.final_url,
-        content_encoding=result.content_encoding,
-        header_charset=result.charset,
-        status=result.status,
-        headers=result.raw_headers,
-        **common,
-    )
+    return task_for(result, url, common)
 
 
 def _from_file(target: str, base_url: str | None, settings: Settings, common: dict[str, Any]) -> ParseTask:

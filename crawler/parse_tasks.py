@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from crawler.fetch_base import FetchResult
 from crawler.linkrules import LinkRules
+from crawler.parse import ParseTask
 from crawler.scrape import effective_follow
 from crawler.settings import Settings
+from crawler.urls import InvalidURL, crawl_url
 
 
 def task_options(settings: Settings) -> dict[str, Any]:
@@ -29,3 +32,23 @@ def task_options(settings: Settings) -> dict[str, Any]:
             tuple(p.pattern for p in scope.include), tuple(p.pattern for p in scope.exclude), scope.follow_selector
         ),
     }
+
+
+def task_for(result: FetchResult, url: str, options: dict[str, Any], **page: Any) -> ParseTask:
+    """A fetched page as a ParseTask: its raw body, where it ended up (links resolve against that), its headers;
+    `options` from `task_options`, `page` what only the caller knows (depth, extras, kind)."""
+    try:
+        final = crawl_url(result.final_url).url
+    except InvalidURL:
+        final = url
+    return ParseTask(
+        body=result.body or b"",
+        url=url,
+        final_url=final,
+        content_encoding=result.content_encoding,
+        header_charset=result.charset,
+        status=result.status,
+        headers=result.raw_headers,
+        **options,
+        **page,
+    )

@@ -24,7 +24,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -32,20 +32,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from crawler.frontier import Counters
+
 DEFAULT_HOST: Final = "127.0.0.1"
 FRONTIER_STATES: Final = ("enqueued", "queued", "deferred", "inflight", "done", "dead", "retried")
-
-
-class CrawlCounters(Protocol):
-    """What `set_crawl_counters` reads: `crawler.frontier.Counters` has these attributes."""
-
-    enqueued: int
-    queued: int
-    deferred: int
-    inflight: int
-    done: int
-    dead: int
-    retried: int
 
 
 class ChildProcessCollector(Collector):
@@ -184,7 +174,7 @@ class PromMetrics:
         if callable(pids):
             self.children.use_pids(pids)
 
-    def set_crawl_counters(self, counters: CrawlCounters) -> None:
+    def set_crawl_counters(self, counters: Counters) -> None:
         """Crawl-wide counts from Redis (`Frontier.counters()`), refreshed from the heartbeat loop."""
         for state in FRONTIER_STATES:
             self.frontier.labels(state).set(getattr(counters, state))

@@ -23,8 +23,8 @@ from crawler.errors import BlockedAddress, FetchError, GatewayUnreachable, Proxy
 from crawler.fetch_base import FetcherLike, FetchResult
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
-from crawler.parse import ParsedPage, ParseTask
-from crawler.parse_tasks import task_options
+from crawler.parse import ParsedPage
+from crawler.parse_tasks import task_for, task_options
 from crawler.proxies import ProxyChoice, ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
@@ -32,7 +32,7 @@ from crawler.retry import Action, Decision
 from crawler.robots_cache import RobotsCache
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
-from crawler.urls import InvalidURL, crawl_url, host_of, in_domain, normalize
+from crawler.urls import InvalidURL, crawl_url, host_of, in_domain
 from crawler.warc import WarcExchange
 from workers import archive
 from workers.outcomes import Outcome, build_record, describe
@@ -290,23 +290,9 @@ class Processor:
         return result.is_html or (_is_sitemap(lease) and result.status < 300)
 
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
-        assert result.body is not None
-        try:
-            final = normalize(result.final_url).url
-        except InvalidURL:
-            final = lease.url
-        task = ParseTask(
-            body=result.body,
-            url=lease.url,
-            final_url=final,
-            content_encoding=result.content_encoding,
-            header_charset=result.charset,
-            status=result.status,
-            depth=lease.depth,
-            headers=result.raw_headers,
-            extras_json=lease.extras_json,
-            kind="sitemap" if _is_sitemap(lease) else None,
-            **self._task_options,
+        kind = "sitemap" if _is_sitemap(lease) else None
+        task = task_for(
+            result, lease.url, self._task_options, depth=lease.depth, extras_json=lease.extras_json, kind=kind
         )
         t0 = time.monotonic()
         page = await self.parse_pool.parse(task)
