@@ -252,18 +252,24 @@ def contender_crawl_worker(
 
 
 def variant_outputs(run_dir: Path) -> dict[str, Any]:
-    """What a variant's feature left behind (items, WARC files), so a run where the flag did nothing shows as such."""
+    """What a variant's feature left behind (items, WARC files, the records' `http_version`), so a run where the
+    flag did nothing yet (not wired in the worker) shows as such instead of passing for a cheap feature."""
     items = sorted((run_dir / "out" / "items").glob("*.jsonl"))
     warcs = sorted((run_dir / "warc").glob("*.warc*"))
     item_lines = 0
     for p in items:
         with open(p, "rb") as f:
             item_lines += sum(1 for line in f if line.strip())
+    versions: Counter[str] = Counter()
+    for p in sorted((run_dir / "out").glob("*.jsonl")):
+        with open(p, encoding="utf-8") as f:
+            versions.update(str(json.loads(line).get("http_version")) for line in f if line.strip())
     return {
         "item_files": len(items),
         "items": item_lines,
         "warc_files": len(warcs),
         "warc_mb": round(sum(p.stat().st_size for p in warcs) / 1e6, 2),
+        "http_versions": dict(versions),
     }
 
 

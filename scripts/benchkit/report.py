@@ -84,7 +84,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 a[key] = round(median(vals), 3)
         outs = [r["variant_outputs"] for r in rs if r.get("variant_outputs")]
         if outs:
-            a["variant_outputs"] = {k: median([o[k] for o in outs]) for k in outs[0]}
+            a["variant_outputs"] = {k: median([o[k] for o in outs]) for k in ("items", "warc_files", "warc_mb")}
+            a["variant_outputs"]["http_versions"] = outs[-1].get("http_versions")
         for sname in ("nginx", "static", "proxy"):
             vals = [r["servers_cpu_s"].get(sname) for r in rs if r["servers_cpu_s"].get(sname) is not None]
             if vals:
@@ -223,8 +224,9 @@ def variant_lines(agg: dict[str, dict[str, Any]], f: Callable[..., str]) -> list
         return []
     lines = [
         "",
-        "| variant | pages/s | x crawl-worker | CPU-ms/page | CPU x crawl-worker | items | WARC files | WARC MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | pages/s | x crawl-worker | CPU-ms/page | CPU x crawl-worker | items | WARC files | WARC MB "
+        "| records' http_version |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         a = agg[n]
@@ -232,9 +234,14 @@ def variant_lines(agg: dict[str, dict[str, Any]], f: Callable[..., str]) -> list
         lines.append(
             f"| {n} | {f(a['pages_per_s'], 0)} | {f(a.get('x_worker_pages_per_s'), 2)} | {f(a['cpu_ms_per_page'], 3)} "
             f"| {f(a.get('x_worker_cpu_ms_per_page'), 2)} | {f(o.get('items'), 0)} | {f(o.get('warc_files'), 0)} "
-            f"| {f(o.get('warc_mb'), 1)} |"
+            f"| {f(o.get('warc_mb'), 1)} | {versions_cell(o.get('http_versions'))} |"
         )
     return lines
+
+
+def versions_cell(versions: dict[str, int] | None) -> str:
+    """`None: 964` means no record says its HTTP version (the aiohttp fetcher today, or curl not wired yet)."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(versions.items())) if versions else "-"
 
 
 def profile_markdown(p: dict[str, Any]) -> str:
