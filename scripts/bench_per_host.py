@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=900, help="start no new run after this many seconds")
     ap.add_argument("--crawl-src", type=Path, default=ROOT, help="source tree whose crawler/ + workers/ run")
     ap.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep the records, logs and Redis dirs of each run")
     args = ap.parse_args(argv)
     args.delays = [float(d) for d in args.delays_ms.split(",") if d.strip()]
     if args.pages < 1 or args.runs < 1 or args.slots < 1 or not args.delays:
@@ -277,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_delay(args, delay, workdir, started)
     finally:
         reap_strays(set(), 10)
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
     by_delay = {d: [r for r in rows if r["delay_ms"] == d] for d in args.delays}
     agg = {d: medians(rs) for d, rs in by_delay.items() if rs}
     table = markdown(args, agg)
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "code": code_identity(args.crawl_src),
         "cpus": os.cpu_count(),
         "elapsed_s": round(time.monotonic() - started, 1),
-        "workdir": str(workdir),
+        "workdir": str(workdir) if args.keep_workdir else None,
     }
     doc = {"meta": meta, "medians": {str(d): a for d, a in agg.items()}, "runs": rows, "markdown": table}
     print(json.dumps(doc, indent=1, default=str) if args.json else table, flush=True)
