@@ -16,6 +16,11 @@ What it does, in order:
      bare-pool     scripts/bare_loop.py, parsing in a ProcessPoolExecutor
      bare-inline   scripts/bare_loop.py, parsing on the event loop (reference)
      scrapy        Scrapy + scrapy-redis (scripts/scrapy_bench/)
+   and, only when named in `--contenders`, variants of crawl-worker on the same harness (see
+   benchkit.contenders.VARIANTS; the report gives each one's pages/s and CPU as a ratio to crawl-worker):
+     crawl-worker-parser  with `--parser benchkit.trivial_parser:parse --follow` (issue 13: >= 0.9x)
+     crawl-worker-warc    with `--warc DIR` (issue 15: >= 0.85x)
+     crawl-worker-curl    with `--fetcher curl --impersonate chrome` (issue 17: >= 0.8x)
    and measures wall time, pages found (checked URL by URL against the BFS), CPU seconds of the contender's whole
    process tree plus the Redis server it uses, and peak RSS (main process; whole tree).
 4. Optionally profiles one `crawl worker` pass with py-spy (not timed) and summarises self time by function and

@@ -13,8 +13,8 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,43 @@ from benchkit.processes import Managed, start_redis
 from benchkit.site import Site, canonical
 
 CONTENDERS = ("crawl-run", "crawl-worker", "bare-pool", "bare-inline", "scrapy")
-OPTIONAL_CONTENDERS = ("scrapy-mem",)  # reference only: Scrapy with its in-memory scheduler (no Redis)
+SCRIPTS = ROOT / "scripts"
 
 
-def clean_env(src: Path = ROOT) -> dict[str, str]:
-    """No proxy or CRAWL_* variables leak in; `src` (the crawl source tree to measure) comes first on the path."""
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """`crawl-worker` with extra flags, on the same harness, so a feature's cost reads as a ratio to the plain run.
+
+    ``goal`` is the issue's floor for pages/s relative to ``crawl-worker`` (see :func:`benchkit.report.targets`).
+    ``flags`` gets the run's directory, for flags that name an output place.
+    """
+
+    flags: Callable[[Path], list[str]]
+    goal: float
+    issue: int
+    what: str
+    env_path: tuple[Path, ...] = field(default=())
+
+
+VARIANTS: dict[str, Variant] = {
+    # --follow keeps link following as in the plain run (with --parser only what the parser yields is followed)
+    "crawl-worker-parser": Variant(
+        lambda _d: ["--parser", "benchkit.trivial_parser:parse", "--follow"], 0.9, 13, "trivial --parser", (SCRIPTS,)
+    ),
+    "crawl-worker-warc": Variant(lambda d: ["--warc", str(d / "warc")], 0.85, 15, "--warc"),
+    "crawl-worker-curl": Variant(lambda _d: ["--fetcher", "curl", "--impersonate", "chrome"], 0.8, 17, "curl fetcher"),
+}
+# not run by default: Scrapy with its in-memory scheduler (reference only), and the crawl-worker variants
+OPTIONAL_CONTENDERS = ("scrapy-mem", *VARIANTS)
+
+
+def clean_env(src: Path = ROOT, also: Iterable[Path] = ()) -> dict[str, str]:
+    """No proxy or CRAWL_* variables leak in; `src` (the crawl source tree to measure) comes first on the path,
+    then `also` (scripts/, for the variant's `--parser benchkit.trivial_parser:parse`)."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("CRAWL_")}
     env.pop("REDIS_URL", None)
-    env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    head = os.pathsep.join([str(src), *(str(p) for p in also)])
+    env["PYTHONPATH"] = head + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -158,8 +187,16 @@ def crawl_flags(e: Env) -> list[str]:
 
 
 def contender_crawl_worker(
-    e: Env, run_dir: Path, cmd_prefix: list[str] | None = None, timeout_s: float | None = None
+    e: Env,
+    run_dir: Path,
+    cmd_prefix: list[str] | None = None,
+    timeout_s: float | None = None,
+    variant: Variant | None = None,
 ) -> tuple[Measurement, dict[str, Any]]:
+    """`crawl worker --until-idle` on a private redis-server; the Redis's CPU is added to the tree's.
+
+    A ``variant`` adds its flags (and path entries) to the very same run, and its outputs are counted.
+    """
     redis = start_redis(run_dir, "redis")
     e.keep.add(redis.proc.pid)
     try:
@@ -167,7 +204,7 @@ def contender_crawl_worker(
         seeds = run_dir / "seeds.txt"
         seeds.write_text(e.site.start_url + "\n")
         src = e.args.crawl_src
-        env = clean_env(src)
+        env = clean_env(src, variant.env_path if variant else ())
         url = redis.info["url"]
         subprocess.run(
             [sys.executable, "-m", "crawler", "enqueue", str(seeds), "--redis", url],
@@ -189,6 +226,7 @@ def contender_crawl_worker(
             "--output",
             str(out),
             *crawl_flags(e),
+            *(variant.flags(run_dir) if variant else []),
         ]
         m = measure(
             cmd, env, run_dir / "log.txt", timeout_s or e.args.contender_timeout_s, e.keep, e.servers, redis, cwd=src
@@ -208,7 +246,31 @@ def contender_crawl_worker(
     extra: dict[str, Any] = {"urls": urls, "statuses": statuses, "crawl": crawl_log_metrics(run_dir / "log.txt")}
     with contextlib.suppress(ValueError):
         extra["frontier_stats"] = json.loads(stats.stdout)
+    if variant:
+        extra["variant_outputs"] = variant_outputs(run_dir)
     return m, extra
+
+
+def variant_outputs(run_dir: Path) -> dict[str, Any]:
+    """What a variant's feature left behind (items, WARC files, the records' `http_version`), so a run where the
+    flag did nothing yet (not wired in the worker) shows as such instead of passing for a cheap feature."""
+    items = sorted((run_dir / "out" / "items").glob("*.jsonl"))
+    warcs = sorted((run_dir / "warc").glob("*.warc*"))
+    item_lines = 0
+    for p in items:
+        with open(p, "rb") as f:
+            item_lines += sum(1 for line in f if line.strip())
+    versions: Counter[str] = Counter()
+    for p in sorted((run_dir / "out").glob("*.jsonl")):
+        with open(p, encoding="utf-8") as f:
+            versions.update(str(json.loads(line).get("http_version")) for line in f if line.strip())
+    return {
+        "item_files": len(items),
+        "items": item_lines,
+        "warc_files": len(warcs),
+        "warc_mb": round(sum(p.stat().st_size for p in warcs) / 1e6, 2),
+        "http_versions": dict(versions),
+    }
 
 
 def contender_bare(e: Env, run_dir: Path, parse: str) -> tuple[Measurement, dict[str, Any]]:
@@ -272,6 +334,8 @@ def run_contender(name: str, e: Env, run_dir: Path) -> dict[str, Any]:
         m, extra = contender_crawl_run(e, run_dir)
     elif name == "crawl-worker":
         m, extra = contender_crawl_worker(e, run_dir)
+    elif name in VARIANTS:
+        m, extra = contender_crawl_worker(e, run_dir, variant=VARIANTS[name])
     elif name == "bare-pool":
         m, extra = contender_bare(e, run_dir, "pool")
     elif name == "bare-inline":

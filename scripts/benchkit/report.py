@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import statistics
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchkit import ROOT
-from benchkit.contenders import CONTENDERS, OPTIONAL_CONTENDERS
+from benchkit.contenders import CONTENDERS, OPTIONAL_CONTENDERS, VARIANTS
 from benchkit.profile import PROFILE_RATE, PYSPY_MODE
 
 
@@ -81,6 +82,10 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             vals += [r["bare"][key] for r in rs if r.get("bare") and r["bare"].get(key) is not None]
             if vals:
                 a[key] = round(median(vals), 3)
+        outs = [r["variant_outputs"] for r in rs if r.get("variant_outputs")]
+        if outs:
+            a["variant_outputs"] = {k: median([o[k] for o in outs]) for k in ("items", "warc_files", "warc_mb")}
+            a["variant_outputs"]["http_versions"] = outs[-1].get("http_versions")
         for sname in ("nginx", "static", "proxy"):
             vals = [r["servers_cpu_s"].get(sname) for r in rs if r["servers_cpu_s"].get(sname) is not None]
             if vals:
@@ -99,6 +104,13 @@ def ratios(agg: dict[str, dict[str, Any]]) -> None:
             a["x_bare_cpu_ms_per_page"] = round(a["cpu_ms_per_page"] / bare["cpu_ms_per_page"], 2)
         if scrapy and scrapy["pages_per_s"]:
             a["x_scrapy_pages_per_s"] = round(a["pages_per_s"] / scrapy["pages_per_s"], 2)
+    worker = agg.get("crawl-worker")
+    for name in VARIANTS:
+        a = agg.get(name) or {}
+        if worker and a and worker["pages_per_s"]:
+            a["x_worker_pages_per_s"] = round(a["pages_per_s"] / worker["pages_per_s"], 2)
+        if worker and a.get("cpu_ms_per_page") and worker.get("cpu_ms_per_page"):
+            a["x_worker_cpu_ms_per_page"] = round(a["cpu_ms_per_page"] / worker["cpu_ms_per_page"], 2)
 
 
 def targets(agg: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,6 +143,21 @@ def targets(agg: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         lag = a.get("loop_lag_p99_ms")
         add("event-loop lag p99 (ms)", lag, "<= 50", None if lag is None else lag <= 50)
         add("pages found == reachable (every run)", a["all_match"], "true", a["all_match"])
+    for name, v in VARIANTS.items():
+        a = agg.get(name)
+        if not a:
+            continue
+        xw = a.get("x_worker_pages_per_s")
+        out.append(
+            {
+                "contender": name,
+                "target": f"pages/s vs crawl-worker ({v.what}, issue {v.issue})",
+                "value": xw,
+                "limit": f">= {v.goal}x",
+                "met": None if xw is None else xw >= v.goal,
+                "verdict": "n/a" if xw is None else ("met" if xw >= v.goal else "NOT met"),
+            }
+        )
     return out
 
 
@@ -167,7 +194,7 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
             f"| {f(a['peak_rss_main_mb'])} | {f(a['peak_rss_tree_mb'])} | {f(a['peak_rss_redis_mb'])} "
             f"| {f(a['foreign_cores'], 2)} |"
         )
-    crawl = [n for n in ("crawl-run", "crawl-worker", "bare-pool", "bare-inline") if n in agg]
+    crawl = [n for n in ("crawl-run", "crawl-worker", *VARIANTS, "bare-pool", "bare-inline") if n in agg]
     if crawl:
         lines += [
             "",
@@ -177,16 +204,44 @@ def markdown(agg: dict[str, dict[str, Any]], tgt: list[dict[str, Any]], meta: di
         ]
         for n in crawl:
             a = agg[n]
-            redis_cpu = {"crawl-worker": f(a.get("cpu_redis_s"), 2), "crawl-run": "in tree"}.get(n, "-")
+            redis_cpu = "in tree" if n == "crawl-run" else f(a.get("cpu_redis_s"), 2) if n.startswith("crawl") else "-"
             lines.append(
                 f"| {n} | {f(a.get('loop_lag_p99_ms'))} | {f(a.get('loop_lag_p99_ms_worst_window'))} "
                 f"| {f(a.get('parse_wait_share'), 3)} | {f(a.get('peak_rss_mb_self'))} | {redis_cpu} |"
             )
+    lines += variant_lines(agg, f)
     if tgt:
         lines += ["", "| target | contender | value | limit | verdict |", "|---|---|---|---|---|"]
         for t in tgt:
             lines.append(f"| {t['target']} | {t['contender']} | {f(t['value'], 2)} | {t['limit']} | {t['verdict']} |")
     return "\n".join(lines)
+
+
+def variant_lines(agg: dict[str, dict[str, Any]], f: Callable[..., str]) -> list[str]:
+    """The crawl-worker variants against the plain run, with what each feature wrote (0 items: not wired)."""
+    names = [n for n in VARIANTS if n in agg]
+    if not names:
+        return []
+    lines = [
+        "",
+        "| variant | pages/s | x crawl-worker | CPU-ms/page | CPU x crawl-worker | items | WARC files | WARC MB "
+        "| records' http_version |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        a = agg[n]
+        o = a.get("variant_outputs") or {}
+        lines.append(
+            f"| {n} | {f(a['pages_per_s'], 0)} | {f(a.get('x_worker_pages_per_s'), 2)} | {f(a['cpu_ms_per_page'], 3)} "
+            f"| {f(a.get('x_worker_cpu_ms_per_page'), 2)} | {f(o.get('items'), 0)} | {f(o.get('warc_files'), 0)} "
+            f"| {f(o.get('warc_mb'), 1)} | {versions_cell(o.get('http_versions'))} |"
+        )
+    return lines
+
+
+def versions_cell(versions: dict[str, int] | None) -> str:
+    """`None: 964` means no record says its HTTP version (the aiohttp fetcher today, or curl not wired yet)."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(versions.items())) if versions else "-"
 
 
 def profile_markdown(p: dict[str, Any]) -> str:
