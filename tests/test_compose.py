@@ -348,7 +348,7 @@ def test_flags_pinned_in_the_worker_command_are_not_also_offered_in_env_example(
         ["worker", "--grace-s", "twenty"],  # wrong type
         ["worker", "--log-format", "xml"],  # not a choice
         ["wroker"],  # no such command
-        ["enqueue"],  # missing argument
+        ["enqueue", "a.txt", "b.txt"],  # surplus argument
         ["stats", "extra"],  # surplus argument
     ],
 )

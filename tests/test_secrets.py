@@ -195,7 +195,10 @@ def test_no_password_appears_in_any_output(
     for label, args in [
         ("stats, Redis down", ["stats", "--redis", unreachable]),
         ("enqueue, Redis down", ["enqueue", str(tmp_path / "a.txt"), "--redis", unreachable]),
-        ("worker, Redis down", ["worker", "--redis", unreachable, "--output", str(tmp_path / "o-down")]),
+        (
+            "worker, Redis down",  # waits --redis-wait, then exit 4 (not a configuration error)
+            ["worker", "--redis", unreachable, "--output", str(tmp_path / "o-down"), "--redis-wait", "1"],
+        ),
         (
             "stats, wrong user",
             ["stats", "--redis", f"redis://nobody:{REDIS_PASSWORD}@127.0.0.1:{private_redis.port}/0"],
@@ -215,7 +218,8 @@ def test_no_password_appears_in_any_output(
         ),
     ]:
         r = t.run(label, crawl(args, timeout_s=60))
-        assert r.returncode == 2 and "crawl: error:" in r.stderr, (label, r.returncode, r.stderr[-2000:])
+        want = 4 if label == "worker, Redis down" else 2
+        assert r.returncode == want and "crawl: error:" in r.stderr, (label, r.returncode, r.stderr[-2000:])
         assert "***" in r.stderr, (label, r.stderr)  # the URL is shown, redacted
 
     # 5. the gateway refuses the credentials: 407s, the worker stops with exit 3
