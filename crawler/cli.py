@@ -132,16 +132,35 @@ def main() -> None:
     show_default=True,
     help="high: put these URLs at the front of their host's queue.",
 )
+@click.option(
+    "--every",
+    default=None,
+    metavar="DURATION",
+    help="Fetch these URLs again this long after each fetch (30s, 15m, 6h, 1d; up to 10% jitter).",
+)
 @table_options([BY_KEY["keep_tracking_params"]])
 @common_options
-def enqueue(source: str, depth: int, priority: str, **kw: Any) -> None:
+def enqueue(source: str, depth: int, priority: str, every: str | None, **kw: Any) -> None:
     """Add the URLs of SOURCE (a file, or - for stdin), one per line, to the crawl."""
     settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
     keep_tracking = settings.scope.keep_tracking_params
-    sys.exit(run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking)))
+    every_s = _duration("--every", every) if every is not None else None
+    sys.exit(run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking, every_s)))
 
 
-async def _enqueue(settings: Settings, source: str, depth: int, front: bool, keep_tracking: bool) -> int:
+def _duration(flag: str, text: str) -> int:
+    from crawler.schedule import InvalidDuration, parse_duration
+
+    try:
+        return parse_duration(text)
+    except InvalidDuration as exc:
+        _fail(f"{flag}: {exc}")
+        raise  # unreachable
+
+
+async def _enqueue(
+    settings: Settings, source: str, depth: int, front: bool, keep_tracking: bool, every_s: int | None = None
+) -> int:
     from crawler.connection import open_redis
     from crawler.enqueue import InvalidLinePrinter, enqueue_stream
     from crawler.frontier import Frontier
@@ -157,7 +176,9 @@ async def _enqueue(settings: Settings, source: str, depth: int, front: bool, kee
     try:
         async with open_redis(settings.redis_url, settings.home) as redis, EnqueueProgress(stream) as progress:
             frontier = Frontier(redis, settings.crawl_name)
-            report = await enqueue_stream(frontier, stream, depth, front, keep_tracking, printer, progress)
+            report = await enqueue_stream(
+                frontier, stream, depth, front, keep_tracking, printer, progress, every_s=every_s
+            )
             progress(report)  # the last frame shows the final counts
     finally:
         if stream is not sys.stdin.buffer:
@@ -244,6 +265,61 @@ async def _stats(settings: Settings, as_json: bool) -> int:
         click.echo(json.dumps({**snap, "redis": where}, sort_keys=True))
     else:
         click.echo(format_snapshot(snap, where))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- schedule
+@main.command(cls=TableCommand)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: url, due_at, every_s, depth, validators.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="URLs to list at most.")
+@click.option("--cancel", "cancel_url", default=None, metavar="URL", help="Stop the schedule of URL.")
+@click.option("--all", "cancel_all", is_flag=True, help="Stop every schedule.")
+@table_options([BY_KEY["keep_tracking_params"]])
+@common_options
+def schedule(as_json: bool, limit: int, cancel_url: str | None, cancel_all: bool, **common: Any) -> None:
+    """Recurring URLs (enqueued with --every), earliest next pass first; --cancel URL or --all stops them."""
+    settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
+    if cancel_url is not None and cancel_all:
+        _fail("give --cancel URL or --all, not both")
+    sys.exit(run_async(_schedule(settings, as_json, limit, cancel_url, cancel_all)))
+
+
+async def _schedule(settings: Settings, as_json: bool, limit: int, cancel_url: str | None, cancel_all: bool) -> int:
+    from crawler.connection import open_redis
+    from crawler.frontier import Frontier
+    from crawler.views import format_scheduled, scheduled_json
+
+    async with open_redis(settings.redis_url, settings.home) as redis:
+        frontier = Frontier(redis, settings.crawl_name)
+        if cancel_all:
+            click.echo(f"cancelled={await frontier.cancel_all_recurring()} (passes in progress end at their ack)")
+            return 0
+        if cancel_url is not None:
+            return await _cancel(frontier, cancel_url, settings.scope.keep_tracking_params)
+        rows = await frontier.scheduled(limit)
+        counters = await frontier.counters()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(scheduled_json(row), sort_keys=True))
+    else:
+        click.echo(format_scheduled(rows, counters))
+    return 0
+
+
+async def _cancel(frontier: Any, text: str, keep_tracking: bool) -> int:
+    from crawler.urls import InvalidURL, crawl_url
+
+    try:
+        url = crawl_url(text.strip(), keep_tracking=keep_tracking)
+    except InvalidURL as exc:
+        raise ConfigError(f"--cancel: invalid URL: {exc}") from None
+    stopped, pending = await frontier.cancel_recurring(url)
+    if stopped:
+        click.echo(f"cancelled {url.url}")
+    elif pending:
+        click.echo(f"cancelled {url.url} (its pass in progress, if any, is the last)")
+    else:
+        raise ConfigError(f"{url.url} is not in this crawl")
     return 0
 
 

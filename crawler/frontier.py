@@ -4,14 +4,21 @@ Each operation is one Lua script call per batch (scripts in `crawler/lua/`, one 
 once), so Redis round trips per page stay far below one. A lease is owned by one consumer (its token is part of
 the lease member) until it is acked, released, deferred, dead-lettered, or expires and is reclaimed.
 
-Counters always add up: enqueued = done + dead + queued + deferred + inflight.
+Counters always add up: enqueued = done + dead + queued + deferred + inflight + scheduled.
+
+Recurring URLs (`--every`, crawler/schedule.py) count once in `enqueued`, like any URL: between passes they are
+`scheduled` (waiting in the `recur` zset), during a pass queued, deferred or in flight as usual. A pass that ends
+is counted in `passes` (acked) or `failed_passes` (dead-lettered, the failure kept for `crawl dead`), never in
+`done` or `dead`: a recurring URL becomes done only when its schedule is cancelled. `recurring` counts the URLs
+with a live schedule.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -22,10 +29,14 @@ from redis.commands.core import AsyncScript
 from crawler.connection import redis_errors
 from crawler.entries import Extras, entry
 from crawler.keys import CrawlKeys
+from crawler.schedule import JITTER, RecurState, Validators, next_due_ms
 from crawler.urls import CrawlURL
 
 LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
-_SCRIPTS = ("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead")
+_SCRIPTS = (
+    *("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead"),
+    *("cancel", "cancel_all"),
+)
 
 
 def _load_lua(name: str) -> str:
@@ -69,12 +80,29 @@ class Lease:
     attempts: int  # fetch attempts already made before this lease
     extras_json: str = ""
     _extras: Any = field(default=_UNPARSED, compare=False, repr=False)  # the decoded extras, once asked for
+    recur_text: str = ""  # a recurring URL's state as stored (crawler/schedule.py); "" for a URL that does not recur
 
     @classmethod
     def from_member(cls, member: str) -> Lease:
         _token, depth, attempts, rest = member.split(" ", 3)
+        rest, _, recur = rest.partition("\t")
         url, _, tail = rest.partition(" ")
-        return cls(member, url, int(depth), int(attempts), tail)
+        return cls(member, url, int(depth), int(attempts), tail, recur_text=recur)
+
+    @property
+    def recur(self) -> RecurState | None:
+        """The schedule and stored validators of a recurring URL (send If-None-Match / If-Modified-Since from
+        them, compare `digest` to say `changed`); None for a URL that does not recur."""
+        return RecurState.decode(self.recur_text) if self.recur_text else None
+
+    def next_pass_entry(self, validators: Validators | None = None) -> str:
+        """The entry of this recurring URL's next pass: a fresh attempt count, its extras, and the validators
+        given (None: the stored ones are kept, as for a 304)."""
+        state = self.recur
+        assert state is not None, "not a recurring lease"
+        if validators is not None:
+            state = state.with_validators(validators)
+        return entry(self.url, self.depth, 0, self.extras_json) + "\t" + state.encode()
 
     @property
     def extras(self) -> Extras | None:
@@ -143,13 +171,17 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """Everything one commit settles, in one round trip (`Frontier.settle`)."""
+    """Everything one commit settles, in one round trip (`Frontier.settle`).
+
+    `validators` (lease member -> Validators) are stored for the next pass of the recurring leases in `done`; a
+    recurring lease acked without an entry keeps its stored validators (a 304). Ignored for other leases."""
 
     done: Sequence[Lease] = ()
     links: Sequence[NewLink] = ()
     deferred: Sequence[Deferral] = ()
     dead: Sequence[DeadLetter] = ()
     released: Sequence[Lease] = ()
+    validators: Mapping[str, Validators] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.done or self.links or self.deferred or self.dead or self.released)
@@ -169,15 +201,28 @@ class Counters:
     done: int
     dead: int
     retried: int
+    scheduled: int = 0  # recurring URLs waiting for their next pass
+    recurring: int = 0  # URLs with a live schedule (scheduled, or in a pass now)
+    passes: int = 0  # recurring passes acked
+    failed_passes: int = 0  # recurring passes dead-lettered (the URL stays scheduled)
+    due: int = 0  # scheduled URLs whose next pass is due now
+    next_pass_ms: int | None = None  # when the earliest scheduled pass is due (None: nothing scheduled)
 
     @property
     def consistent(self) -> bool:
-        return self.enqueued == self.done + self.dead + self.queued + self.deferred + self.inflight
+        return self.enqueued == self.done + self.dead + self.queued + self.deferred + self.inflight + self.scheduled
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, deferred or leased anywhere in the crawl."""
+        """Nothing queued, deferred or leased anywhere in the crawl (recurring URLs may wait: see idle_within)."""
         return self.queued == 0 and self.deferred == 0 and self.inflight == 0
+
+    def idle_within(self, horizon_s: float, at_ms: int | None = None) -> bool:
+        """`--until-idle` with `--idle-horizon`: idle, and no recurring pass due before `horizon_s` from now."""
+        if not self.idle:
+            return False
+        now = now_ms() if at_ms is None else at_ms
+        return self.next_pass_ms is None or self.next_pass_ms > now + int(horizon_s * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +233,28 @@ class DeadEntry:
     at_ms: int
     error: dict[str, Any]
     extras: Extras | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A recurring URL waiting for its next pass (`Frontier.scheduled`)."""
+
+    url: str
+    due_ms: int
+    depth: int
+    recur: RecurState
+    extras_json: str = ""
+
+    @classmethod
+    def of(cls, stored: str, due_ms: int) -> Scheduled:
+        ls = Lease.from_member("- " + stored)  # a stored entry is a lease member without its token
+        assert ls.recur is not None
+        return cls(ls.url, due_ms, ls.depth, ls.recur, ls.extras_json)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +290,22 @@ class Frontier:
         k = self.keys
         return "add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), fps, entries]
 
-    def _ack_call(self, done: Sequence[Lease], links: Sequence[NewLink]) -> _Call:
+    def _ack_call(
+        self, done: Sequence[Lease], links: Sequence[NewLink], validators: Mapping[str, Validators] | None = None
+    ) -> _Call:
         k = self.keys
         fps, entries = _link_blobs(links)
-        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done), fps, entries]
-        return "ack", [k.leases, k.host_inflight, k.hosts, k.seen, k.stats], args
+        now = now_ms()
+        args: list[Any] = [now, self._phc, len(done)]
+        for ls in done:
+            state = ls.recur
+            if state is None:
+                args += [ls.member, 0, ""]
+            else:
+                nxt = ls.next_pass_entry((validators or {}).get(ls.member))
+                args += [ls.member, next_due_ms(now, state.every_s), nxt]
+        args += [fps, entries]
+        return "ack", [k.leases, k.host_inflight, k.hosts, k.seen, k.stats, k.recur, k.dead], args
 
     def _release_call(self, leases: Sequence[Lease]) -> _Call:
         k = self.keys
@@ -247,9 +325,12 @@ class Frontier:
     def _dead_call(self, items: Sequence[DeadLetter]) -> _Call:
         k = self.keys
         args: list[Any] = [now_ms(), self._phc]
+        now = args[0]
         for d in items:
-            args += [d.lease.member, d.attempts, json.dumps(d.error, separators=(",", ":"))]
-        return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args
+            state = d.lease.recur
+            due = next_due_ms(now, state.every_s) if state else 0
+            args += [d.lease.member, d.attempts, json.dumps(d.error, separators=(",", ":")), due]
+        return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats, k.recur], args
 
     # -- adding ---------------------------------------------------------------------------------------------
     async def add(
@@ -288,7 +369,9 @@ class Frontier:
         """Lease up to `n` URLs for consumer `token` for `ttl_s` seconds.
 
         Returns (leases, next_due_ms). An empty list means nothing is leasable right now: next_due_ms says when
-        something may be (a host's delay ends, a retry falls due), or -1 when nothing is queued or deferred.
+        something may be (a host's delay ends, a retry or a recurring pass falls due), or -1 when nothing is
+        queued, deferred or scheduled. Recurring passes that are due join their hosts' queues in the same call;
+        a recurring lease carries its stored validators (`Lease.recur`).
         """
         if " " in token:
             raise ValueError("a consumer token cannot contain spaces")
@@ -296,7 +379,7 @@ class Frontier:
         now = now_ms()
         members, next_due = await self._run(
             "lease",
-            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats],
+            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats, k.recur],
             [now, n, token, now + int(ttl_s * 1000), self._phc, self.politeness.per_host_delay_ms],
         )
         return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in members], int(next_due)
@@ -310,8 +393,16 @@ class Frontier:
         return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in lost]
 
     # -- settling -------------------------------------------------------------------------------------------
-    async def ack(self, done: Sequence[Lease], links: Sequence[NewLink] = ()) -> tuple[int, int]:
+    async def ack(
+        self,
+        done: Sequence[Lease],
+        links: Sequence[NewLink] = (),
+        validators: Mapping[str, Validators] | None = None,
+    ) -> tuple[int, int]:
         """Mark leases done and add the batch's new links. Returns (acked, links added).
+
+        A recurring lease is not done: it waits for its next pass, one period (jittered) from now, with the
+        `validators` given for its member (or, without an entry, the ones it had).
 
         Call only after the results are durably written: an acked URL is never fetched again. A lease that was
         lost (expired and reclaimed) is not counted twice; its URL may then appear twice in the output, which
@@ -319,15 +410,17 @@ class Frontier:
         """
         if not done and not links:
             return 0, 0
-        results = await self._pipeline(self._link_calls(done, links))
+        results = await self._pipeline(self._link_calls(done, links, validators))
         return int(results[0][0]), int(results[0][1]) + sum(int(r) for r in results[1:])
 
-    def _link_calls(self, done: Sequence[Lease], links: Sequence[NewLink]) -> list[_Call]:
+    def _link_calls(
+        self, done: Sequence[Lease], links: Sequence[NewLink], validators: Mapping[str, Validators] | None = None
+    ) -> list[_Call]:
         """The ack with the first chunk of links, then add calls: further chunks (one script must not hold Redis
         for long) and the links asked for at the front of their queues."""
         back = [ln for ln in links if not ln.front]
         front = [ln for ln in links if ln.front] if len(back) < len(links) else []
-        calls = [self._ack_call(done, back[:LINKS_PER_CALL])]
+        calls = [self._ack_call(done, back[:LINKS_PER_CALL], validators)]
         for start in range(LINKS_PER_CALL, len(back), LINKS_PER_CALL):
             calls.append(self._add_call(*_link_blobs(back[start : start + LINKS_PER_CALL])))
         for start in range(0, len(front), LINKS_PER_CALL):
@@ -352,7 +445,10 @@ class Frontier:
         return int(await self._run(*self._defer_call(items))) if items else 0
 
     async def dead(self, items: Sequence[DeadLetter]) -> int:
-        """Dead-letter leases with their attempts and last error (a small JSON-able dict: kind, message, status)."""
+        """Dead-letter leases with their attempts and last error (a small JSON-able dict: kind, message, status).
+
+        A recurring lease keeps its schedule: its failure is listed by `dead_entries` (error flagged
+        `recurring: true`) and its next pass is due one period from now, with its stored validators."""
         return int(await self._run(*self._dead_call(items))) if items else 0
 
     async def settle(self, s: Settlement) -> int:
@@ -361,7 +457,7 @@ class Frontier:
         Returns how many leases were acked (owned at the time). Raises RedisUnavailable when Redis is away; the
         settlement may then be applied again as a whole: every script ignores leases it no longer holds.
         """
-        calls = self._link_calls(s.done, s.links) if s.done or s.links else []
+        calls = self._link_calls(s.done, s.links, s.validators) if s.done or s.links else []
         if s.deferred:
             calls.append(self._defer_call(s.deferred))
         if s.dead:
@@ -374,12 +470,14 @@ class Frontier:
         return int(results[0][0]) if s.done or s.links else 0
 
     async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
-        """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead)."""
+        """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead).
+
+        A recurring URL on its last attempt is dead-lettered for this pass and keeps its schedule."""
         k = self.keys
         requeued, dead = await self._run(
             "reclaim",
-            [k.leases, k.host_inflight, k.hosts, k.dead, k.stats],
-            [now_ms(), self._phc, max_attempts, limit],
+            [k.leases, k.host_inflight, k.hosts, k.dead, k.stats, k.recur],
+            [now_ms(), self._phc, max_attempts, limit, random.uniform(-JITTER, JITTER)],
         )
         return int(requeued), int(dead)
 
@@ -395,7 +493,10 @@ class Frontier:
                 pipe.hgetall(k.stats)
                 pipe.zcard(k.deferred)
                 pipe.zcard(k.leases)
-                stats, deferred, inflight = await pipe.execute()
+                pipe.zcard(k.recur)
+                pipe.zcount(k.recur, "-inf", now_ms())
+                pipe.zrange(k.recur, 0, 0, withscores=True)
+                stats, deferred, inflight, scheduled, due, first = await pipe.execute()
         s = {(a.decode() if isinstance(a, bytes) else a): int(b) for a, b in stats.items()}
         return Counters(
             enqueued=s.get("enqueued", 0),
@@ -405,6 +506,12 @@ class Frontier:
             done=s.get("done", 0),
             dead=s.get("dead", 0),
             retried=s.get("retried", 0),
+            scheduled=int(scheduled),
+            recurring=s.get("recurring", 0),
+            passes=s.get("passes", 0),
+            failed_passes=s.get("failed_passes", 0),
+            due=int(due),
+            next_pass_ms=int(first[0][1]) if first else None,
         )
 
     async def pages_per_s(self, window_s: int = 60) -> float:
@@ -434,6 +541,32 @@ class Frontier:
     async def requeue_dead(self, limit: int = 1_000_000) -> int:
         k = self.keys
         return int(await self._run("requeue_dead", [k.dead, k.hosts, k.stats], [now_ms(), limit]))
+
+    # -- recurring URLs ----------------------------------------------------------------------------------
+    async def scheduled(self, limit: int = 100) -> list[Scheduled]:
+        """Recurring URLs waiting for their next pass, earliest due first, at most `limit` (O(log N + limit))."""
+        with redis_errors("schedule"):
+            rows: list[tuple[Any, float]] = await self.redis.zrange(  # type: ignore[assignment]
+                self.keys.recur, 0, max(0, limit - 1), withscores=True
+            )
+        return [Scheduled.of(m.decode() if isinstance(m, bytes) else m, int(score)) for m, score in rows]
+
+    async def cancel_recurring(self, u: CrawlURL) -> tuple[int, bool]:
+        """Stop the schedule of one URL. Returns (stopped now, pending): stopped now when it was waiting for its
+        next pass (it is done); pending when a pass of it may be in progress, which then ends the schedule at its
+        ack. (0, False) for a URL this crawl never saw. Finding it scans `recur` (ZSCAN): a command, not a path."""
+        k = self.keys
+        with redis_errors("schedule cancel"):
+            if not await self.redis.sismember(k.seen, u.fingerprint):  # type: ignore[arg-type]
+                return 0, False
+            pattern = f"* {_glob_escape(u.url)}[ \t]*"
+            found = [m async for m, _ in self.redis.zscan_iter(k.recur, match=pattern, count=1000)]
+        removed, marked = await self._run("cancel", [k.recur, k.stats], [u.url, *found])
+        return int(removed), bool(marked)
+
+    async def cancel_all_recurring(self) -> int:
+        """Stop every schedule: waiting URLs are done now (returned), passes in progress end at their ack."""
+        return int(await self._run("cancel_all", [self.keys.recur, self.keys.stats], []))
 
     async def purge(self) -> int:
         """Delete every key of this crawl; returns how many were removed."""
