@@ -15,10 +15,11 @@ with a live schedule.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -29,10 +30,11 @@ from redis.commands.core import AsyncScript
 from crawler.connection import redis_errors
 from crawler.entries import Extras, entry
 from crawler.keys import CrawlKeys
-from crawler.schedule import JITTER, RecurState, Validators, next_due_ms
+from crawler.schedule import JITTER, RecurState, Validators, next_due_ms, recur_tail
 from crawler.urls import CrawlURL
 
 LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
+DUE_BUCKETS_COUNTED = 100  # `Counters.due` counts the entries of at most this many due seconds (a lower bound)
 _SCRIPTS = (
     *("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead"),
     *("cancel", "cancel_all"),
@@ -252,9 +254,8 @@ class Scheduled:
         return cls(ls.url, due_ms, ls.depth, ls.recur, ls.extras_json)
 
 
-def _glob_escape(text: str) -> str:
-    """`text` matched literally by a Redis glob pattern (SCAN MATCH)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,13 +335,20 @@ class Frontier:
 
     # -- adding ---------------------------------------------------------------------------------------------
     async def add(
-        self, urls: Iterable[CrawlURL], depth: int = 0, front: bool = False, extras: Extras | None = None
+        self,
+        urls: Iterable[CrawlURL],
+        depth: int = 0,
+        front: bool = False,
+        extras: Extras | None = None,
+        every_s: int | None = None,
     ) -> int:
         """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently.
 
-        `extras` (the same for every URL of the call) travel with each URL; InvalidExtras when they cannot."""
+        `extras` (the same for every URL of the call) travel with each URL; InvalidExtras when they cannot.
+        With `every_s`, the URLs recur: each is due again that long (jittered) after each of its fetches."""
         tail = extras.encode() if extras else ""
-        fps, entries = _blobs((n.fingerprint, entry(n.url, depth, 0, tail)) for n in urls)
+        recur = recur_tail(every_s) if every_s else ""
+        fps, entries = _blobs((n.fingerprint, entry(n.url, depth, 0, tail) + recur) for n in urls)
         if not fps:
             return 0
         return int(await self._run(*self._add_call(fps, entries, front)))
@@ -493,10 +501,15 @@ class Frontier:
                 pipe.hgetall(k.stats)
                 pipe.zcard(k.deferred)
                 pipe.zcard(k.leases)
-                pipe.zcard(k.recur)
-                pipe.zcount(k.recur, "-inf", now_ms())
                 pipe.zrange(k.recur, 0, 0, withscores=True)
-                stats, deferred, inflight, scheduled, due, first = await pipe.execute()
+                pipe.zrangebyscore(k.recur, "-inf", now_ms(), start=0, num=DUE_BUCKETS_COUNTED)
+                stats, deferred, inflight, first, due_seconds = await pipe.execute()
+            due = 0
+            if due_seconds:  # seconds come due between two lease calls: count their entries
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for second in due_seconds:
+                        pipe.llen(k.recur_bucket(_text(second)))
+                    due = sum(int(n) for n in await pipe.execute())
         s = {(a.decode() if isinstance(a, bytes) else a): int(b) for a, b in stats.items()}
         return Counters(
             enqueued=s.get("enqueued", 0),
@@ -506,7 +519,7 @@ class Frontier:
             done=s.get("done", 0),
             dead=s.get("dead", 0),
             retried=s.get("retried", 0),
-            scheduled=int(scheduled),
+            scheduled=s.get("scheduled", 0),
             recurring=s.get("recurring", 0),
             passes=s.get("passes", 0),
             failed_passes=s.get("failed_passes", 0),
@@ -544,23 +557,48 @@ class Frontier:
 
     # -- recurring URLs ----------------------------------------------------------------------------------
     async def scheduled(self, limit: int = 100) -> list[Scheduled]:
-        """Recurring URLs waiting for their next pass, earliest due first, at most `limit` (O(log N + limit))."""
+        """Recurring URLs waiting for their next pass, earliest second first, at most `limit`."""
+        out: list[Scheduled] = []
         with redis_errors("schedule"):
+            async for second, due in self._buckets():
+                stored = await self.redis.lrange(self.keys.recur_bucket(second), 0, limit - len(out) - 1)
+                out += [Scheduled.of(_text(e), due) for e in stored]
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def _buckets(self, page: int = 100) -> AsyncIterator[tuple[str, int]]:
+        """The schedule's seconds with waiting entries, earliest first: (second, due ms)."""
+        start = 0
+        while True:
             rows: list[tuple[Any, float]] = await self.redis.zrange(  # type: ignore[assignment]
-                self.keys.recur, 0, max(0, limit - 1), withscores=True
+                self.keys.recur, start, start + page - 1, withscores=True
             )
-        return [Scheduled.of(m.decode() if isinstance(m, bytes) else m, int(score)) for m, score in rows]
+            for second, due in rows:
+                yield _text(second), int(due)
+            if len(rows) < page:
+                return
+            start += page
 
     async def cancel_recurring(self, u: CrawlURL) -> tuple[int, bool]:
         """Stop the schedule of one URL. Returns (stopped now, pending): stopped now when it was waiting for its
         next pass (it is done); pending when a pass of it may be in progress, which then ends the schedule at its
-        ack. (0, False) for a URL this crawl never saw. Finding it scans `recur` (ZSCAN): a command, not a path."""
+        ack. (0, False) for a URL this crawl never saw. Finding it reads the whole schedule: a command, not a
+        path any worker takes."""
         k = self.keys
+        found: list[str] = []
         with redis_errors("schedule cancel"):
             if not await self.redis.sismember(k.seen, u.fingerprint):  # type: ignore[arg-type]
                 return 0, False
-            pattern = f"* {_glob_escape(u.url)}[ \t]*"
-            found = [m async for m, _ in self.redis.zscan_iter(k.recur, match=pattern, count=1000)]
+            async for second, _ in self._buckets():
+                for start in itertools.count(0, 1000):
+                    stored = await self.redis.lrange(k.recur_bucket(second), start, start + 999)
+                    for e in stored:
+                        text = _text(e)
+                        if Lease.from_member("- " + text).url == u.url:
+                            found += [second, text]
+                    if len(stored) < 1000:
+                        break
         removed, marked = await self._run("cancel", [k.recur, k.stats], [u.url, *found])
         return int(removed), bool(marked)
 

@@ -7,7 +7,8 @@ name not declared in KEYS, and it shares the hash tag. To shard a crawl later, h
 `<url>` is always the fetch URL (crawler/urls.py); the extras (user data, label, headers, kind: crawler/frontier.py
 `Extras`) follow it only when a URL has some, so a URL without them costs no more than before. A recurring URL's
 entry ends in a TAB and its recurring state (`<recur>`: period, generation, validators; crawler/schedule.py), so
-its whole footprint between passes is one `recur` member: no per-URL key, no per-URL hash field.
+its whole footprint between passes is its entry in the list of the second it is due (`recur:<s>`): no per-URL
+key, hash field or zset node.
 
 | key                 | type   | holds                                                                 |
 |---------------------|--------|-----------------------------------------------------------------------|
@@ -19,9 +20,10 @@ its whole footprint between passes is one `recur` member: no per-URL key, no per
 | leases              | zset   | "<token> <entry>" scored by lease deadline in ms                       |
 | deferred            | zset   | entries waiting for a retry, scored by due time in ms                  |
 | dead                | hash   | url -> "<depth> <attempts> <at> <error JSON>[<LF><extras JSON>]"      |
-| stats               | hash   | counters: enqueued, queued, done, dead, retried, recurring, passes,    |
-|                     |        | failed_passes                                                         |
-| recur               | zset   | recurring entries waiting for their next pass, scored by due ms       |
+| stats               | hash   | counters: enqueued, queued, done, dead, retried, recurring, scheduled, |
+|                     |        | passes, failed_passes                                                 |
+| recur               | zset   | seconds that have waiting recurring entries (score: that second in ms) |
+| recur:<epoch second>| list   | recurring entries whose next pass is due then (a time wheel)          |
 | recur_cancel        | set    | URLs cancelled while a pass is in progress (ends at its ack)          |
 | recur_gen           | string | schedule generation: `crawl schedule --all` bumps it                   |
 | rate:<epoch second> | string | pages done in that second (expires): pages/s without a key per URL     |
@@ -91,6 +93,9 @@ class CrawlKeys:
     @property
     def recur(self) -> str:
         return self._k("recur")
+
+    def recur_bucket(self, second: int | str) -> str:
+        return self._k(f"recur:{second}")
 
     @property
     def recur_cancel(self) -> str:

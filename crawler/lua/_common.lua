@@ -44,6 +44,19 @@ local function flag_recurring(err)
   e.recurring = true
   return cjson.encode(e)
 end
+-- The schedule is a time wheel: one list per second (`recur:<s>`) holds the entries whose next pass is due then,
+-- and the `recur` zset holds the seconds that have entries. A waiting URL costs its entry and a few bytes of
+-- list encoding, not a zset node: a zset member per URL is ~100 B of skiplist and dict on top of the entry.
+-- A pass is never early: it goes into the first bucket at or after its due time. Buckets are one second wide for
+-- short periods and 1/1000 of the period for long ones (21 s for 6 h, at most 10 min), so that a list of URLs
+-- spread by the jitter shares few buckets (each costs ~350 B) and a pass is late by at most 0.1% of its period.
+local function schedule_pass(recur_key, due_ms, entry, recur)
+  local every = recur_fields(recur)
+  local width = math.max(1, math.min(600, math.floor(every / 1000)))
+  local s = math.ceil(due_ms / 1000 / width) * width
+  redis.call('RPUSH', prefix .. 'recur:' .. s, entry)
+  redis.call('ZADD', recur_key, 'NX', s * 1000, s)
+end
 local function recur_due(recur, now, jitter)
   local every = recur_fields(recur)
   return now + math.floor(every * 1000 * (1 + jitter))

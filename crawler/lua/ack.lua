@@ -1,4 +1,4 @@
--- Ack a batch: each owned lease becomes done, or, for a recurring URL, waits in `recur` for its next pass; and
+-- Ack a batch: each owned lease becomes done, or, for a recurring URL, waits in the schedule for its next pass; and
 -- the batch's new links are added (deduplicated).
 -- KEYS: leases, host_inflight, hosts, seen, stats, recur, dead
 -- ARGV: prefix, now_ms, per_host_concurrency, n_members, then n (member, due_ms, next_entry) triples, fingerprints
@@ -25,7 +25,7 @@ for i = 5, 4 + 3 * n, 3 do
     local _, _, _, next_tail = split_entry(next_entry)
     local _, recur = split_tail(next_tail or '')
     if recur and keeps_schedule(stats_key, url, recur) then
-      redis.call('ZADD', recur_key, tonumber(ARGV[i + 1]), next_entry)
+      schedule_pass(recur_key, tonumber(ARGV[i + 1]), next_entry, recur)
       redis.call('HDEL', dead_key, url)  -- a failure of an earlier pass is over
       passes = passes + 1
     else
@@ -34,7 +34,10 @@ for i = 5, 4 + 3 * n, 3 do
   end
 end
 if done > 0 then redis.call('HINCRBY', stats_key, 'done', done) end
-if passes > 0 then redis.call('HINCRBY', stats_key, 'passes', passes) end
+if passes > 0 then
+  redis.call('HINCRBY', stats_key, 'passes', passes)
+  redis.call('HINCRBY', stats_key, 'scheduled', passes)
+end
 if acked > 0 then
   local bucket = prefix .. 'rate:' .. math.floor(now / 1000)
   redis.call('INCRBY', bucket, acked)

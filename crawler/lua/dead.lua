@@ -1,5 +1,5 @@
 -- Dead-letter owned leases with their last error. A recurring URL keeps its schedule: its failure is written
--- to the dead set (flagged "recurring", for `crawl dead`) and it waits in `recur` for its next pass.
+-- to the dead set (flagged "recurring", for `crawl dead`) and it waits in the schedule for its next pass.
 -- KEYS: leases, host_inflight, hosts, dead, stats, recur
 -- ARGV: prefix, now_ms, per_host_concurrency, then (member, attempts, error_json, due_ms) quadruples; due_ms is
 -- when a recurring URL's next pass is due (ignored for others).
@@ -17,7 +17,7 @@ for i = 4, #ARGV, 4 do
     local _, recur = split_tail(tail)
     if recur and keeps_schedule(stats_key, url, recur) then
       redis.call('HSET', dead_key, url, dead_value(depth, ARGV[i + 1], now, flag_recurring(ARGV[i + 2]), tail))
-      redis.call('ZADD', recur_key, tonumber(ARGV[i + 3]), depth .. ' 0 ' .. url .. tail)
+      schedule_pass(recur_key, tonumber(ARGV[i + 3]), depth .. ' 0 ' .. url .. tail, recur)
       failed = failed + 1
     else
       redis.call('HSET', dead_key, url, dead_value(depth, ARGV[i + 1], now, ARGV[i + 2], tail))
@@ -29,5 +29,8 @@ for i = 4, #ARGV, 4 do
   end
 end
 if dead > 0 then redis.call('HINCRBY', stats_key, 'dead', dead) end
-if failed > 0 then redis.call('HINCRBY', stats_key, 'failed_passes', failed) end
+if failed > 0 then
+  redis.call('HINCRBY', stats_key, 'failed_passes', failed)
+  redis.call('HINCRBY', stats_key, 'scheduled', failed)
+end
 return n

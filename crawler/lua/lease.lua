@@ -29,7 +29,25 @@ local function requeue_due(zset_key)
   end
 end
 requeue_due(deferred_key)
-requeue_due(recur_key)
+-- the schedule's buckets (see schedule_pass) whose second has come, oldest first, at most 500 entries per call
+local moved = 0
+for _, s in ipairs(redis.call('ZRANGEBYSCORE', recur_key, '-inf', now, 'LIMIT', 0, 16)) do
+  if moved >= 500 then break end
+  local bucket = prefix .. 'recur:' .. s
+  local items = redis.call('LPOP', bucket, 500 - moved)
+  for _, entry in ipairs(items or {}) do
+    local _, _, url = split_entry(entry)
+    local host = host_of(url)
+    redis.call('LPUSH', prefix .. 'q:' .. host, entry)
+    redis.call('ZADD', hosts_key, 'NX', now, host)
+  end
+  moved = moved + #(items or {})
+  if redis.call('EXISTS', bucket) == 0 then redis.call('ZREM', recur_key, s) end
+end
+if moved > 0 then
+  redis.call('HINCRBY', stats_key, 'queued', moved)
+  redis.call('HINCRBY', stats_key, 'scheduled', -moved)
+end
 
 -- 2. take from ready hosts, earliest first (Mercator back-queue selection)
 local out = {}

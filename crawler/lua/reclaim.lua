@@ -24,7 +24,7 @@ for _, member in ipairs(expired) do
     local err = cjson.encode({kind = 'lease_expired', message = 'lease expired ' .. attempts .. ' times'})
     if recur and keeps_schedule(stats_key, url, recur) then
       redis.call('HSET', dead_key, url, dead_value(depth, attempts, now, flag_recurring(err), tail))
-      redis.call('ZADD', recur_key, recur_due(recur, now, jitter), depth .. ' 0 ' .. url .. tail)
+      schedule_pass(recur_key, recur_due(recur, now, jitter), depth .. ' 0 ' .. url .. tail, recur)
       failed = failed + 1
     else
       redis.call('HSET', dead_key, url, dead_value(depth, attempts, now, err, tail))
@@ -41,5 +41,8 @@ if requeued > 0 then
   redis.call('HINCRBY', stats_key, 'retried', requeued)
 end
 if dead > 0 then redis.call('HINCRBY', stats_key, 'dead', dead) end
-if failed > 0 then redis.call('HINCRBY', stats_key, 'failed_passes', failed) end
+if failed > 0 then
+  redis.call('HINCRBY', stats_key, 'failed_passes', failed)
+  redis.call('HINCRBY', stats_key, 'scheduled', failed)
+end
 return {requeued, dead + failed}
