@@ -74,6 +74,10 @@ class Lease:
     through every retry, release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it
     is. It is decoded on first use of `extras` (or `data`, `label`, ...), not at lease time: a batch of big
     user data is not parsed on the event loop unless asked for. Hand `extras_json` to the parse pool as it is.
+
+    A recurring URL's lease also carries its schedule and the validators stored by its previous pass (`recur`),
+    in the member itself: no extra round trip per page. Ack it with `Settlement.validators[member]` to store new
+    ones; without, the stored ones stay (a 304).
     """
 
     member: str

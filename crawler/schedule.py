@@ -18,6 +18,7 @@ form RFC 9110 says senders must use; a server compares the date, not the spellin
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -106,6 +107,19 @@ class RecurState:
         """The stored Last-Modified as an IMF-fixdate, ready for If-Modified-Since."""
         return None if self.last_modified_s is None else formatdate(self.last_modified_s, usegmt=True)
 
+    def conditional_headers(self) -> dict[str, str]:
+        """If-None-Match / If-Modified-Since for this pass's request, from the stored validators ({} for none)."""
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+    def changed(self, digest: str | None) -> bool:
+        """Whether this pass's content differs from the previous one's: True on a first pass (nothing stored)."""
+        return self.digest is None or digest != self.digest
+
     def encode(self) -> str:
         """The text after the TAB. Fields: every_s gen last_modified_s digest etag (etag last: it may hold any
         visible character)."""
@@ -127,6 +141,13 @@ class RecurState:
     def with_validators(self, v: Validators) -> RecurState:
         """This schedule with the validators of the latest response (unusable ones dropped, never raised)."""
         return RecurState(self.every_s, self.gen, _clean_etag(v.etag), _epoch_s(v.last_modified), _clean(v.digest))
+
+
+def body_digest(data: bytes) -> str:
+    """The digest to store for `changed`: 64 bits of BLAKE2b as 16 hex digits (a false "unchanged" needs a
+    2^-64 collision). hashlib releases the GIL on big inputs; call it in the parse pool or a thread for bodies
+    of megabytes, or feed `hashlib.blake2b(digest_size=8)` chunk by chunk while streaming."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def recur_tail(every_s: int) -> str:

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from crawler.entries import Extras
-from crawler.frontier import Counters, DeadLetter, Frontier, Lease, Settlement, now_ms
+from crawler.frontier import Counters, DeadLetter, Deferral, Frontier, Lease, Settlement, now_ms
 from crawler.schedule import (
     JITTER,
     InvalidDuration,
     RecurState,
     Validators,
+    body_digest,
     format_duration,
     next_due_ms,
     parse_duration,
@@ -37,13 +38,15 @@ DATA = Extras(data={"sku": "A 1", "n": [1, 2]}, label="product")
 LM = "Tue, 01 Dec 2026 10:00:00 GMT"
 
 
-async def lease_all(f: Frontier, want: int, token: str = "w1", timeout_s: float = 5.0) -> list[Lease]:
+async def lease_all(
+    f: Frontier, want: int, token: str = "w1", timeout_s: float = 5.0, ttl_s: float = LONG_TTL_S
+) -> list[Lease]:
     """Lease until `want` leases came back (a pass falls due after its period), or fail at the deadline."""
     got: list[Lease] = []
     give_up = time.monotonic() + timeout_s
     while len(got) < want:
         assert time.monotonic() < give_up, f"only {len(got)} of {want} leases came back"
-        leases, _ = await f.lease(want - len(got), token, LONG_TTL_S)
+        leases, _ = await f.lease(want - len(got), token, ttl_s)
         got += leases
         if not leases:
             await asyncio.sleep(0.02)  # polling the frontier's clock, not synchronisation
@@ -91,6 +94,11 @@ def test_recur_state_codec() -> None:
     full = RecurState(30, 2).with_validators(Validators('W/"a b"', LM, "9f86d081884c7d65"))
     assert full.etag == 'W/"a b"' and full.last_modified == LM and full.digest == "9f86d081884c7d65"
     assert RecurState.decode(full.encode()) == full
+    assert full.conditional_headers() == {"If-None-Match": 'W/"a b"', "If-Modified-Since": LM}
+    assert fresh.conditional_headers() == {} and fresh.changed(body_digest(b"x"))
+    assert not full.changed("9f86d081884c7d65") and full.changed(body_digest(b"x"))
+    assert body_digest(b"same") == body_digest(b"same") != body_digest(b"other")
+    assert len(body_digest(b"")) == 16
     # unusable validators are dropped, never raised: a bad date, an etag with a TAB, a digest with a space
     odd = RecurState(30).with_validators(Validators('"x\ty"', "yesterday", "a b"))
     assert (odd.etag, odd.last_modified, odd.digest) == (None, None, None)
@@ -167,6 +175,34 @@ def test_a_dead_pass_keeps_the_schedule(redis_server: Any, crawl_name: str) -> N
             await f.ack([back])
             assert await f.dead_entries() == []  # a pass that succeeds clears the earlier failure
             await consistent(f, dead=0, failed_passes=2, passes=2, scheduled=1)
+
+    asyncio.run(main())
+
+
+def test_retries_releases_and_reclaims_keep_the_schedule(redis_server: Any, crawl_name: str) -> None:
+    """A pass that is retried later, handed back or reclaimed is still the same pass: the lease comes back with
+    its schedule, validators and extras, and counts as deferred, queued or in flight meanwhile."""
+
+    async def main() -> None:
+        async with open_frontier(redis_server.url, crawl_name) as f:
+            await f.add([crawl_url("http://k.example/a")], extras=DATA, every_s=1)
+            (ls,) = await lease_all(f, 1)
+            await f.ack([ls], validators={ls.member: Validators('"k"', LM, "dd")})
+            (ls,) = await lease_all(f, 1)
+            state = ls.recur
+            await f.defer([Deferral(ls, time.time() - 1, 1)])
+            await consistent(f, deferred=1, scheduled=0)
+            (ls,) = await lease_all(f, 1)
+            assert ls.attempts == 1 and ls.recur == state and ls.extras == DATA
+            await f.release([ls])
+            await consistent(f, queued=1)
+            (ls,) = await lease_all(f, 1, ttl_s=0.001)
+            await wait_expired(f, [ls])
+            assert await f.reclaim(max_attempts=5) == (1, 0)
+            (ls,) = await lease_all(f, 1)
+            assert ls.attempts == 2 and ls.recur == state and ls.extras == DATA
+            await f.ack([ls])
+            await consistent(f, passes=2, scheduled=1, recurring=1, done=0, retried=2)
 
     asyncio.run(main())
 
@@ -267,7 +303,9 @@ def test_memory_per_recurring_url(redis_server: Any, crawl_name: str) -> None:
             await consistent(f, scheduled=MEMORY_URLS, passes=MEMORY_URLS)
             used = 0
             async for key in f.redis.scan_iter(match=f.keys.prefix + "recur*", count=1000):
-                used += int(await f.redis.memory_usage(key, samples=0))
+                size = await f.redis.memory_usage(key, samples=0)
+                assert size is not None
+                used += size
             per_url = used / MEMORY_URLS
             print(f"schedule: {used} B for {MEMORY_URLS} URLs = {per_url:.0f} B per recurring URL")
             assert per_url <= 200, per_url
@@ -329,6 +367,11 @@ async def _listing(redis_server: Any, crawl_name: str) -> list[dict[str, Any]]:
     run = await asyncio.to_thread(_cli, redis_server, crawl_name, "schedule", "--json", "--limit", "10")
     assert run.returncode == 0, run.stderr
     return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_cli_schedule_cancel_and_all_together_is_an_error(redis_server: Any, crawl_name: str) -> None:
+    run = _cli(redis_server, crawl_name, "schedule", "--cancel", "http://s.example/a", "--all")
+    assert run.returncode == 2 and run.stderr == "crawl: error: give --cancel URL or --all, not both\n"
 
 
 @pytest.mark.parametrize("bad", ["5x", "0s", "1.5h", ""])
