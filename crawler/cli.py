@@ -249,7 +249,8 @@ class EnqueueProgress:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 @common_options
 def stats(as_json: bool, **common: Any) -> None:
-    """Crawl-wide counters: enqueued = done + dead + queued + deferred + inflight."""
+    """Crawl-wide counters: enqueued = done + dead + queued + deferred + inflight + scheduled (recurring URLs
+    waiting for their next pass)."""
     settings = _settings()
     sys.exit(run_async(_stats(settings, as_json)))
 
