@@ -28,8 +28,9 @@ from crawler.schedule import (
     next_due_ms,
     parse_duration,
 )
+from crawler.testing.services import start_server
 from crawler.urls import crawl_url
-from tests.helpers import crawl
+from tests.helpers import crawl, read_records, stats, worker_args
 from tests.test_frontier import LONG_TTL_S, check, open_frontier, wait_expired
 
 pytestmark = pytest.mark.timeout(60)
@@ -382,3 +383,26 @@ def test_cli_bad_duration_is_one_line(redis_server: Any, crawl_name: str, tmp_pa
     assert run.returncode == 2
     assert run.stderr.startswith("crawl: error: --every: ") and run.stderr.count("\n") == 1, run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ------------------------------------------------------------------------------------------- the real worker
+def test_worker_fetches_a_recurring_url_on_each_pass(redis_server: Any, crawl_name: str, tmp_path: Path) -> None:
+    """The worker as it is (before the conditional-request half is wired): each `--until-idle` run fetches the
+    passes that are due and stops when the next one is not; the schedule and the counters hold across runs."""
+    with start_server("crawler.testing.site_server", "--port", 0, "--pages", 5, "--seed", 3) as site:
+        seeds = tmp_path / "watch.txt"
+        seeds.write_text(site.url + "/p/0\n")
+        run = _cli(redis_server, crawl_name, "enqueue", "--every", "1s", str(seeds))
+        assert run.returncode == 0 and "added=1 " in run.stdout, run.stderr
+        args = worker_args(redis_server.url, crawl_name, tmp_path / "out", "--until-idle", "--no-follow")
+        for passes in (1, 2):
+            run = crawl(args, timeout_s=60)
+            assert run.returncode == 0, run.stdout + run.stderr
+            s = stats(redis_server.url, crawl_name)
+            assert (s["passes"], s["scheduled"], s["done"], s["consistent"]) == (passes, 1, 0, True), s
+            give_up = time.monotonic() + 5
+            while stats(redis_server.url, crawl_name)["next_pass_in_s"] > 0:  # poll until the pass is due
+                assert time.monotonic() < give_up, "the next pass never came due"
+    records = read_records(tmp_path / "out")
+    assert [r["url"] for r in records] == [site.url + "/p/0"] * 2
+    assert all(r["status"] == 200 for r in records)
