@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -22,6 +22,9 @@ from crawler.errors import ConfigError, CrawlError
 from crawler.logs import EventLog, early_format
 from crawler.options import BY_KEY, FRONTIER_OPTIONS, GROUPS, OPTIONS, Option
 from crawler.settings import Settings
+
+if TYPE_CHECKING:
+    from crawler.frontier import Frontier
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -307,20 +310,20 @@ async def _schedule(settings: Settings, as_json: bool, limit: int, cancel_url: s
     return 0
 
 
-async def _cancel(frontier: Any, text: str, keep_tracking: bool) -> int:
+async def _cancel(frontier: Frontier, text: str, keep_tracking: bool) -> int:
     from crawler.urls import InvalidURL, crawl_url
 
     try:
         url = crawl_url(text.strip(), keep_tracking=keep_tracking)
     except InvalidURL as exc:
         raise ConfigError(f"--cancel: invalid URL: {exc}") from None
-    stopped, pending = await frontier.cancel_recurring(url)
+    stopped, pending = await frontier.cancel_recurring(url.url)
     if stopped:
         click.echo(f"cancelled {url.url}")
     elif pending:
-        click.echo(f"cancelled {url.url} (its pass in progress, if any, is the last)")
+        click.echo(f"cancelled {url.url} (its pass in progress is the last)")
     else:
-        raise ConfigError(f"{url.url} is not in this crawl")
+        raise ConfigError(f"{url.url} does not recur in this crawl")
     return 0
 
 

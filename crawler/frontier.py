@@ -262,6 +262,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _recurring_url(stored: str) -> str | None:
+    """The URL of a stored entry when it recurs, else None."""
+    ls = Lease.from_member("- " + stored)
+    return ls.url if ls.recur_text else None
+
+
 @dataclass(frozen=True, slots=True)
 class Politeness:
     per_host_concurrency: int = 0  # 0: unlimited
@@ -584,27 +590,51 @@ class Frontier:
                 return
             start += page
 
-    async def cancel_recurring(self, u: CrawlURL) -> tuple[int, bool]:
-        """Stop the schedule of one URL. Returns (stopped now, pending): stopped now when it was waiting for its
-        next pass (it is done); pending when a pass of it may be in progress, which then ends the schedule at its
-        ack. (0, False) for a URL this crawl never saw. Finding it reads the whole schedule: a command, not a
-        path any worker takes."""
+    async def cancel_recurring(self, url: str) -> tuple[int, bool]:
+        """Stop the schedule of one URL (its fetch URL). Returns (stopped now, pending): stopped now when it was
+        waiting for its next pass (it is done); pending when a pass of it is queued, deferred or leased, which then
+        ends the schedule at its ack. (0, False) when the URL has no schedule. Finding it reads the schedule, the
+        leases, the retries and its host's queue: a command's cost, never a worker's."""
         k = self.keys
-        found: list[str] = []
         with redis_errors("schedule cancel"):
-            if not await self.redis.sismember(k.seen, u.fingerprint):  # type: ignore[arg-type]
+            found = await self._waiting(url)
+            if not found and not await self._in_progress(url):
                 return 0, False
-            async for second, _ in self._buckets():
-                for start in itertools.count(0, 1000):
-                    stored = await self.redis.lrange(k.recur_bucket(second), start, start + 999)
-                    for e in stored:
-                        text = _text(e)
-                        if Lease.from_member("- " + text).url == u.url:
-                            found += [second, text]
-                    if len(stored) < 1000:
-                        break
-        removed, marked = await self._run("cancel", [k.recur, k.stats], [u.url, *found])
+        removed, marked = await self._run("cancel", [k.recur, k.stats], [url, *found])
         return int(removed), bool(marked)
+
+    async def _waiting(self, url: str) -> list[str]:
+        """(bucket second, entry) pairs, flattened, of `url` in the schedule."""
+        found: list[str] = []
+        async for second, _ in self._buckets():
+            async for text in self._list(self.keys.recur_bucket(second)):
+                if _recurring_url(text) == url:
+                    found += [second, text]
+        return found
+
+    async def _in_progress(self, url: str) -> bool:
+        """Whether a pass of recurring `url` is leased, deferred or queued now."""
+        pattern = "* " + "".join("\\" + c if c in "*?[]\\" else c for c in url) + "*"
+        for zset in (self.keys.leases, self.keys.deferred):
+            async for member, _ in self.redis.zscan_iter(zset, match=pattern, count=1000):
+                entry_text = _text(member)
+                if zset == self.keys.leases:
+                    entry_text = entry_text.partition(" ")[2]
+                if _recurring_url(entry_text) == url:
+                    return True
+        host = url.partition("://")[2].partition("/")[0]
+        async for text in self._list(self.keys.queue(host)):
+            if _recurring_url(text) == url:
+                return True
+        return False
+
+    async def _list(self, key: str, page: int = 1000) -> AsyncIterator[str]:
+        for start in itertools.count(0, page):
+            stored = await self.redis.lrange(key, start, start + page - 1)
+            for e in stored:
+                yield _text(e)
+            if len(stored) < page:
+                return
 
     async def cancel_all_recurring(self) -> int:
         """Stop every schedule: waiting URLs are done now (returned), passes in progress end at their ack."""

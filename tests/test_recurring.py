@@ -231,14 +231,28 @@ def test_cancel_one_and_all(redis_server: Any, crawl_name: str) -> None:
             await f.ack(await lease_all(f, 2))
             assert len(await f.scheduled()) == 2
             # waiting for its next pass: stopped now, done
-            assert await f.cancel_recurring(waiting) == (1, False)
+            assert await f.cancel_recurring(waiting.url) == (1, False)
             await consistent(f, done=1, scheduled=1, recurring=1)
             # in a pass: marked, and the pass's ack ends the schedule
             (ls,) = await lease_all(f, 1)
-            assert await f.cancel_recurring(leased) == (0, True)
+            assert await f.cancel_recurring(leased.url) == (0, True)
             await f.ack([ls])
             await consistent(f, done=2, scheduled=0, recurring=0, inflight=0)
-            assert await f.cancel_recurring(crawl_url("http://c.example/never")) == (0, False)
+            assert await f.cancel_recurring("http://c.example/never") == (0, False)
+            assert await f.cancel_recurring(waiting.url) == (0, False)  # its schedule is over
+            await f.add([crawl_url("http://c.example/plain")])
+            assert await f.cancel_recurring("http://c.example/plain") == (0, False)  # queued, but never recurred
+            (plain,) = await lease_all(f, 1)
+            await f.ack([plain])
+            # queued and deferred passes are found too
+            await f.add([crawl_url("http://c.example/q"), crawl_url("http://c.example/d")], every_s=1)
+            by = {ls.url: ls for ls in await lease_all(f, 2)}
+            await f.release([by["http://c.example/q"]])
+            await f.defer([Deferral(by["http://c.example/d"], time.time() - 1, 1)])  # in `deferred` until a lease
+            assert await f.cancel_recurring("http://c.example/q") == (0, True)
+            assert await f.cancel_recurring("http://c.example/d") == (0, True)
+            await f.ack(await lease_all(f, 2))
+            await consistent(f, done=5, scheduled=0, recurring=0, inflight=0, deferred=0)
 
             more = [crawl_url(f"http://c.example/m{i}") for i in range(3)]
             await f.add(more, every_s=1)
@@ -246,11 +260,11 @@ def test_cancel_one_and_all(redis_server: Any, crawl_name: str) -> None:
             await f.ack(first[:2])  # two wait, one is in its pass
             assert await f.cancel_all_recurring() == 2
             await f.ack(first[2:])  # enqueued under the old generation: its schedule ends too
-            await consistent(f, done=5, scheduled=0, recurring=0)
+            await consistent(f, done=8, scheduled=0, recurring=0)
             # a URL enqueued after --all recurs again
             await f.add([crawl_url("http://c.example/new")], every_s=1)
             await f.ack(await lease_all(f, 1))
-            await consistent(f, done=5, scheduled=1, recurring=1)
+            await consistent(f, done=8, scheduled=1, recurring=1)
 
     asyncio.run(main())
 
