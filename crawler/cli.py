@@ -278,11 +278,10 @@ async def _stats(settings: Settings, as_json: bool) -> int:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="URLs to list at most.")
 @click.option("--cancel", "cancel_url", default=None, metavar="URL", help="Stop the schedule of URL.")
 @click.option("--all", "cancel_all", is_flag=True, help="Stop every schedule.")
-@table_options([BY_KEY["keep_tracking_params"]])
 @common_options
 def schedule(as_json: bool, limit: int, cancel_url: str | None, cancel_all: bool, **common: Any) -> None:
     """Recurring URLs (enqueued with --every), earliest next pass first; --cancel URL or --all stops them."""
-    settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
+    settings = _settings()
     if cancel_url is not None and cancel_all:
         _fail("give --cancel URL or --all, not both")
     sys.exit(run_async(_schedule(settings, as_json, limit, cancel_url, cancel_all)))
@@ -299,7 +298,7 @@ async def _schedule(settings: Settings, as_json: bool, limit: int, cancel_url: s
             click.echo(f"cancelled={await frontier.cancel_all_recurring()} (passes in progress end at their ack)")
             return 0
         if cancel_url is not None:
-            return await _cancel(frontier, cancel_url, settings.scope.keep_tracking_params)
+            return await _cancel(frontier, cancel_url)
         rows = await frontier.scheduled(limit)
         counters = await frontier.counters()
     if as_json:
@@ -310,11 +309,12 @@ async def _schedule(settings: Settings, as_json: bool, limit: int, cancel_url: s
     return 0
 
 
-async def _cancel(frontier: Frontier, text: str, keep_tracking: bool) -> int:
+async def _cancel(frontier: Frontier, text: str) -> int:
+    """Cancel by the fetch URL as the frontier stores it (WHATWG-serialised: `HTTP://A.example` finds it)."""
     from crawler.urls import InvalidURL, crawl_url
 
     try:
-        url = crawl_url(text.strip(), keep_tracking=keep_tracking)
+        url = crawl_url(text.strip())
     except InvalidURL as exc:
         raise ConfigError(f"--cancel: invalid URL: {exc}") from None
     stopped, pending = await frontier.cancel_recurring(url.url)
