@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -23,6 +23,9 @@ from crawler.errors import ConfigError, CrawlError
 from crawler.logs import EventLog, early_format
 from crawler.options import BY_KEY, FRONTIER_OPTIONS, GROUPS, OPTIONS, Option
 from crawler.settings import Settings
+
+if TYPE_CHECKING:
+    from crawler.frontier import Frontier
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,25 +143,48 @@ def main() -> None:
     show_default=True,
     help="high: put these URLs at the front of their host's queue.",
 )
+@click.option(
+    "--every",
+    default=None,
+    metavar="DURATION",
+    help="Fetch these URLs again this long after each fetch (30s, 15m, 6h, 1d; up to 10% jitter).",
+)
 @table_options([BY_KEY["keep_tracking_params"]])
 @common_options
-def enqueue(source: str | None, depth: int, sitemaps: tuple[str, ...], priority: str, **kw: Any) -> None:
+def enqueue(
+    source: str | None, depth: int, sitemaps: tuple[str, ...], priority: str, every: str | None, **kw: Any
+) -> None:
     """Add the URLs of SOURCE (a file, or - for stdin) to the crawl: plain URL lines and JSON lines
-    ({"url": ..., "data": {...}, "priority": ..., "label": ..., "kind": "sitemap"}) mixed; and --sitemap URLs."""
+    ({"url": ..., "data": {...}, "priority": ..., "label": ..., "kind": "sitemap", "every": "6h"}) mixed; and
+    --sitemap URLs. --every makes them recurring: due again that long after each fetch."""
     settings = _settings((*FRONTIER_OPTIONS, BY_KEY["keep_tracking_params"]))
     keep_tracking = settings.scope.keep_tracking_params
+    every_s = _duration("--every", every) if every is not None else None
     if source is None and not sitemaps:
         _fail("crawl enqueue needs a SOURCE file (or -), or --sitemap URL")
     code = 0
+    front = priority == "high"
     if sitemaps:
         lines = "".join(json.dumps({"url": u, "kind": "sitemap"}) + "\n" for u in sitemaps).encode()
-        code = run_async(_enqueue(settings, lines, depth, priority == "high", keep_tracking))
+        code = run_async(_enqueue(settings, lines, depth, front, keep_tracking, every_s))
     if source is not None and not code:
-        code = run_async(_enqueue(settings, source, depth, priority == "high", keep_tracking))
+        code = run_async(_enqueue(settings, source, depth, front, keep_tracking, every_s))
     sys.exit(code)
 
 
-async def _enqueue(settings: Settings, source: str | bytes, depth: int, front: bool, keep_tracking: bool) -> int:
+def _duration(flag: str, text: str) -> int:
+    from crawler.schedule import InvalidDuration, parse_duration
+
+    try:
+        return parse_duration(text)
+    except InvalidDuration as exc:
+        _fail(f"{flag}: {exc}")
+        raise  # unreachable
+
+
+async def _enqueue(
+    settings: Settings, source: str | bytes, depth: int, front: bool, keep_tracking: bool, every_s: int | None = None
+) -> int:
     from crawler.connection import open_redis
     from crawler.enqueue import EnqueueProgress, InvalidLinePrinter, enqueue_stream
     from crawler.frontier import Frontier
@@ -177,7 +203,9 @@ async def _enqueue(settings: Settings, source: str | bytes, depth: int, front: b
     try:
         async with open_redis(settings.redis_url, settings.home) as redis, EnqueueProgress(stream) as progress:
             frontier = Frontier(redis, settings.crawl_name)
-            report = await enqueue_stream(frontier, stream, depth, front, keep_tracking, printer, progress)
+            report = await enqueue_stream(
+                frontier, stream, depth, front, keep_tracking, printer, progress, every_s=every_s
+            )
             progress(report)  # the last frame shows the final counts
     finally:
         if stream is not sys.stdin.buffer:
@@ -200,7 +228,8 @@ async def _enqueue(settings: Settings, source: str | bytes, depth: int, front: b
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 @common_options
 def stats(as_json: bool, **common: Any) -> None:
-    """Crawl-wide counters: enqueued = done + dead + queued + deferred + inflight."""
+    """Crawl-wide counters: enqueued = done + dead + queued + deferred + inflight + scheduled (recurring URLs
+    waiting for their next pass)."""
     settings = _settings()
     sys.exit(run_async(_stats(settings, as_json)))
 
@@ -216,6 +245,61 @@ async def _stats(settings: Settings, as_json: bool) -> int:
         click.echo(json.dumps({**snap, "redis": where}, sort_keys=True))
     else:
         click.echo(format_snapshot(snap, where))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- schedule
+@main.command(cls=TableCommand)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: url, due_at, every_s, depth, validators.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="URLs to list at most.")
+@click.option("--cancel", "cancel_url", default=None, metavar="URL", help="Stop the schedule of URL.")
+@click.option("--all", "cancel_all", is_flag=True, help="Stop every schedule.")
+@common_options
+def schedule(as_json: bool, limit: int, cancel_url: str | None, cancel_all: bool, **common: Any) -> None:
+    """Recurring URLs (enqueued with --every), earliest next pass first; --cancel URL or --all stops them."""
+    settings = _settings()
+    if cancel_url is not None and cancel_all:
+        _fail("give --cancel URL or --all, not both")
+    sys.exit(run_async(_schedule(settings, as_json, limit, cancel_url, cancel_all)))
+
+
+async def _schedule(settings: Settings, as_json: bool, limit: int, cancel_url: str | None, cancel_all: bool) -> int:
+    from crawler.connection import open_redis
+    from crawler.frontier import Frontier
+    from crawler.views import format_scheduled, scheduled_json
+
+    async with open_redis(settings.redis_url, settings.home) as redis:
+        frontier = Frontier(redis, settings.crawl_name)
+        if cancel_all:
+            click.echo(f"cancelled={await frontier.cancel_all_recurring()} (passes in progress end at their ack)")
+            return 0
+        if cancel_url is not None:
+            return await _cancel(frontier, cancel_url)
+        rows = await frontier.scheduled(limit)
+        counters = await frontier.counters()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(scheduled_json(row), sort_keys=True))
+    else:
+        click.echo(format_scheduled(rows, counters))
+    return 0
+
+
+async def _cancel(frontier: Frontier, text: str) -> int:
+    """Cancel by the fetch URL as the frontier stores it (WHATWG-serialised: `HTTP://A.example` finds it)."""
+    from crawler.urls import InvalidURL, crawl_url
+
+    try:
+        url = crawl_url(text.strip())
+    except InvalidURL as exc:
+        raise ConfigError(f"--cancel: invalid URL: {exc}") from None
+    stopped, pending = await frontier.cancel_recurring(url.url)
+    if stopped:
+        click.echo(f"cancelled {url.url}")
+    elif pending:
+        click.echo(f"cancelled {url.url} (its pass in progress is the last)")
+    else:
+        raise ConfigError(f"{url.url} does not recur in this crawl")
     return 0
 
 

@@ -10,7 +10,9 @@ A line is a URL, or a JSON object for a URL with what travels with it (both kind
 
 `data` is a JSON object of at most 8 KiB serialised, `priority` "high" (the head of the host's queue), "normal"
 or an integer (> 0 is high), `label` the parser function to call, `kind` what the URL is ("sitemap"), `headers`
-extra request headers. A line without those fields costs Redis nothing more than a plain URL line.
+extra request headers, `every` a period (`"6h"`, `"30m"`, or seconds) after which the URL is fetched again, and
+again (crawler/schedule.py; `--every` sets it for every line). A line without those fields costs Redis nothing
+more than a plain URL line.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from crawler.entries import Extras, InvalidExtras, entry
 from crawler.frontier import Frontier
+from crawler.schedule import InvalidDuration, parse_duration, recur_tail
 from crawler.urls import MAX_URL_BYTES, CrawlURL, InvalidURL, crawl_url
 
 BATCH = 2000  # lines per chunk: one script call
@@ -38,7 +41,7 @@ IN_PROCESS_CHUNKS = 4  # files up to this many chunks are normalised here: a hel
 CHUNKS_AHEAD = 6  # chunks handed to the helper process before we wait for the oldest: bounds memory
 SHOWN_ERRORS = 20
 MAX_LINE_BYTES = 64 * 1024  # a JSON line: a URL, 8 KiB of data (escaped in the file, so it may be longer), fields
-_FIELDS = frozenset({"url", "data", "priority", "label", "kind", "headers"})
+_FIELDS = frozenset({"url", "data", "priority", "label", "kind", "headers", "every"})
 
 
 class InvalidLine(ValueError):
@@ -52,6 +55,7 @@ class Seed(NamedTuple):
     url: CrawlURL
     extras: str = ""
     front: bool | None = None  # None: the file's default (`--priority`)
+    every_s: int | None = None  # None: the file's default (`--every`, or not recurring)
 
 
 @dataclass(slots=True)
@@ -104,9 +108,10 @@ def _json_line(text: str, keep_tracking: bool) -> Seed:
     front = _priority(obj.get("priority"))
     try:
         extras = Extras(obj.get("data"), obj.get("label"), obj.get("headers"), obj.get("kind")).encode()
-    except InvalidExtras as exc:
-        raise InvalidLine(str(exc)) from None
-    return Seed(crawl_url(url.strip(), keep_tracking=keep_tracking), extras, front)
+        every = None if obj.get("every") is None else parse_duration(obj["every"])
+    except (InvalidExtras, InvalidDuration) as exc:
+        raise InvalidLine(f"every: {exc}" if isinstance(exc, InvalidDuration) else str(exc)) from None
+    return Seed(crawl_url(url.strip(), keep_tracking=keep_tracking), extras, front, every)
 
 
 def _priority(value: Any) -> bool | None:
@@ -154,9 +159,16 @@ class Chunk:
 
 
 def normalize_chunk(
-    lines: list[bytes], first_lineno: int, depth: int, keep_tracking: bool, front: bool = False
+    lines: list[bytes],
+    first_lineno: int,
+    depth: int,
+    keep_tracking: bool,
+    front: bool = False,
+    every_s: int | None = None,
 ) -> Chunk:
-    """Top level and picklable: runs in a helper process for big files, so Redis and Python work in parallel."""
+    """Top level and picklable: runs in a helper process for big files, so Redis and Python work in parallel.
+
+    `every_s` makes every URL of the chunk recur (a JSON line's own `every` wins)."""
     out = Chunk()
     fps: list[bytes] = []
     flipped: list[bytes] = []
@@ -171,12 +183,14 @@ def normalize_chunk(
             continue
         if seed is None:
             continue
+        every = seed.every_s or every_s
+        text = entry(seed.url.url, depth, 0, seed.extras) + (recur_tail(every) if every else "")
         if seed.front is None or seed.front == front:
             fps.append(seed.url.fingerprint)
-            out.entries.append(entry(seed.url.url, depth, 0, seed.extras))
+            out.entries.append(text)
         else:
             flipped.append(seed.url.fingerprint)
-            out.flipped_entries.append(entry(seed.url.url, depth, 0, seed.extras))
+            out.flipped_entries.append(text)
         out.hosts.add(seed.url.host)
     out.fingerprints = b"".join(fps)
     out.flipped_fingerprints = b"".join(flipped)
@@ -269,8 +283,12 @@ async def enqueue_stream(
     keep_tracking: bool = False,
     on_invalid: Callable[[int, str], None] | None = None,
     on_progress: Callable[[EnqueueReport], None] | None = None,
+    every_s: int | None = None,
 ) -> EnqueueReport:
     """Stream `stream` into the frontier; memory is bounded by a few chunks whatever the file's size.
+
+    With `every_s`, each URL recurs: due again that long (jittered) after each fetch. A URL already seen in the
+    crawl is a duplicate either way (dedup is crawl-wide); it does not become recurring.
 
     Past the first few chunks, lines are parsed in a helper process (a bounded window of chunks ahead) while
     this process pipelines the prepared chunks to Redis, one pipeline in flight: the three run in parallel.
@@ -283,11 +301,13 @@ async def enqueue_stream(
         for n, (lines, first) in enumerate(_chunks(stream)):
             sender.report.lines = first + len(lines) - 1
             if n < IN_PROCESS_CHUNKS:  # a small file: no helper process to start
-                await sender.take(normalize_chunk(lines, first, depth, keep_tracking, front))
+                await sender.take(normalize_chunk(lines, first, depth, keep_tracking, front, every_s))
                 continue
             if pool is None:
                 pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
-            ahead.append(loop.run_in_executor(pool, normalize_chunk, lines, first, depth, keep_tracking, front))
+            ahead.append(
+                loop.run_in_executor(pool, normalize_chunk, lines, first, depth, keep_tracking, front, every_s)
+            )
             while len(ahead) >= CHUNKS_AHEAD or (ahead and ahead[0].done()):
                 await sender.take(await ahead.popleft())
         while ahead:

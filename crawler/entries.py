@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from crawler.schedule import RecurState, Validators
 from crawler.urls import CrawlURL
 
 MAX_DATA_BYTES = 8192  # user data of one URL, serialised: it sits in Redis for as long as the URL is queued
@@ -100,6 +101,10 @@ class Lease:
     through every retry, release, reclaim, dead-letter and requeue: the Lua scripts keep the entry's tail as it
     is. It is decoded on first use of `extras` (or `data`, `label`, ...), not at lease time: a batch of big
     user data is not parsed on the event loop unless asked for. Hand `extras_json` to the parse pool as it is.
+
+    A recurring URL's lease also carries its schedule and the validators stored by its previous pass (`recur`),
+    in the member itself: no extra round trip per page. Ack it with `Settlement.validators[member]` to store new
+    ones; without, the stored ones stay (a 304).
     """
 
     member: str
@@ -108,12 +113,29 @@ class Lease:
     attempts: int  # fetch attempts already made before this lease
     extras_json: str = ""
     _extras: Any = field(default=_UNPARSED, compare=False, repr=False)  # the decoded extras, once asked for
+    recur_text: str = ""  # a recurring URL's state as stored (crawler/schedule.py); "" for a URL that does not recur
 
     @classmethod
     def from_member(cls, member: str) -> Lease:
         _token, depth, attempts, rest = member.split(" ", 3)
+        rest, _, recur = rest.partition("\t")
         url, _, tail = rest.partition(" ")
-        return cls(member, url, int(depth), int(attempts), tail)
+        return cls(member, url, int(depth), int(attempts), tail, recur_text=recur)
+
+    @property
+    def recur(self) -> RecurState | None:
+        """The schedule and stored validators of a recurring URL (send If-None-Match / If-Modified-Since from
+        them, compare `digest` to say `changed`); None for a URL that does not recur."""
+        return RecurState.decode(self.recur_text) if self.recur_text else None
+
+    def next_pass_entry(self, validators: Validators | None = None) -> str:
+        """The entry of this recurring URL's next pass: a fresh attempt count, its extras, and the validators
+        given (None: the stored ones are kept, as for a 304)."""
+        state = self.recur
+        assert state is not None, "not a recurring lease"
+        if validators is not None:
+            state = state.with_validators(validators)
+        return entry(self.url, self.depth, 0, self.extras_json) + "\t" + state.encode()
 
     @property
     def extras(self) -> Extras | None:

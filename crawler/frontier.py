@@ -4,15 +4,23 @@ Each operation is one Lua script call per batch (scripts in `crawler/lua/`, one 
 once), so Redis round trips per page stay far below one. A lease is owned by one consumer (its token is part of
 the lease member) until it is acked, released, deferred, dead-lettered, or expires and is reclaimed.
 
-Counters always add up: enqueued = done + dead + queued + deferred + inflight.
+Counters always add up: enqueued = done + dead + queued + deferred + inflight + scheduled.
+
+Recurring URLs (`--every`, crawler/schedule.py) count once in `enqueued`, like any URL: between passes they are
+`scheduled` (waiting in the `recur` zset), during a pass queued, deferred or in flight as usual. A pass that ends
+is counted in `passes` (acked) or `failed_passes` (dead-lettered, the failure kept for `crawl dead`), never in
+`done` or `dead`: a recurring URL becomes done only when its schedule is cancelled. `recurring` counts the URLs
+with a live schedule.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -24,10 +32,15 @@ from crawler.entries import Extras, entry
 from crawler.entries import Lease as Lease  # the frontier's API: re-exported
 from crawler.entries import NewLink as NewLink
 from crawler.keys import CrawlKeys
+from crawler.schedule import JITTER, RecurState, Validators, next_due_ms, recur_tail
 from crawler.urls import CrawlURL
 
 LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
-_SCRIPTS = ("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead")
+DUE_BUCKETS_COUNTED = 100  # `Counters.due` counts the entries of at most this many due seconds (a lower bound)
+_SCRIPTS = (
+    *("add", "lease", "ack", "release", "defer", "dead", "reclaim", "renew", "requeue_dead"),
+    *("cancel", "cancel_all"),
+)
 
 
 def _load_lua(name: str) -> str:
@@ -72,13 +85,17 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """Everything one commit settles, in one round trip (`Frontier.settle`)."""
+    """Everything one commit settles, in one round trip (`Frontier.settle`).
+
+    `validators` (lease member -> Validators) are stored for the next pass of the recurring leases in `done`; a
+    recurring lease acked without an entry keeps its stored validators (a 304). Ignored for other leases."""
 
     done: Sequence[Lease] = ()
     links: Sequence[NewLink] = ()
     deferred: Sequence[Deferral] = ()
     dead: Sequence[DeadLetter] = ()
     released: Sequence[Lease] = ()
+    validators: Mapping[str, Validators] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.done or self.links or self.deferred or self.dead or self.released)
@@ -98,15 +115,28 @@ class Counters:
     done: int
     dead: int
     retried: int
+    scheduled: int = 0  # recurring URLs waiting for their next pass
+    recurring: int = 0  # URLs with a live schedule (scheduled, or in a pass now)
+    passes: int = 0  # recurring passes acked
+    failed_passes: int = 0  # recurring passes dead-lettered (the URL stays scheduled)
+    due: int = 0  # scheduled URLs whose next pass is due now
+    next_pass_ms: int | None = None  # when the earliest scheduled pass is due (None: nothing scheduled)
 
     @property
     def consistent(self) -> bool:
-        return self.enqueued == self.done + self.dead + self.queued + self.deferred + self.inflight
+        return self.enqueued == self.done + self.dead + self.queued + self.deferred + self.inflight + self.scheduled
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, deferred or leased anywhere in the crawl."""
+        """Nothing queued, deferred or leased anywhere in the crawl (recurring URLs may wait: see idle_within)."""
         return self.queued == 0 and self.deferred == 0 and self.inflight == 0
+
+    def idle_within(self, horizon_s: float, at_ms: int | None = None) -> bool:
+        """`--until-idle` with `--idle-horizon`: idle, and no recurring pass due before `horizon_s` from now."""
+        if not self.idle:
+            return False
+        now = now_ms() if at_ms is None else at_ms
+        return self.next_pass_ms is None or self.next_pass_ms > now + int(horizon_s * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +147,33 @@ class DeadEntry:
     at_ms: int
     error: dict[str, Any]
     extras: Extras | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A recurring URL waiting for its next pass (`Frontier.scheduled`)."""
+
+    url: str
+    due_ms: int
+    depth: int
+    recur: RecurState
+    extras_json: str = ""
+
+    @classmethod
+    def of(cls, stored: str, due_ms: int) -> Scheduled:
+        ls = Lease.from_member("- " + stored)  # a stored entry is a lease member without its token
+        assert ls.recur is not None
+        return cls(ls.url, due_ms, ls.depth, ls.recur, ls.extras_json)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _recurring_url(stored: str) -> str | None:
+    """The URL of a stored entry when it recurs, else None."""
+    ls = Lease.from_member("- " + stored)
+    return ls.url if ls.recur_text else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +209,22 @@ class Frontier:
         k = self.keys
         return "add", [k.seen, k.hosts, k.stats], [now_ms(), int(front), fps, entries]
 
-    def _ack_call(self, done: Sequence[Lease], links: Sequence[NewLink]) -> _Call:
+    def _ack_call(
+        self, done: Sequence[Lease], links: Sequence[NewLink], validators: Mapping[str, Validators] | None = None
+    ) -> _Call:
         k = self.keys
         fps, entries = _link_blobs(links)
-        args: list[Any] = [now_ms(), self._phc, len(done), *(ls.member for ls in done), fps, entries]
-        return "ack", [k.leases, k.host_inflight, k.hosts, k.seen, k.stats], args
+        now = now_ms()
+        args: list[Any] = [now, self._phc, len(done)]
+        for ls in done:
+            state = ls.recur
+            if state is None:
+                args += [ls.member, 0, ""]
+            else:
+                nxt = ls.next_pass_entry((validators or {}).get(ls.member))
+                args += [ls.member, next_due_ms(now, state.every_s), nxt]
+        args += [fps, entries]
+        return "ack", [k.leases, k.host_inflight, k.hosts, k.seen, k.stats, k.recur, k.dead], args
 
     def _release_call(self, leases: Sequence[Lease]) -> _Call:
         k = self.keys
@@ -176,19 +244,29 @@ class Frontier:
     def _dead_call(self, items: Sequence[DeadLetter]) -> _Call:
         k = self.keys
         args: list[Any] = [now_ms(), self._phc]
+        now = args[0]
         for d in items:
-            args += [d.lease.member, d.attempts, json.dumps(d.error, separators=(",", ":"))]
-        return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats], args
+            state = d.lease.recur
+            due = next_due_ms(now, state.every_s) if state else 0
+            args += [d.lease.member, d.attempts, json.dumps(d.error, separators=(",", ":")), due]
+        return "dead", [k.leases, k.host_inflight, k.hosts, k.dead, k.stats, k.recur], args
 
     # -- adding ---------------------------------------------------------------------------------------------
     async def add(
-        self, urls: Iterable[CrawlURL], depth: int = 0, front: bool = False, extras: Extras | None = None
+        self,
+        urls: Iterable[CrawlURL],
+        depth: int = 0,
+        front: bool = False,
+        extras: Extras | None = None,
+        every_s: int | None = None,
     ) -> int:
         """Add URLs not seen before in this crawl; returns how many were new. Duplicates are dropped silently.
 
-        `extras` (the same for every URL of the call) travel with each URL; InvalidExtras when they cannot."""
+        `extras` (the same for every URL of the call) travel with each URL; InvalidExtras when they cannot.
+        With `every_s`, the URLs recur: each is due again that long (jittered) after each of its fetches."""
         tail = extras.encode() if extras else ""
-        fps, entries = _blobs((n.fingerprint, entry(n.url, depth, 0, tail)) for n in urls)
+        recur = recur_tail(every_s) if every_s else ""
+        fps, entries = _blobs((n.fingerprint, entry(n.url, depth, 0, tail) + recur) for n in urls)
         if not fps:
             return 0
         return int(await self._run(*self._add_call(fps, entries, front)))
@@ -217,7 +295,9 @@ class Frontier:
         """Lease up to `n` URLs for consumer `token` for `ttl_s` seconds.
 
         Returns (leases, next_due_ms). An empty list means nothing is leasable right now: next_due_ms says when
-        something may be (a host's delay ends, a retry falls due), or -1 when nothing is queued or deferred.
+        something may be (a host's delay ends, a retry or a recurring pass falls due), or -1 when nothing is
+        queued, deferred or scheduled. Recurring passes that are due join their hosts' queues in the same call;
+        a recurring lease carries its stored validators (`Lease.recur`).
         """
         if " " in token:
             raise ValueError("a consumer token cannot contain spaces")
@@ -225,7 +305,7 @@ class Frontier:
         now = now_ms()
         members, next_due = await self._run(
             "lease",
-            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats, k.host_delay],
+            [k.hosts, k.host_inflight, k.host_next, k.leases, k.deferred, k.stats, k.recur, k.host_delay],
             [now, n, token, now + int(ttl_s * 1000), self._phc, self.politeness.per_host_delay_ms],
         )
         return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in members], int(next_due)
@@ -239,8 +319,16 @@ class Frontier:
         return [Lease.from_member(m.decode() if isinstance(m, bytes) else m) for m in lost]
 
     # -- settling -------------------------------------------------------------------------------------------
-    async def ack(self, done: Sequence[Lease], links: Sequence[NewLink] = ()) -> tuple[int, int]:
+    async def ack(
+        self,
+        done: Sequence[Lease],
+        links: Sequence[NewLink] = (),
+        validators: Mapping[str, Validators] | None = None,
+    ) -> tuple[int, int]:
         """Mark leases done and add the batch's new links. Returns (acked, links added).
+
+        A recurring lease is not done: it waits for its next pass, one period (jittered) from now, with the
+        `validators` given for its member (or, without an entry, the ones it had).
 
         Call only after the results are durably written: an acked URL is never fetched again. A lease that was
         lost (expired and reclaimed) is not counted twice; its URL may then appear twice in the output, which
@@ -248,15 +336,17 @@ class Frontier:
         """
         if not done and not links:
             return 0, 0
-        results = await self._pipeline(self._link_calls(done, links))
+        results = await self._pipeline(self._link_calls(done, links, validators))
         return int(results[0][0]), int(results[0][1]) + sum(int(r) for r in results[1:])
 
-    def _link_calls(self, done: Sequence[Lease], links: Sequence[NewLink]) -> list[_Call]:
+    def _link_calls(
+        self, done: Sequence[Lease], links: Sequence[NewLink], validators: Mapping[str, Validators] | None = None
+    ) -> list[_Call]:
         """The ack with the first chunk of links, then add calls: further chunks (one script must not hold Redis
         for long) and the links asked for at the front of their queues."""
         back = [ln for ln in links if not ln.front]
         front = [ln for ln in links if ln.front] if len(back) < len(links) else []
-        calls = [self._ack_call(done, back[:LINKS_PER_CALL])]
+        calls = [self._ack_call(done, back[:LINKS_PER_CALL], validators)]
         for start in range(LINKS_PER_CALL, len(back), LINKS_PER_CALL):
             calls.append(self._add_call(*_link_blobs(back[start : start + LINKS_PER_CALL])))
         for start in range(0, len(front), LINKS_PER_CALL):
@@ -281,7 +371,10 @@ class Frontier:
         return int(await self._run(*self._defer_call(items))) if items else 0
 
     async def dead(self, items: Sequence[DeadLetter]) -> int:
-        """Dead-letter leases with their attempts and last error (a small JSON-able dict: kind, message, status)."""
+        """Dead-letter leases with their attempts and last error (a small JSON-able dict: kind, message, status).
+
+        A recurring lease keeps its schedule: its failure is listed by `dead_entries` (error flagged
+        `recurring: true`) and its next pass is due one period from now, with its stored validators."""
         return int(await self._run(*self._dead_call(items))) if items else 0
 
     async def settle(self, s: Settlement) -> int:
@@ -290,7 +383,7 @@ class Frontier:
         Returns how many leases were acked (owned at the time). Raises RedisUnavailable when Redis is away; the
         settlement may then be applied again as a whole: every script ignores leases it no longer holds.
         """
-        calls = self._link_calls(s.done, s.links) if s.done or s.links else []
+        calls = self._link_calls(s.done, s.links, s.validators) if s.done or s.links else []
         if s.deferred:
             calls.append(self._defer_call(s.deferred))
         if s.dead:
@@ -303,12 +396,14 @@ class Frontier:
         return int(results[0][0]) if s.done or s.links else 0
 
     async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
-        """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead)."""
+        """Return expired leases to their queues (or the dead set on their last attempt). (requeued, dead).
+
+        A recurring URL on its last attempt is dead-lettered for this pass and keeps its schedule."""
         k = self.keys
         requeued, dead = await self._run(
             "reclaim",
-            [k.leases, k.host_inflight, k.hosts, k.dead, k.stats],
-            [now_ms(), self._phc, max_attempts, limit],
+            [k.leases, k.host_inflight, k.hosts, k.dead, k.stats, k.recur],
+            [now_ms(), self._phc, max_attempts, limit, random.uniform(-JITTER, JITTER)],
         )
         return int(requeued), int(dead)
 
@@ -329,7 +424,15 @@ class Frontier:
                 pipe.hgetall(k.stats)
                 pipe.zcard(k.deferred)
                 pipe.zcard(k.leases)
-                stats, deferred, inflight = await pipe.execute()
+                pipe.zrange(k.recur, 0, 0, withscores=True)
+                pipe.zrangebyscore(k.recur, "-inf", now_ms(), start=0, num=DUE_BUCKETS_COUNTED)
+                stats, deferred, inflight, first, due_seconds = await pipe.execute()
+            due = 0
+            if due_seconds:  # seconds come due between two lease calls: count their entries
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for second in due_seconds:
+                        pipe.llen(k.recur_bucket(_text(second)))
+                    due = sum(int(n) for n in await pipe.execute())
         s = {(a.decode() if isinstance(a, bytes) else a): int(b) for a, b in stats.items()}
         return Counters(
             enqueued=s.get("enqueued", 0),
@@ -339,6 +442,12 @@ class Frontier:
             done=s.get("done", 0),
             dead=s.get("dead", 0),
             retried=s.get("retried", 0),
+            scheduled=s.get("scheduled", 0),
+            recurring=s.get("recurring", 0),
+            passes=s.get("passes", 0),
+            failed_passes=s.get("failed_passes", 0),
+            due=int(due),
+            next_pass_ms=int(first[0][1]) if first else None,
         )
 
     async def pages_per_s(self, window_s: int = 60) -> float:
@@ -368,6 +477,81 @@ class Frontier:
     async def requeue_dead(self, limit: int = 1_000_000) -> int:
         k = self.keys
         return int(await self._run("requeue_dead", [k.dead, k.hosts, k.stats], [now_ms(), limit]))
+
+    # -- recurring URLs ----------------------------------------------------------------------------------
+    async def scheduled(self, limit: int = 100) -> list[Scheduled]:
+        """Recurring URLs waiting for their next pass, earliest second first, at most `limit`."""
+        out: list[Scheduled] = []
+        with redis_errors("schedule"):
+            async for second, due in self._buckets():
+                stored = await self.redis.lrange(self.keys.recur_bucket(second), 0, limit - len(out) - 1)
+                out += [Scheduled.of(_text(e), due) for e in stored]
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def _buckets(self, page: int = 100) -> AsyncIterator[tuple[str, int]]:
+        """The schedule's seconds with waiting entries, earliest first: (second, due ms)."""
+        start = 0
+        while True:
+            rows: list[tuple[Any, float]] = await self.redis.zrange(  # type: ignore[assignment]
+                self.keys.recur, start, start + page - 1, withscores=True
+            )
+            for second, due in rows:
+                yield _text(second), int(due)
+            if len(rows) < page:
+                return
+            start += page
+
+    async def cancel_recurring(self, url: str) -> tuple[int, bool]:
+        """Stop the schedule of one URL (its fetch URL). Returns (stopped now, pending): stopped now when it was
+        waiting for its next pass (it is done); pending when a pass of it is queued, deferred or leased, which then
+        ends the schedule at its ack. (0, False) when the URL has no schedule. Finding it reads the schedule, the
+        leases, the retries and its host's queue: a command's cost, never a worker's."""
+        k = self.keys
+        with redis_errors("schedule cancel"):
+            found = await self._waiting(url)
+            if not found and not await self._in_progress(url):
+                return 0, False
+        removed, marked = await self._run("cancel", [k.recur, k.stats], [url, *found])
+        return int(removed), bool(marked)
+
+    async def _waiting(self, url: str) -> list[str]:
+        """(bucket second, entry) pairs, flattened, of `url` in the schedule."""
+        found: list[str] = []
+        async for second, _ in self._buckets():
+            async for text in self._list(self.keys.recur_bucket(second)):
+                if _recurring_url(text) == url:
+                    found += [second, text]
+        return found
+
+    async def _in_progress(self, url: str) -> bool:
+        """Whether a pass of recurring `url` is leased, deferred or queued now."""
+        pattern = "* " + "".join("\\" + c if c in "*?[]\\" else c for c in url) + "*"
+        for zset in (self.keys.leases, self.keys.deferred):
+            async for member, _ in self.redis.zscan_iter(zset, match=pattern, count=1000):
+                entry_text = _text(member)
+                if zset == self.keys.leases:
+                    entry_text = entry_text.partition(" ")[2]
+                if _recurring_url(entry_text) == url:
+                    return True
+        host = url.partition("://")[2].partition("/")[0]
+        async for text in self._list(self.keys.queue(host)):
+            if _recurring_url(text) == url:
+                return True
+        return False
+
+    async def _list(self, key: str, page: int = 1000) -> AsyncIterator[str]:
+        for start in itertools.count(0, page):
+            stored = await self.redis.lrange(key, start, start + page - 1)
+            for e in stored:
+                yield _text(e)
+            if len(stored) < page:
+                return
+
+    async def cancel_all_recurring(self) -> int:
+        """Stop every schedule: waiting URLs are done now (returned), passes in progress end at their ack."""
+        return int(await self._run("cancel_all", [self.keys.recur, self.keys.stats], []))
 
     async def purge(self) -> int:
         """Delete every key of this crawl; returns how many were removed."""

@@ -5,12 +5,15 @@ share a slot and one Lua script may touch several of them. Per-host queue keys a
 from `prefix` (`prefix .. "q:" .. host`), which is why the prefix is passed to every script: that is the one key
 name not declared in KEYS, and it shares the hash tag. To shard a crawl later, hash the host to `{NAME#k}`.
 `<url>` is always the fetch URL (crawler/urls.py); the extras (user data, label, headers, kind: crawler/frontier.py
-`Extras`) follow it only when a URL has some, so a URL without them costs no more than before.
+`Extras`) follow it only when a URL has some, so a URL without them costs no more than before. A recurring URL's
+entry ends in a TAB and its recurring state (`<recur>`: period, generation, validators; crawler/schedule.py), so
+its whole footprint between passes is its entry in the list of the second it is due (`recur:<s>`): no per-URL
+key, hash field or zset node.
 
 | key                 | type   | holds                                                                 |
 |---------------------|--------|-----------------------------------------------------------------------|
 | seen                | set    | 8-byte URL fingerprints: crawl-wide dedup                             |
-| q:<host>            | list   | queued entries "<depth> <attempts> <url>[ <extras JSON>]", FIFO       |
+| q:<host>            | list   | queued entries "<depth> <attempts> <url>[ <extras JSON>][<TAB><recur>]"|
 | hosts               | zset   | hosts with queued work, scored by the next time they may be leased    |
 | host_inflight       | hash   | host -> leases outstanding (per-host concurrency, crawl-wide)          |
 | host_next           | hash   | host -> earliest next lease in ms (per-host delay, crawl-wide)         |
@@ -18,7 +21,12 @@ name not declared in KEYS, and it shares the hash tag. To shard a crawl later, h
 | leases              | zset   | "<token> <entry>" scored by lease deadline in ms                       |
 | deferred            | zset   | entries waiting for a retry, scored by due time in ms                  |
 | dead                | hash   | url -> "<depth> <attempts> <at> <error JSON>[<LF><extras JSON>]"      |
-| stats               | hash   | counters: enqueued, queued, done, dead, retried                        |
+| stats               | hash   | counters: enqueued, queued, done, dead, retried, recurring, scheduled, |
+|                     |        | passes, failed_passes                                                 |
+| recur               | zset   | seconds that have waiting recurring entries (score: that second in ms) |
+| recur:<epoch second>| list   | recurring entries whose next pass is due then (a time wheel)          |
+| recur_cancel        | set    | URLs cancelled while a pass is in progress (ends at its ack)          |
+| recur_gen           | string | schedule generation: `crawl schedule --all` bumps it                   |
 | rate:<epoch second> | string | pages done in that second (expires): pages/s without a key per URL     |
 | workers             | zset   | worker id -> last heartbeat (epoch s); details in worker:<id>         |
 | worker:<id>         | string | one worker's heartbeat record, JSON, expiring with the heartbeat TTL  |
@@ -86,6 +94,21 @@ class CrawlKeys:
     @property
     def stats(self) -> str:
         return self._k("stats")
+
+    @property
+    def recur(self) -> str:
+        return self._k("recur")
+
+    def recur_bucket(self, second: int | str) -> str:
+        return self._k(f"recur:{second}")
+
+    @property
+    def recur_cancel(self) -> str:
+        return self._k("recur_cancel")
+
+    @property
+    def recur_gen(self) -> str:
+        return self._k("recur_gen")
 
     def rate(self, epoch_s: int) -> str:
         return self._k(f"rate:{epoch_s}")

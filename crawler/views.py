@@ -12,14 +12,16 @@ import os
 import signal
 import sys
 import termios
+import time
 import tty
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from rich.console import Group
 from rich.table import Table
 
-from crawler.frontier import Frontier
+from crawler.frontier import Counters, Frontier, Scheduled, now_ms
 from crawler.heartbeat import live_workers
 from crawler.redact import redact_url
 from crawler.settings import Settings
@@ -47,7 +49,29 @@ async def crawl_snapshot(redis: aioredis.Redis, crawl_name: str) -> dict[str, An
         "eta_s": eta_s,
         "consistent": c.consistent,
         "workers": len(workers),
+        **recurring_counts(c),
     }
+
+
+def recurring_counts(c: Counters) -> dict[str, Any]:
+    """The recurring part of `crawl stats`: URLs with a schedule, waiting, due now, passes, next pass in s."""
+    nxt = None if c.next_pass_ms is None else round(max(0, c.next_pass_ms - now_ms()) / 1000, 1)
+    return {
+        "recurring": c.recurring,
+        "scheduled": c.scheduled,
+        "due": c.due,
+        "passes": c.passes,
+        "failed_passes": c.failed_passes,
+        "next_pass_in_s": nxt,
+    }
+
+
+def _recurring_line(s: dict[str, Any]) -> str:
+    nxt = "-" if s.get("next_pass_in_s") is None else f"{s['next_pass_in_s']:.0f}s"
+    return (
+        f"\nrecurring={s['recurring']} scheduled={s['scheduled']} due={s['due']} passes={s['passes']} "
+        f"failed_passes={s['failed_passes']} next_pass_in={nxt}"
+    )
 
 
 def redis_location(settings: Settings) -> str:
@@ -74,12 +98,44 @@ def format_snapshot(s: dict[str, Any], where: str | None = None) -> str:
         f"deferred={s['deferred']} inflight={s['inflight']} retried={s['retried']}\n"
         f"pages/s: {s['pages_per_s_10s']:.1f} (10s) {s['pages_per_s']:.1f} (60s)  eta={eta}  workers={s['workers']}"
     )
+    if s.get("recurring") or s.get("scheduled") or s.get("passes"):
+        text += _recurring_line(s)
     if s["enqueued"] == 0 and where:
         text += (
             f"\nnothing was ever enqueued in crawl {s['crawl']} there: check --crawl and --redis-url "
             "(or CRAWL_HOME for the embedded Redis)"
         )
     return text
+
+
+def scheduled_json(row: Scheduled) -> dict[str, Any]:
+    """One line of `crawl schedule --json` (validators included: they are the server's, not secrets)."""
+    r = row.recur
+    return {
+        "url": row.url,
+        "due_at": row.due_ms / 1000,
+        "every_s": r.every_s,
+        "depth": row.depth,
+        "etag": r.etag,
+        "last_modified": r.last_modified,
+        "digest": r.digest,
+    }
+
+
+def format_scheduled(rows: Sequence[Scheduled], c: Counters) -> str:
+    """`crawl schedule` as text: a count line, then one line per URL (next pass, period, URL)."""
+    from crawler.schedule import format_duration
+
+    head = f"recurring={c.recurring} scheduled={c.scheduled} due={c.due} shown={len(rows)}"
+    now = now_ms()
+    lines = [head]
+    for row in rows:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.due_ms / 1000))
+        wait = max(0, row.due_ms - now) / 1000
+        lines.append(f"{at}\tin {format_duration(int(wait))}\tevery {format_duration(row.recur.every_s)}\t{row.url}")
+    if not rows:
+        lines.append("no recurring URL is waiting for its next pass")
+    return "\n".join(lines)
 
 
 def cell(value: Any) -> str:

@@ -1,11 +1,13 @@
 -- Lease up to N entries for one consumer, honouring crawl-wide per-host concurrency and delay.
--- KEYS: hosts, host_inflight, host_next, leases, deferred, stats, host_delay
+-- KEYS: hosts, host_inflight, host_next, leases, deferred, stats, recur, host_delay
 -- host_delay: host -> ms, a robots.txt Crawl-delay (capped by the worker); it wins over a shorter per-host delay
 -- ARGV: prefix, now_ms, n, token, deadline_ms, per_host_concurrency (0: unlimited), per_host_delay_ms
 -- Returns {members, next_due_ms}: the leased members ("<token> <entry>"), and when more work may become
--- leasable (-1: nothing queued or deferred). An empty frontier returns {{}, -1}.
-local hosts_key, inflight_key, next_key, leases_key, deferred_key, stats_key, host_delay_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+-- leasable (-1: nothing queued, deferred or scheduled). An empty frontier returns {{}, -1}.
+-- Recurring URLs whose next pass is due join their host's queue here, so every pass goes through the same
+-- per-host politeness as any URL: there is no second scheduler.
+local hosts_key, inflight_key, next_key, leases_key, deferred_key, stats_key, recur_key, host_delay_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local token = ARGV[4]
@@ -14,17 +16,39 @@ local phc = tonumber(ARGV[6])
 local default_delay = tonumber(ARGV[7])
 local any_host_delay = redis.call('EXISTS', host_delay_key) == 1  -- one check, so crawls without any pay nothing
 
--- 1. retries that are due go back to the front of their host's queue
-local due = redis.call('ZRANGEBYSCORE', deferred_key, '-inf', now, 'LIMIT', 0, 500)
-if #due > 0 then
-  for _, entry in ipairs(due) do
+-- 1. retries and recurring passes that are due go to the front of their host's queue (a pass is late already)
+local function requeue_due(zset_key)
+  local due = redis.call('ZRANGEBYSCORE', zset_key, '-inf', now, 'LIMIT', 0, 500)
+  if #due > 0 then
+    for _, entry in ipairs(due) do
+      local _, _, url = split_entry(entry)
+      local host = host_of(url)
+      redis.call('LPUSH', prefix .. 'q:' .. host, entry)
+      redis.call('ZADD', hosts_key, 'NX', now, host)
+    end
+    redis.call('ZREM', zset_key, unpack(due))
+    redis.call('HINCRBY', stats_key, 'queued', #due)
+  end
+end
+requeue_due(deferred_key)
+-- the schedule's buckets (see schedule_pass) whose second has come, oldest first, at most 500 entries per call
+local moved = 0
+for _, s in ipairs(redis.call('ZRANGEBYSCORE', recur_key, '-inf', now, 'LIMIT', 0, 16)) do
+  if moved >= 500 then break end
+  local bucket = prefix .. 'recur:' .. s
+  local items = redis.call('LPOP', bucket, 500 - moved)
+  for _, entry in ipairs(items or {}) do
     local _, _, url = split_entry(entry)
     local host = host_of(url)
     redis.call('LPUSH', prefix .. 'q:' .. host, entry)
     redis.call('ZADD', hosts_key, 'NX', now, host)
   end
-  redis.call('ZREM', deferred_key, unpack(due))
-  redis.call('HINCRBY', stats_key, 'queued', #due)
+  moved = moved + #(items or {})
+  if redis.call('EXISTS', bucket) == 0 then redis.call('ZREM', recur_key, s) end
+end
+if moved > 0 then
+  redis.call('HINCRBY', stats_key, 'queued', moved)
+  redis.call('HINCRBY', stats_key, 'scheduled', -moved)
 end
 
 -- 2. take from ready hosts, earliest first (Mercator back-queue selection)
@@ -84,6 +108,8 @@ local h = redis.call('ZRANGE', hosts_key, 0, 0, 'WITHSCORES')
 if #h > 0 then next_due = tonumber(h[2]) end
 local d = redis.call('ZRANGE', deferred_key, 0, 0, 'WITHSCORES')
 if #d > 0 and (next_due < 0 or tonumber(d[2]) < next_due) then next_due = tonumber(d[2]) end
+local r = redis.call('ZRANGE', recur_key, 0, 0, 'WITHSCORES')
+if #r > 0 and (next_due < 0 or tonumber(r[2]) < next_due) then next_due = tonumber(r[2]) end
 if next_due < 0 and tonumber(redis.call('HGET', stats_key, 'queued') or '0') > 0 then
   next_due = now + 50  -- work is queued but every host is at its concurrency limit: look again soon
 end

@@ -1,4 +1,5 @@
--- Put dead-lettered URLs back in their queues with a fresh attempt count.
+-- Put dead-lettered URLs back in their queues with a fresh attempt count. The failure of a recurring pass (its
+-- error flagged "recurring") is only removed: that URL is already scheduled for its next pass.
 -- KEYS: dead, hosts, stats   ARGV: prefix, now_ms, limit
 -- Returns how many were requeued.
 local dead_key, hosts_key, stats_key = KEYS[1], KEYS[2], KEYS[3]
@@ -13,13 +14,16 @@ repeat
   for i = 1, #kv, 2 do
     if n >= limit then break end
     local url, val = kv[i], kv[i + 1]
-    local depth = string.match(val, '^(%d+) ')
-    local extras = string.match(val, '\n(.*)$')  -- see dead_value
-    local host = host_of(url)
-    redis.call('RPUSH', prefix .. 'q:' .. host, depth .. ' 0 ' .. url .. (extras and (' ' .. extras) or ''))
-    redis.call('ZADD', hosts_key, 'NX', now, host)
+    local depth, err = string.match(val, '^(%d+) %d+ %d+ ([^\n]*)')
+    local ok, e = pcall(cjson.decode, err)
     redis.call('HDEL', dead_key, url)
-    n = n + 1
+    if not (ok and type(e) == 'table' and e.recurring == true) then
+      local extras = string.match(val, '\n(.*)$')  -- see dead_value
+      local host = host_of(url)
+      redis.call('RPUSH', prefix .. 'q:' .. host, depth .. ' 0 ' .. url .. (extras and (' ' .. extras) or ''))
+      redis.call('ZADD', hosts_key, 'NX', now, host)
+      n = n + 1
+    end
   end
 until cursor == '0' or n >= limit
 if n > 0 then
