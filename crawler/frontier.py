@@ -15,12 +15,10 @@ with a live schedule.
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -31,8 +29,17 @@ from crawler.connection import redis_errors
 from crawler.entries import Extras, entry
 from crawler.entries import Lease as Lease  # the frontier's API: re-exported
 from crawler.entries import NewLink as NewLink
+from crawler.frontier_state import Counters as Counters
+from crawler.frontier_state import DeadEntry as DeadEntry
+from crawler.frontier_state import DeadLetter as DeadLetter
+from crawler.frontier_state import Deferral as Deferral
+from crawler.frontier_state import Politeness as Politeness
+from crawler.frontier_state import Scheduled as Scheduled
+from crawler.frontier_state import Settlement as Settlement
+from crawler.frontier_state import _text
+from crawler.frontier_state import now_ms as now_ms
 from crawler.keys import CrawlKeys
-from crawler.schedule import JITTER, RecurState, Validators, next_due_ms, recur_tail
+from crawler.schedule import JITTER, Validators, next_due_ms, recur_tail
 from crawler.urls import CrawlURL
 
 LINKS_PER_CALL = 10_000  # links per script call: ~10 ms of Redis time each
@@ -48,10 +55,6 @@ def _load_lua(name: str) -> str:
     return (lua / "_common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _blobs(items: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
     """(fingerprints end to end, entries joined by newlines): the add script's two arguments for a batch."""
     pairs = list(items)
@@ -63,123 +66,6 @@ def _link_blobs(links: Sequence[NewLink]) -> tuple[bytes, str]:
 
 
 _Call = tuple[str, list[str], list[Any]]  # a script call: name, keys, args without the crawl prefix
-
-
-@dataclass(frozen=True, slots=True)
-class Deferral:
-    """Retry later: the lease, when it is due (epoch s), and the attempts made so far."""
-
-    lease: Lease
-    due_s: float
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Give up: the lease, the attempts made, and the last error (a small JSON-able dict: kind, status, ...)."""
-
-    lease: Lease
-    attempts: int
-    error: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """Everything one commit settles, in one round trip (`Frontier.settle`).
-
-    `validators` (lease member -> Validators) are stored for the next pass of the recurring leases in `done`; a
-    recurring lease acked without an entry keeps its stored validators (a 304). Ignored for other leases."""
-
-    done: Sequence[Lease] = ()
-    links: Sequence[NewLink] = ()
-    deferred: Sequence[Deferral] = ()
-    dead: Sequence[DeadLetter] = ()
-    released: Sequence[Lease] = ()
-    validators: Mapping[str, Validators] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.done or self.links or self.deferred or self.dead or self.released)
-
-    @property
-    def leases(self) -> list[Lease]:
-        """Every lease this settlement ends (acked, deferred, dead or handed back)."""
-        return [*self.done, *(d.lease for d in self.deferred), *(d.lease for d in self.dead), *self.released]
-
-
-@dataclass(frozen=True, slots=True)
-class Counters:
-    enqueued: int
-    queued: int
-    deferred: int
-    inflight: int
-    done: int
-    dead: int
-    retried: int
-    scheduled: int = 0  # recurring URLs waiting for their next pass
-    recurring: int = 0  # URLs with a live schedule (scheduled, or in a pass now)
-    passes: int = 0  # recurring passes acked
-    failed_passes: int = 0  # recurring passes dead-lettered (the URL stays scheduled)
-    due: int = 0  # scheduled URLs whose next pass is due now
-    next_pass_ms: int | None = None  # when the earliest scheduled pass is due (None: nothing scheduled)
-
-    @property
-    def consistent(self) -> bool:
-        return self.enqueued == self.done + self.dead + self.queued + self.deferred + self.inflight + self.scheduled
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued, deferred or leased anywhere in the crawl (recurring URLs may wait: see idle_within)."""
-        return self.queued == 0 and self.deferred == 0 and self.inflight == 0
-
-    def idle_within(self, horizon_s: float, at_ms: int | None = None) -> bool:
-        """`--until-idle` with `--idle-horizon`: idle, and no recurring pass due before `horizon_s` from now."""
-        if not self.idle:
-            return False
-        now = now_ms() if at_ms is None else at_ms
-        return self.next_pass_ms is None or self.next_pass_ms > now + int(horizon_s * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadEntry:
-    url: str
-    depth: int
-    attempts: int
-    at_ms: int
-    error: dict[str, Any]
-    extras: Extras | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Scheduled:
-    """A recurring URL waiting for its next pass (`Frontier.scheduled`)."""
-
-    url: str
-    due_ms: int
-    depth: int
-    recur: RecurState
-    extras_json: str = ""
-
-    @classmethod
-    def of(cls, stored: str, due_ms: int) -> Scheduled:
-        ls = Lease.from_member("- " + stored)  # a stored entry is a lease member without its token
-        assert ls.recur is not None
-        return cls(ls.url, due_ms, ls.depth, ls.recur, ls.extras_json)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _recurring_url(stored: str) -> str | None:
-    """The URL of a stored entry when it recurs, else None."""
-    ls = Lease.from_member("- " + stored)
-    return ls.url if ls.recur_text else None
-
-
-@dataclass(frozen=True, slots=True)
-class Politeness:
-    per_host_concurrency: int = 0  # 0: unlimited
-    per_host_delay_ms: int = 0
 
 
 class Frontier:
@@ -477,81 +363,6 @@ class Frontier:
     async def requeue_dead(self, limit: int = 1_000_000) -> int:
         k = self.keys
         return int(await self._run("requeue_dead", [k.dead, k.hosts, k.stats], [now_ms(), limit]))
-
-    # -- recurring URLs ----------------------------------------------------------------------------------
-    async def scheduled(self, limit: int = 100) -> list[Scheduled]:
-        """Recurring URLs waiting for their next pass, earliest second first, at most `limit`."""
-        out: list[Scheduled] = []
-        with redis_errors("schedule"):
-            async for second, due in self._buckets():
-                stored = await self.redis.lrange(self.keys.recur_bucket(second), 0, limit - len(out) - 1)
-                out += [Scheduled.of(_text(e), due) for e in stored]
-                if len(out) >= limit:
-                    break
-        return out
-
-    async def _buckets(self, page: int = 100) -> AsyncIterator[tuple[str, int]]:
-        """The schedule's seconds with waiting entries, earliest first: (second, due ms)."""
-        start = 0
-        while True:
-            rows: list[tuple[Any, float]] = await self.redis.zrange(  # type: ignore[assignment]
-                self.keys.recur, start, start + page - 1, withscores=True
-            )
-            for second, due in rows:
-                yield _text(second), int(due)
-            if len(rows) < page:
-                return
-            start += page
-
-    async def cancel_recurring(self, url: str) -> tuple[int, bool]:
-        """Stop the schedule of one URL (its fetch URL). Returns (stopped now, pending): stopped now when it was
-        waiting for its next pass (it is done); pending when a pass of it is queued, deferred or leased, which then
-        ends the schedule at its ack. (0, False) when the URL has no schedule. Finding it reads the schedule, the
-        leases, the retries and its host's queue: a command's cost, never a worker's."""
-        k = self.keys
-        with redis_errors("schedule cancel"):
-            found = await self._waiting(url)
-            if not found and not await self._in_progress(url):
-                return 0, False
-        removed, marked = await self._run("cancel", [k.recur, k.stats], [url, *found])
-        return int(removed), bool(marked)
-
-    async def _waiting(self, url: str) -> list[str]:
-        """(bucket second, entry) pairs, flattened, of `url` in the schedule."""
-        found: list[str] = []
-        async for second, _ in self._buckets():
-            async for text in self._list(self.keys.recur_bucket(second)):
-                if _recurring_url(text) == url:
-                    found += [second, text]
-        return found
-
-    async def _in_progress(self, url: str) -> bool:
-        """Whether a pass of recurring `url` is leased, deferred or queued now."""
-        pattern = "* " + "".join("\\" + c if c in "*?[]\\" else c for c in url) + "*"
-        for zset in (self.keys.leases, self.keys.deferred):
-            async for member, _ in self.redis.zscan_iter(zset, match=pattern, count=1000):
-                entry_text = _text(member)
-                if zset == self.keys.leases:
-                    entry_text = entry_text.partition(" ")[2]
-                if _recurring_url(entry_text) == url:
-                    return True
-        host = url.partition("://")[2].partition("/")[0]
-        async for text in self._list(self.keys.queue(host)):
-            if _recurring_url(text) == url:
-                return True
-        return False
-
-    async def _list(self, key: str, page: int = 1000) -> AsyncIterator[str]:
-        for start in itertools.count(0, page):
-            stored = await self.redis.lrange(key, start, start + page - 1)
-            for e in stored:
-                yield _text(e)
-            if len(stored) < page:
-                return
-
-    async def cancel_all_recurring(self) -> int:
-        """Stop every schedule: waiting URLs are done now (returned), passes in progress end at their ack."""
-        return int(await self._run("cancel_all", [self.keys.recur, self.keys.stats], []))
 
     async def purge(self) -> int:
         """Delete every key of this crawl; returns how many were removed."""

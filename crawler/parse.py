@@ -25,6 +25,7 @@ from w3lib.encoding import html_to_unicode
 
 from crawler.entries import Extras, InvalidExtras
 from crawler.linkrules import LinkFilter, LinkRules
+from crawler.schedule import body_digest
 from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_data, get_parser, run_parser
 from crawler.settings import ExtractRule
 from crawler.sitemaps import parse_sitemap
@@ -55,6 +56,7 @@ class ParseTask:
     label: str | None = None
     extras_json: str = ""  # the lease's extras as stored (crawler.entries): decoded here, never on the event loop
     kind: str | None = None  # "sitemap": the body is a sitemap (crawler.sitemaps), not an HTML page
+    want_digest: bool = False  # a recurring URL: digest the body (or the parser's items) to say `changed`
     parser_spec: str | None = None  # "module:function": loaded once per parse process
     link_rules: LinkRules = NO_RULES
     want_traceback: bool = False  # `crawl parse`: keep the parser's traceback for the developer
@@ -94,6 +96,7 @@ class ParsedPage:
     # the user's parser: its items as JSONL bytes (each with "_url"), ready for the items sink, and how many
     items: bytes = b""
     items_count: int = 0
+    digest: str | None = None  # with want_digest: of the body, or of the items when a parser runs
     parser_error_detail: str | None = None  # "KeyError: 'price'": the exception type and first line
     parser_ms: float = 0.0  # time in the user's parser
     parser_traceback: str | None = None  # only with ParseTask.want_traceback (`crawl parse`), capped
@@ -184,11 +187,7 @@ def parse_page(task: ParseTask) -> ParsedPage:
     title = tree.css_first("title")
     if title is not None:
         page.title = " ".join(title.text().split())[:1000] or None
-    for meta in tree.css("meta[name]"):
-        if (meta.attributes.get("name") or "").lower() == "robots":
-            content = (meta.attributes.get("content") or "").lower()
-            page.noindex = page.noindex or "noindex" in content or "none" in content
-            page.nofollow = page.nofollow or "nofollow" in content or "none" in content
+    _meta_robots(tree, page)
     base = task.final_url
     base_node = tree.css_first("base[href]")
     if base_node is not None:
@@ -205,7 +204,17 @@ def parse_page(task: ParseTask) -> ParsedPage:
         page.data = extract(tree, task.rules)
     if task.parser_spec is not None and (task.status == 0 or 200 <= task.status < 300):
         _run_user_parser(task, page, _page_view(task, page, tree, text, allowed), base)
+    if task.want_digest:
+        page.digest = body_digest(page.items if task.parser_spec else raw)  # decoded: not the gzip framing
     return page
+
+
+def _meta_robots(tree: LexborHTMLParser, page: ParsedPage) -> None:
+    for meta in tree.css("meta[name]"):
+        if (meta.attributes.get("name") or "").lower() == "robots":
+            content = (meta.attributes.get("content") or "").lower()
+            page.noindex = page.noindex or "noindex" in content or "none" in content
+            page.nofollow = page.nofollow or "nofollow" in content or "none" in content
 
 
 _RESOLVERS: dict[bool, LinkResolver] = {}  # one per parse process and keep_tracking setting

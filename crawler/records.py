@@ -3,7 +3,7 @@
 Fields from DESIGN.md, never renamed: url, final_url, status, depth, fetched_at, elapsed_ms, bytes, content_type,
 title, links, error, attempts, proxy (redacted). Added: worker, links_total (distinct links before the cap),
 canonical, noindex, nofollow, text_length, charset, redirects, data (extraction rules), truncated_links,
-items (count of the parser's items), parser_error_detail, http_version.
+items (count of the parser's items), parser_error_detail, http_version, not_modified and changed (recurring URLs).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class Record:
     redirects: int = 0
     data: dict[str, Any] | None = field(default=None)
     http_version: str | None = None  # of the final response: "1.1", "2"
+    not_modified: bool = False  # a recurring URL's conditional request answered 304 (no body was transferred)
+    changed: bool | None = None  # a recurring URL: its body (or its items) differs from the previous pass
     items: int = 0  # items the user's parser yielded for this page (they are in items/<worker>.jsonl)
     parser_error_detail: str | None = None  # with error parser_error/parse_timeout: "KeyError: 'price'"
 

@@ -18,6 +18,7 @@ import pytest
 
 from crawler.entries import Extras
 from crawler.frontier import Counters, DeadLetter, Deferral, Frontier, Lease, Settlement, now_ms
+from crawler.recurring import Recurring
 from crawler.schedule import (
     JITTER,
     InvalidDuration,
@@ -124,7 +125,7 @@ def test_recurring_url_comes_back_with_its_validators_and_extras(redis_server: A
             assert await f.settle(Settlement(done=[price, stock, once], validators={price.member: v})) == 3
             c = await consistent(f, done=1, passes=2, scheduled=2, inflight=0, queued=0, recurring=2)
             assert c.idle and c.next_pass_ms is not None
-            rows = {r.url: r for r in await f.scheduled()}
+            rows = {r.url: r for r in await Recurring(f).waiting()}
             assert set(rows) == {price.url, stock.url}
             for r in rows.values():  # never early; late by at most the time wheel's one-second buckets
                 assert before + 1000 * (1 - JITTER) <= r.due_ms <= now_ms() + 1000 * (1 + JITTER) + 1000
@@ -229,19 +230,19 @@ def test_cancel_one_and_all(redis_server: Any, crawl_name: str) -> None:
             waiting, leased = crawl_url("http://c.example/w"), crawl_url("http://c.example/l")
             await f.add([waiting, leased], every_s=1)
             await f.ack(await lease_all(f, 2))
-            assert len(await f.scheduled()) == 2
+            assert len(await Recurring(f).waiting()) == 2
             # waiting for its next pass: stopped now, done
-            assert await f.cancel_recurring(waiting.url) == (1, False)
+            assert await Recurring(f).cancel(waiting.url) == (1, False)
             await consistent(f, done=1, scheduled=1, recurring=1)
             # in a pass: marked, and the pass's ack ends the schedule
             (ls,) = await lease_all(f, 1)
-            assert await f.cancel_recurring(leased.url) == (0, True)
+            assert await Recurring(f).cancel(leased.url) == (0, True)
             await f.ack([ls])
             await consistent(f, done=2, scheduled=0, recurring=0, inflight=0)
-            assert await f.cancel_recurring("http://c.example/never") == (0, False)
-            assert await f.cancel_recurring(waiting.url) == (0, False)  # its schedule is over
+            assert await Recurring(f).cancel("http://c.example/never") == (0, False)
+            assert await Recurring(f).cancel(waiting.url) == (0, False)  # its schedule is over
             await f.add([crawl_url("http://c.example/plain")])
-            assert await f.cancel_recurring("http://c.example/plain") == (0, False)  # queued, but never recurred
+            assert await Recurring(f).cancel("http://c.example/plain") == (0, False)  # queued, but never recurred
             (plain,) = await lease_all(f, 1)
             await f.ack([plain])
             # queued and deferred passes are found too
@@ -249,8 +250,8 @@ def test_cancel_one_and_all(redis_server: Any, crawl_name: str) -> None:
             by = {ls.url: ls for ls in await lease_all(f, 2)}
             await f.release([by["http://c.example/q"]])
             await f.defer([Deferral(by["http://c.example/d"], time.time() - 1, 1)])  # in `deferred` until a lease
-            assert await f.cancel_recurring("http://c.example/q") == (0, True)
-            assert await f.cancel_recurring("http://c.example/d") == (0, True)
+            assert await Recurring(f).cancel("http://c.example/q") == (0, True)
+            assert await Recurring(f).cancel("http://c.example/d") == (0, True)
             await f.ack(await lease_all(f, 2))
             await consistent(f, done=5, scheduled=0, recurring=0, inflight=0, deferred=0)
 
@@ -258,7 +259,7 @@ def test_cancel_one_and_all(redis_server: Any, crawl_name: str) -> None:
             await f.add(more, every_s=1)
             first = await lease_all(f, 3)
             await f.ack(first[:2])  # two wait, one is in its pass
-            assert await f.cancel_all_recurring() == 2
+            assert await Recurring(f).cancel_all() == 2
             await f.ack(first[2:])  # enqueued under the old generation: its schedule ends too
             await consistent(f, done=8, scheduled=0, recurring=0)
             # a URL enqueued after --all recurs again

@@ -82,6 +82,7 @@ class Engine:
             has_unsettled=lambda: self.committer.unsettled(),
             busy=lambda: self.tasks.busy,
             warn=lambda m: self.say(m, "warning"),
+            idle_horizon_s=settings.lifecycle.idle_horizon_s,
         )
         self.committer = Committer(
             frontier, outputs, self.leaser.book, metrics, self.leaser.capacity.set, self._redis_error, self.say

@@ -107,6 +107,7 @@ class Leaser:
         has_unsettled: Callable[[], bool],
         busy: Callable[[], int],
         warn: Callable[[str], None],
+        idle_horizon_s: float = 0.0,
     ) -> None:
         self.frontier = frontier
         self.token = token
@@ -127,6 +128,7 @@ class Leaser:
         self._busy = busy
         self._warn = warn
         self._backoff = Backoff()
+        self._idle_horizon_s = idle_horizon_s  # --until-idle: a recurring pass due within this keeps it running
 
     def __repr__(self) -> str:
         return f"Leaser(leased={self.leased_total}, book={self.book!r}, queue={self.queue.qsize()})"
@@ -190,7 +192,7 @@ class Leaser:
             counters = await self.frontier.counters()
         except RedisUnavailable:
             return False
-        if counters.idle:
+        if counters.idle_within(self._idle_horizon_s):
             self.stop_reason = "frontier idle (--until-idle)"
             return True
         return False

@@ -12,6 +12,7 @@ from crawler.frontier import DeadLetter, Deferral, Lease, NewLink, Settlement
 from crawler.parse import ParsedPage
 from crawler.records import Record
 from crawler.retry import Action
+from crawler.schedule import Validators
 from crawler.warc import WarcExchange
 
 
@@ -28,6 +29,7 @@ class Outcome:
     error: dict[str, Any] | None = None  # RETRY_LATER / DEAD: the last error (kind, status, message)
     items: bytes = b""  # DONE: the parser's items, JSON lines made in the parse pool
     warc: list[WarcExchange] = field(default_factory=list)  # DONE with --warc: the responses, hops included
+    validators: Validators | None = None  # DONE, recurring: ETag, Last-Modified and digest for the next pass
 
 
 def settlement(outcomes: Sequence[Outcome], extra_release: Sequence[Lease] = ()) -> Settlement:
@@ -40,6 +42,7 @@ def settlement(outcomes: Sequence[Outcome], extra_release: Sequence[Lease] = ())
             DeadLetter(o.lease, o.attempts, o.error or {"kind": "unknown"}) for o in outcomes if o.action is Action.DEAD
         ],
         released=[*(o.lease for o in outcomes if o.action is Action.RELEASE), *extra_release],
+        validators={o.lease.member: o.validators for o in outcomes if o.validators is not None},
     )
 
 

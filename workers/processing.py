@@ -30,6 +30,7 @@ from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
 from crawler.robots_cache import RobotsCache
+from crawler.schedule import Validators
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, crawl_url, host_of, in_domain
@@ -190,11 +191,14 @@ class Processor:
         record = self._record(
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
         )
+        validators = _recur_pass(record, result, page, lease) if lease.recur_text and result is not None else None
         links = self._new_links(lease, page)
         if self.s.scope.sitemaps_from_robots and lease.depth == 0 and self.robots is not None:
             links += await self._robots_sitemaps(lease)
         items = page.items if page else b""
-        return Outcome(lease, Action.DONE, attempts, record=record, links=links, items=items, warc=last.warc)
+        return Outcome(
+            lease, Action.DONE, attempts, record=record, links=links, items=items, warc=last.warc, validators=validators
+        )
 
     async def _robots_sitemaps(self, lease: Lease) -> list[NewLink]:
         """--sitemaps-from-robots: a seed host's robots.txt `Sitemap:` lines, once per host, as sitemap seeds."""
@@ -291,9 +295,9 @@ class Processor:
 
     async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
         kind = "sitemap" if _is_sitemap(lease) else None
-        task = task_for(
-            result, lease.url, self._task_options, depth=lease.depth, extras_json=lease.extras_json, kind=kind
-        )
+        digest = bool(lease.recur_text)
+        page_of = {"depth": lease.depth, "extras_json": lease.extras_json, "kind": kind, "want_digest": digest}
+        task = task_for(result, lease.url, self._task_options, **page_of)
         t0 = time.monotonic()
         page = await self.parse_pool.parse(task)
         self.metrics.window.parse_wait_ms += (time.monotonic() - t0) * 1000
@@ -334,14 +338,35 @@ class Processor:
             )
 
 
+def _recur_pass(record: Record, result: FetchResult, page: ParsedPage | None, lease: Lease) -> Validators | None:
+    """A recurring URL's pass: say `not_modified` / `changed` on its record; what to keep for the next pass
+    (None keeps the stored validators: a 304, or an answer that is not a 200)."""
+    recur = lease.recur
+    assert recur is not None
+    if result.status == 304:
+        record.not_modified, record.changed = True, False
+        return None
+    digest = page.digest if page is not None else None
+    record.changed = recur.changed(digest)
+    if result.status != 200:
+        return None
+    headers = {k.lower(): v for k, v in result.raw_headers}
+    return Validators(headers.get("etag"), headers.get("last-modified"), digest)
+
+
 def _is_sitemap(lease: Lease) -> bool:
     """A sitemap lease (decoded only when the lease has extras with a kind: no JSON work for the rest)."""
     return '"kind"' in lease.extras_json and lease.kind == "sitemap"
 
 
 def _request_headers(lease: Lease) -> dict[str, str] | None:
-    """A follow request's own headers (decoded only when the lease has some: no JSON work for the rest)."""
-    return lease.headers if '"headers"' in lease.extras_json else None
+    """A follow request's own headers (decoded only when the lease has some: no JSON work for the rest), and a
+    recurring URL's conditional request (If-None-Match / If-Modified-Since from its previous pass)."""
+    headers = lease.headers if '"headers"' in lease.extras_json else None
+    recur = lease.recur if lease.recur_text else None
+    if recur is not None:
+        headers = {**(headers or {}), **recur.conditional_headers()}
+    return headers
 
 
 def _front(priority: int | None) -> bool:
