@@ -229,6 +229,8 @@ def format_line(snap: dict[str, Any], fmt: str) -> str:
     st = _pairs(snap["status"])
     er = _pairs(snap["errors"])
     px = f" proxy_ok={snap['proxy_success_rate']:.0%}" if snap.get("proxy_success_rate") is not None else ""
+    if snap.get("gateway_bytes"):
+        px += f" via_gateways={sum(snap['gateway_bytes'].values()) / 1e6:.1f}MB"
     if snap.get("gateways_down"):
         px += f" GATEWAYS_DOWN={snap['gateways_down']}"
     return (

@@ -125,6 +125,9 @@ class PromMetrics:
         )
         self.gateway_up = Gauge("crawl_gateway_up", "1 if the gateway's breaker is closed", ["proxy"], registry=r)
         self.gateway_health = Gauge("crawl_gateway_health", "Gateway success score 0..1", ["proxy"], registry=r)
+        self.gateway_bytes = Gauge(
+            "crawl_gateway_bytes", "Body bytes received through the gateway (what a plan bills)", ["proxy"], registry=r
+        )
         self.info = Info("crawl_worker", "Which crawl this worker serves", registry=r)
         self.info.info({"crawl": crawl_name, "worker": worker_id})
         ProcessCollector(registry=r)
@@ -191,9 +194,11 @@ class PromMetrics:
                 state = e.get("state", e.get("gateway", e.get("breaker", "up")))
                 self.gateway_up.labels(name).set(0 if state in ("down", "open") else 1)
                 self.gateway_health.labels(name).set(float(e.get("health", 1.0)))
+                self.gateway_bytes.labels(name).set(float(e.get("bytes", 0)))
             for gone in self._gateways - seen:
                 self.gateway_up.remove(gone)
                 self.gateway_health.remove(gone)
+                self.gateway_bytes.remove(gone)
             self._gateways = seen
 
     # -- counters, called by WorkerMetrics only --------------------------------------------------------------

@@ -64,6 +64,7 @@ class ProxyState:
     requests: int = 0
     failures: int = 0
     rotations: int = 0
+    bytes: int = 0  # body bytes received through this gateway: what a residential plan bills
     breaker: Breaker = field(default_factory=Breaker)  # up/down: a down gateway gets no requests
 
     @property
@@ -146,10 +147,11 @@ class ProxyPool:
         """The gateway itself could not be reached; True when its breaker just opened."""
         return self._states[choice.index].breaker.failure(time.monotonic(), cause)
 
-    def report(self, choice: ProxyChoice, ok: bool, ban: bool = False) -> None:
+    def report(self, choice: ProxyChoice, ok: bool, ban: bool = False, nbytes: int = 0) -> None:
         """An answer came through the gateway (it is reachable); `ok` says whether it was a good one."""
         st = self._states[choice.index]
         st.breaker.success()
+        st.bytes += nbytes
         st.health += self._ALPHA * ((1.0 if ok else 0.0) - st.health)
         if not ok:
             st.failures += 1

@@ -127,6 +127,7 @@ class Housekeeping:
                 snap = self.metrics.snapshot(self.proxies.success_rate())
                 if self.proxies:
                     snap["gateways_down"] = self.proxies.down_count()
+                    snap["gateway_bytes"] = {st.redacted: st.bytes for st in self.proxies.states}
                 self._emit(snap)
             await self._heartbeat(snap)
 
@@ -167,6 +168,7 @@ class Housekeeping:
                     "failures": st.failures,
                     "rotations": st.rotations,
                     "state": st.breaker.state,
+                    "bytes": st.bytes,
                 }
                 for st in self.proxies.states
             ],

@@ -280,7 +280,7 @@ class Processor:
         )
         if choice is not None:
             ok = decision.action is Action.DONE and error is None and (result is None or result.status < 500)
-            self.proxies.report(choice, ok, decision.ban)
+            self.proxies.report(choice, ok, decision.ban, result.bytes if result is not None else 0)
         if decision.action is Action.RETRY_NOW:
             self.metrics.attempt_error(decision.reason or "retry", "retry_now")
         kept = archive.exchanges(result, started, self._warc_all) if result is not None and started else []
