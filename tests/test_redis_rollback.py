@@ -12,8 +12,11 @@ and the `seen` fingerprints of the links those acks added. The worker's local se
 those links; unless it is cleared (on a Redis error, or when Redis's `run_id` changes), a re-fetched page's links
 are filtered out locally and never reach the rolled-back frontier again: lost for good, never dead-lettered.
 
-Two ways back: Redis down until the worker has seen it fail (a crash and a restart), and Redis started again at
-once (a quick failover: redis-py's own reconnect attempts may hide the outage, only the `run_id` tells).
+A fast crawl (about a thousand acks in the lost second) with two ways back: Redis down until the worker has seen
+a call fail (a crash and a restart), and Redis started again at once (a quick restart or failover). And a slow,
+polite crawl restarted at once, where often only the leaser has a call in flight when Redis dies: the leaser's
+error does not clear the cache and the `run_id` check (every heartbeat TTL / 3) comes too late, so that test is
+marked xfail until the worker clears the cache on every new Redis connection.
 """
 
 from __future__ import annotations
@@ -30,15 +33,13 @@ from typing import Any
 import pytest
 
 from crawler.keys import CrawlKeys
-from crawler.testing.services import DURABLE, SITE_SERVER, RedisServer, RunningServer, start_server, wait_until
+from crawler.testing.services import DURABLE, SITE_SERVER, RedisServer, start_server, wait_until
 from crawler.testing.site_server import expected_pages
 from crawler.urls import dedup_key
 from tests.helpers import count_lines, enqueue, read_records, spawn_crawl, stats, worker_args
 
-PAGES = 3000
 SEED = 14
 ROLLBACK_S = 1.0  # the writes lost: the last second before the crash
-CUT_AFTER = 500  # records written when the one-second window opens (mid-crawl: most links are still new)
 # No AOF rewrite during the test (the file stays one stream of commands we can cut); a cut tail loads.
 ROLLBACK_REDIS = (*DURABLE, "--auto-aof-rewrite-percentage", "0", "--aof-load-truncated", "yes")
 
@@ -121,12 +122,6 @@ def log_messages(log: Path, needle: str) -> list[str]:
 
 
 @pytest.fixture
-def site() -> Iterator[RunningServer]:
-    with start_server(SITE_SERVER, "--port", 0, "--pages", PAGES, "--seed", SEED) as s:
-        yield s
-
-
-@pytest.fixture
 def rollback_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", config=ROLLBACK_REDIS)
     server.start()
@@ -153,27 +148,43 @@ def crash_and_roll_back(server: RedisServer, keys: CrawlKeys, log: Path, at_once
     return lost_writes(data[mark:], keys)
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("at_once", [False, True], ids=["restart-after-outage", "restart-at-once"])
-def test_a_redis_rolled_back_by_one_second_loses_no_url(
-    at_once: bool, rollback_redis: RedisServer, site: RunningServer, crawl_name: str, tmp_path: Path
-) -> None:
-    expected = {dedup_key(u) for u in expected_pages(PAGES, SEED, site.url)}
-    enqueue(rollback_redis, crawl_name, tmp_path, [site.url + "/p/0"])
-    out, log = tmp_path / "out", tmp_path / "worker.log"
-    args = worker_args(rollback_redis.url, crawl_name, out, "--until-idle", "--concurrency", "16")
-    # leases rolled back to "leased" come back by reclaim within a few seconds; the run_id is checked twice a second
-    args += ["--per-host-concurrency", "0", "--lease-ttl-s", "5", "--heartbeat-ttl-s", "1.5", "--redis-wait", "30"]
-    w = spawn_crawl(args, log=log)
-    try:
-        wait_until(lambda: count_lines(out) >= CUT_AFTER or w.poll() is not None, timeout_s=60)
-        lost = crash_and_roll_back(rollback_redis, CrawlKeys(crawl_name), log, at_once)
-        at_crash = count_lines(out)
-        code = w.wait(timeout=90)
-    finally:
-        if w.poll() is None:
-            w.kill()
-            w.wait()
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A crawl to roll back: the site's size, when the one-second window opens, how Redis comes back."""
+
+    pages: int
+    cut_after: int  # records written when the window opens
+    at_once: bool  # start Redis again at once (else: once the worker has seen a call fail)
+    worker: tuple[str, ...]  # the worker's options beyond worker_args()
+
+
+# A fast crawl: about a thousand acks in the lost second. Leases rolled back to "leased" come back by reclaim
+# within a few seconds; the run_id is checked twice a second.
+FAST = ("--concurrency", "16", "--per-host-concurrency", "0", "--lease-ttl-s", "5", "--heartbeat-ttl-s", "1.5")
+# A slow, polite crawl (25 pages/s): often only the leaser has a call in flight when Redis dies, and the
+# run_id check runs at its default pace (every heartbeat TTL / 3 = 5 s).
+QUIET: tuple[str, ...] = ("--concurrency", "4", "--per-host-concurrency", "0", "--per-host-delay", "0.04")
+QUIET += ("--lease-ttl-s", "5", "--heartbeat-ttl-s", "15")
+
+
+def run_rolled_back_crawl(sc: Scenario, server: RedisServer, name: str, tmp_path: Path) -> None:
+    """Crawl the site, roll Redis back mid-crawl, and check that every reachable page was recorded anyway."""
+    with start_server(SITE_SERVER, "--port", 0, "--pages", sc.pages, "--seed", SEED) as site:
+        expected = {dedup_key(u) for u in expected_pages(sc.pages, SEED, site.url)}
+        enqueue(server, name, tmp_path, [site.url + "/p/0"])
+        out, log = tmp_path / "out", tmp_path / "worker.log"
+        w = spawn_crawl(
+            [*worker_args(server.url, name, out, "--until-idle", *sc.worker), "--redis-wait", "30"], log=log
+        )
+        try:
+            wait_until(lambda: count_lines(out) >= sc.cut_after or w.poll() is not None, timeout_s=60)
+            lost = crash_and_roll_back(server, CrawlKeys(name), log, sc.at_once)
+            at_crash = count_lines(out)
+            code = w.wait(timeout=90)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
@@ -186,7 +197,27 @@ def test_a_redis_rolled_back_by_one_second_loses_no_url(
     assert set(got) == expected
     # what the rollback costs instead: work redone (every undone ack's page is fetched and written again)
     assert sum(got.values()) >= len(expected) + lost.acks, (sum(got.values()), len(expected), str(lost))
-    s: dict[str, Any] = stats(rollback_redis.url, crawl_name)
+    s: dict[str, Any] = stats(server.url, name)
     assert s["dead"] == 0, s
     assert s["enqueued"] == s["done"] == len(expected), s
     assert s["queued"] == s["inflight"] == s["deferred"] == 0, s
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("at_once", [False, True], ids=["restart-after-outage", "restart-at-once"])
+def test_a_redis_rolled_back_by_one_second_loses_no_url(
+    at_once: bool, rollback_redis: RedisServer, crawl_name: str, tmp_path: Path
+) -> None:
+    run_rolled_back_crawl(Scenario(3000, 500, at_once, FAST), rollback_redis, crawl_name, tmp_path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 14: a Redis error seen only by the leaser does not clear the seen-link cache, and the run_id "
+    "check comes up to a heartbeat later; remove this mark with the worker fix (clear on every new connection)",
+)
+def test_a_quick_restart_of_a_rolled_back_redis_during_a_polite_crawl_loses_no_url(
+    rollback_redis: RedisServer, crawl_name: str, tmp_path: Path
+) -> None:
+    run_rolled_back_crawl(Scenario(250, 250, True, QUIET), rollback_redis, crawl_name, tmp_path)
