@@ -12,16 +12,13 @@ import contextlib
 import fcntl
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crawler.embedded import EmbeddedPaths, embedded_paths, ensure_embedded_server, lock_fd, shutdown_if_last
 from crawler.errors import ConfigError, RedisUnavailable
@@ -57,10 +54,54 @@ def validate_redis_url(url: str) -> None:
         raise ConfigError(f"Redis URL {redact_url(url)} has no socket path")
 
 
+class Reconnects:
+    """Every (re)connection of one client's pool, told to listeners before the first command on it.
+
+    A new connection is the only way to reach a Redis that was restarted (maybe from an AOF missing its last
+    second) or replaced by a failover; whatever a process believes Redis holds (the worker's seen-link cache)
+    must be forgotten then, whether or not any stage saw an error. Connections a pool grows under load count too:
+    forgetting a cache is always safe.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"Reconnects(count={self.count}, listeners={len(self._listeners)})"
+
+    def listen(self, fn: Callable[[], None]) -> None:
+        self._listeners.append(fn)
+
+    def connected(self, _connection: Any) -> None:
+        self.count += 1
+        for fn in self._listeners:
+            fn()
+
+
+class _Pool(aioredis.BlockingConnectionPool):
+    """A blocking pool (callers wait for a free connection instead of failing) that reports (re)connections."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.reconnects = Reconnects()
+        super().__init__(**kwargs)
+
+    def make_connection(self) -> Any:
+        conn = super().make_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        conn.register_connect_callback(self.reconnects.connected)  # kept by a WeakMethod: the pool outlives it
+        return conn
+
+
+def on_reconnect(client: aioredis.Redis, fn: Callable[[], None]) -> None:
+    """Call `fn` whenever `client` (from `open_redis`) makes a new connection to Redis."""
+    pool = client.connection_pool
+    if isinstance(pool, _Pool):
+        pool.reconnects.listen(fn)
+
+
 def _client(url: str, name: str) -> aioredis.Redis:
     tcp: dict[str, object] = {} if url.startswith("unix:") else {"socket_keepalive": True}
-    # A blocking pool: when every connection is busy, callers wait for one instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = _Pool.from_url(
         url,
         client_name=name,
         socket_connect_timeout=5,
@@ -69,11 +110,9 @@ def _client(url: str, name: str) -> aioredis.Redis:
         timeout=30,
         **tcp,
     )
-    return aioredis.Redis(
-        connection_pool=pool,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    # no redis-py retries: an outage surfaces as RedisUnavailable at once, and each stage backs off its own way
+    # (crawler.backoff); redis-py ignores retry settings given beside a ready pool anyway
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def _connected(url: str, name: str) -> aioredis.Redis:

@@ -325,7 +325,7 @@ def test_memory_per_recurring_url(redis_server: Any, crawl_name: str) -> None:
             per_url = used / MEMORY_URLS
             print(f"schedule: {used} B for {MEMORY_URLS} URLs = {per_url:.0f} B per recurring URL")
             assert per_url <= 200, per_url
-            sample = (await f.scheduled(1))[0].recur
+            sample = (await Recurring(f).waiting(1))[0].recur
             assert (sample.etag, sample.last_modified, sample.digest) == ('"5f8e2a1c-3b9d"', LM, "9f86d081884c7d65")
 
     asyncio.run(main())

@@ -14,9 +14,9 @@ are filtered out locally and never reach the rolled-back frontier again: lost fo
 
 A fast crawl (about a thousand acks in the lost second) with two ways back: Redis down until the worker has seen
 a call fail (a crash and a restart), and Redis started again at once (a quick restart or failover). And a slow,
-polite crawl restarted at once, where often only the leaser has a call in flight when Redis dies: the leaser's
-error does not clear the cache and the `run_id` check (every heartbeat TTL / 3) comes too late, so that test is
-marked xfail until the worker clears the cache on every new Redis connection.
+polite crawl restarted at once, where often only the leaser has a call in flight when Redis dies: no stage may
+see an error and the `run_id` check (every heartbeat TTL / 3) comes too late, so the worker clears the cache on
+every new Redis connection (`crawler.connection.on_reconnect`), before the first command on it.
 """
 
 from __future__ import annotations
@@ -212,11 +212,6 @@ def test_a_redis_rolled_back_by_one_second_loses_no_url(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 14: a Redis error seen only by the leaser does not clear the seen-link cache, and the run_id "
-    "check comes up to a heartbeat later; remove this mark with the worker fix (clear on every new connection)",
-)
 def test_a_quick_restart_of_a_rolled_back_redis_during_a_polite_crawl_loses_no_url(
     rollback_redis: RedisServer, crawl_name: str, tmp_path: Path
 ) -> None:

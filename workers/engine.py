@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from crawler.connection import on_reconnect
 from crawler.errors import RedisUnavailable
 from crawler.fetch_base import FetcherLike
 from crawler.frontier import Frontier
@@ -88,6 +89,8 @@ class Engine:
             frontier, outputs, self.leaser.book, metrics, self.leaser.capacity.set, self._redis_error, self.say
         )
         self.tasks = FetchTasks(self.processor, self.leaser.queue, self._deliver)
+        # a new Redis connection may reach a restarted or replaced server: forget what Redis may have lost
+        on_reconnect(frontier.redis, self.processor.seen.clear)
         self.housekeeping = Housekeeping(
             settings,
             frontier,
