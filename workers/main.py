@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import resource
 import sys
 import time
@@ -36,7 +35,7 @@ from crawler.ssrf import TrustCache
 from crawler.warc import WarcWriter
 from workers import signals
 from workers.engine import Engine
-from workers.parse_pool import ParsePool
+from workers.parse_pool import ParsePool, tune_gc
 
 PARSE_BACKLOG_BYTES = 32 * 1024 * 1024
 EXIT_CONFIG = 2
@@ -54,15 +53,6 @@ def raise_nofile_limit(concurrency: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
             soft = new
     return soft
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic collections: freeze what start-up allocated (modules, the settings, the session), so
-    collections never scan it again, and collect the young generation every 50,000 allocations rather than 700.
-    Measured in docs/benchmarks.md: at 256 fetches in flight the default collector took 13% of the CPU."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def run_worker(settings: Settings, out: Any = None) -> int:
