@@ -46,7 +46,7 @@ from warcio.warcwriter import WARCWriter as _WarcioWriter
 
 REDACTED = "REDACTED"
 SECRET_REQUEST_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-GZIP_LEVEL = 6  # warcio's own gzip wrapper uses 9: twice the CPU for a few percent of size
+GZIP_LEVEL = 1  # warcio's own gzip wrapper uses 9; level 1 is ~1.4x faster than 6 for ~5% more bytes: CPU is scarcer
 
 Headers = tuple[tuple[str, str], ...]
 
