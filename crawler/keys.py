@@ -18,6 +18,7 @@ key, hash field or zset node.
 | host_inflight       | hash   | host -> leases outstanding (per-host concurrency, crawl-wide)          |
 | host_next           | hash   | host -> earliest next lease in ms (per-host delay, crawl-wide)         |
 | host_delay          | hash   | host -> robots.txt Crawl-delay in ms (capped), enforced by lease       |
+| traffic             | hash   | gateway:<redacted> -> bytes; not_modified, bytes_200, pages_200        |
 | leases              | zset   | "<token> <entry>" scored by lease deadline in ms                       |
 | deferred            | zset   | entries waiting for a retry, scored by due time in ms                  |
 | dead                | hash   | url -> "<depth> <attempts> <at> <error JSON>[<LF><extras JSON>]"      |
@@ -74,6 +75,10 @@ class CrawlKeys:
     @property
     def host_next(self) -> str:
         return self._k("host_next")
+
+    @property
+    def traffic(self) -> str:
+        return self._k("traffic")
 
     @property
     def host_delay(self) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 
+from crawler.traffic import Traffic
+
 RING = 4096  # samples kept per window for percentiles
 
 
@@ -67,6 +69,7 @@ class WorkerMetrics:
         self.leased_idle = 0
         self._proc = psutil.Process(os.getpid())
         self.peak_rss = 0
+        self.traffic = Traffic()  # bytes per gateway, 304s: added to the crawl's totals with each heartbeat
         self.prom: Any = None  # crawler.prometheus.PromMetrics when --metrics-port is set
 
     def restart_clock(self) -> None:
@@ -128,9 +131,10 @@ class WorkerMetrics:
             self.prom.set_crawl_counters(counters)
 
     def set_proxies(self, entries: list[dict[str, Any]]) -> None:
-        """The heartbeat's per-gateway entries (proxy, health, state), for /metrics."""
+        """The heartbeat's per-gateway entries (proxy, health, state, bytes), for /metrics."""
         if self.prom is not None:
             self.prom.set_proxies(entries)
+            self.prom.saved_bytes.set(self.traffic.saved_bytes)
 
     def lag(self, ms: float) -> None:
         if len(self.window.lags_ms) < RING:
@@ -231,6 +235,8 @@ def format_line(snap: dict[str, Any], fmt: str) -> str:
     px = f" proxy_ok={snap['proxy_success_rate']:.0%}" if snap.get("proxy_success_rate") is not None else ""
     if snap.get("gateway_bytes"):
         px += f" via_gateways={sum(snap['gateway_bytes'].values()) / 1e6:.1f}MB"
+    if snap.get("not_modified"):
+        px += f" 304s={snap['not_modified']} saved~{snap.get('saved_bytes_estimate', 0) / 1e6:.1f}MB"
     if snap.get("gateways_down"):
         px += f" GATEWAYS_DOWN={snap['gateways_down']}"
     return (

@@ -125,6 +125,9 @@ class PromMetrics:
         )
         self.gateway_up = Gauge("crawl_gateway_up", "1 if the gateway's breaker is closed", ["proxy"], registry=r)
         self.gateway_health = Gauge("crawl_gateway_health", "Gateway success score 0..1", ["proxy"], registry=r)
+        self.saved_bytes = Gauge(
+            "crawl_not_modified_saved_bytes", "Body bytes 304s saved (estimated from the mean 200)", registry=r
+        )
         self.gateway_bytes = Gauge(
             "crawl_gateway_bytes", "Body bytes received through the gateway (what a plan bills)", ["proxy"], registry=r
         )

@@ -25,6 +25,7 @@ from crawler.frontier import Counters, Frontier, Scheduled, now_ms
 from crawler.heartbeat import live_workers
 from crawler.redact import redact_url
 from crawler.settings import Settings
+from crawler.traffic import read as read_traffic
 
 
 async def crawl_snapshot(redis: aioredis.Redis, crawl_name: str) -> dict[str, Any]:
@@ -35,6 +36,7 @@ async def crawl_snapshot(redis: aioredis.Redis, crawl_name: str) -> dict[str, An
     remaining = c.queued + c.deferred + c.inflight
     eta_s = round(remaining / rate60, 1) if rate60 > 0 and remaining else None
     workers = await live_workers(redis, crawl_name)
+    traffic = await read_traffic(redis, crawl_name)
     return {
         "crawl": crawl_name,
         "enqueued": c.enqueued,
@@ -50,6 +52,7 @@ async def crawl_snapshot(redis: aioredis.Redis, crawl_name: str) -> dict[str, An
         "consistent": c.consistent,
         "workers": len(workers),
         **recurring_counts(c),
+        **traffic,
     }
 
 
@@ -100,9 +103,15 @@ def format_snapshot(s: dict[str, Any], where: str | None = None) -> str:
     )
     if s.get("recurring") or s.get("scheduled") or s.get("passes"):
         text += _recurring_line(s)
+    if s.get("gateway_bytes") or s.get("not_modified"):
+        gws = " ".join(f"{k}={v / 1e6:.1f}MB" for k, v in sorted(s.get("gateway_bytes", {}).items())) or "-"
+        text += (
+            f"\ntraffic: via gateways {gws}; 304s={s.get('not_modified', 0)} "
+            f"saving ~{s.get('saved_bytes_estimate', 0) / 1e6:.1f}MB"
+        )
     if s["enqueued"] == 0 and where:
         text += (
-            f"\nnothing was ever enqueued in crawl {s['crawl']} there: check --crawl and --redis-url "
+            f"\nnothing was ever enqueued in crawl {s['crawl']} there: check --crawl and --redis "
             "(or CRAWL_HOME for the embedded Redis)"
         )
     return text

@@ -99,3 +99,7 @@ def test_unchanged_pages_are_304s_and_changed_ones_say_so(
     assert all(r["title"].endswith("v1") for r in third if r["changed"])
     s = stats(redis_server.url, crawl_name)
     assert s["consistent"] and s["passes"] == 3 * PAGES and s["dead"] == 0, s
+    # crawl-wide traffic: every 304 counted, and what it saved estimated from the 200s' mean size
+    assert s["not_modified"] == PAGES + (PAGES - len(changed)), s
+    mean_200 = sum(r["bytes"] for r in first) / len(first)
+    assert s["saved_bytes_estimate"] > 0.5 * s["not_modified"] * mean_200

@@ -175,6 +175,7 @@ class Engine:
             await self._stop_committer(committer)
             await self._final_commit()
             await self._stop_housekeeping(housekeeping, lag)
+            await self.housekeeping.flush_traffic()
             with contextlib.suppress(RedisUnavailable):
                 await remove_heartbeat(self.frontier.redis, self.s.crawl_name, self.s.worker_id)
             self.emit(self.metrics.summary(self.proxies.success_rate()))

@@ -24,6 +24,7 @@ from crawler.heartbeat import publish_heartbeat
 from crawler.metrics import WorkerMetrics
 from crawler.proxies import SESSION_PLACEHOLDER, ProxyPool
 from crawler.settings import Settings
+from crawler.traffic import publish as publish_traffic
 from workers.leaser import LeaseBook
 
 RECLAIM_BATCH = 1000  # expired leases reclaimed per script call
@@ -128,8 +129,17 @@ class Housekeeping:
                 if self.proxies:
                     snap["gateways_down"] = self.proxies.down_count()
                     snap["gateway_bytes"] = {st.redacted: st.bytes for st in self.proxies.states}
+                if self.metrics.traffic.not_modified:
+                    snap["not_modified"] = self.metrics.traffic.not_modified
+                    snap["saved_bytes_estimate"] = self.metrics.traffic.saved_bytes
                 self._emit(snap)
             await self._heartbeat(snap)
+
+    async def flush_traffic(self) -> None:
+        """Add this worker's new traffic (gateway bytes, 304s) to the crawl's totals; with each beat and at stop."""
+        self.metrics.traffic.gateway_bytes = {st.redacted: st.bytes for st in self.proxies.states}
+        with contextlib.suppress(RedisUnavailable):  # the next beat adds what this one could not
+            await publish_traffic(self.frontier.redis, self.s.crawl_name, self.metrics.traffic)
 
     async def check_redis_identity(self) -> bool:
         """True (and the callback run) when Redis is not the server it was: a restart (from an AOF that may miss
@@ -175,6 +185,7 @@ class Housekeeping:
             **self._status(),
         }
         self.metrics.set_proxies(info["proxies"])
+        await self.flush_traffic()
         with contextlib.suppress(RedisUnavailable):
             await self.check_redis_identity()
         with contextlib.suppress(RedisUnavailable):  # crawl-wide gauges for /metrics, refreshed with the beat
