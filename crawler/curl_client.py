@@ -164,7 +164,10 @@ class CurlPool:
         self._handles.append(curl)
         return curl
 
-    async def start(self, url: str, headers: list[bytes], proxy: str | None, pins: list[str] | None) -> Transfer:
+    async def start(
+        self, url: str, headers: list[bytes], proxy: str | None, pins: list[str] | None, fresh: bool = False
+    ) -> Transfer:
+        """`fresh`: open a new connection (the cached one died under a reused request)."""
         curl = await self._free.get()
         try:
             curl = curl or self._new_handle()
@@ -175,6 +178,7 @@ class CurlPool:
             curl.setopt(CurlOpt.HTTPPROXYTUNNEL, 1 if proxy and url.startswith("https:") else 0)
             # always set: the last request's list was freed with its buffers, and [] clears the option
             curl.setopt(CurlOpt.RESOLVE, pins or [])
+            curl.setopt(CurlOpt.FRESH_CONNECT, 1 if fresh else 0)
             curl.setopt(CurlOpt.WRITEFUNCTION, t.on_body)
             curl.setopt(CurlOpt.HEADERFUNCTION, t.on_header)
             if self.record:
@@ -289,6 +293,14 @@ def translate_curl_errors(via_proxy: bool) -> Iterator[None]:
         raise ConnectError(f"curl error {code}: {str(exc)[:200]}") from exc
     except TimeoutError as exc:
         raise FetchTimeout("deadline passed") from exc
+
+
+STALE_CONNECTION = (55, 56)  # CURLE_SEND_ERROR, CURLE_RECV_ERROR: a kept-alive connection the peer had closed
+
+
+def stale_connection(exc: BaseException) -> bool:
+    """Did a request die on a reused connection before any answer (a gateway that closes idle connections)?"""
+    return isinstance(exc, CurlError) and getattr(exc, "code", None) in STALE_CONNECTION
 
 
 def int_or_none(value: str | None) -> int | None:

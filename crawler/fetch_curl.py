@@ -41,6 +41,7 @@ from crawler.curl_client import (
     int_or_none,
     parse_content_type,
     sent_headers,
+    stale_connection,
     translate_curl_errors,
 )
 from crawler.errors import (
@@ -132,6 +133,7 @@ class CurlFetcher:
         # host -> (addresses, expiry): our own DNS cache, since curl's cannot be asked before it connects
         self._dns: OrderedDict[tuple[str, int], tuple[tuple[str, ...], float]] = OrderedDict()
         self.requests = 0  # attempts started (for the repr)
+        self.stale_retries = 0  # requests sent again on a new connection: the reused one had died
         capped = settings.proxy.max_connections is not None and bool(settings.proxy.urls)
         # set once per handle, when it is created (a request sets only URL, headers, gateway, pins, callbacks)
         options: dict[CurlOpt, Any] = {
@@ -168,7 +170,7 @@ class CurlFetcher:
     def __repr__(self) -> str:
         return (
             f"CurlFetcher(impersonate={self.impersonate}, max_body_bytes={self.settings.fetch.max_body_bytes}, "
-            f"timeout_s={self.settings.fetch.timeout_s}, requests={self.requests})"
+            f"timeout_s={self.settings.fetch.timeout_s}, requests={self.requests}, stale_retries={self.stale_retries})"
         )
 
     async def aclose(self) -> None:
@@ -222,7 +224,15 @@ class CurlFetcher:
         self.requests += 1
         # "Name;" sends an empty header (curl drops "Name:"); values are sent as UTF-8, as aiohttp does
         lines = [(f"{k}: {v}" if v else f"{k};").encode() for k, v in sent.items()]
-        t = await self.pool.start(url, lines, proxy.url if proxy is not None else None, pins)
+        via = proxy.url if proxy is not None else None
+        try:
+            t = await self.pool.start(url, lines, via, pins)
+        except Exception as exc:
+            if not stale_connection(exc):
+                raise
+            # as aiohttp does for a dead keep-alive connection: once more on a new one, no attempt spent
+            self.stale_retries += 1
+            t = await self.pool.start(url, lines, via, pins, fresh=True)
         try:
             status, reason, raw = t.head()
             heads = sent_headers(t.sent) if t.sent else ()
