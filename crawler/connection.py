@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,17 +56,18 @@ def validate_redis_url(url: str) -> None:
 
 
 class Reconnects:
-    """Every (re)connection of one client's pool, told to listeners before the first command on it.
+    """Every reconnection of one client's pool, told to listeners before the first command on it.
 
-    A new connection is the only way to reach a Redis that was restarted (maybe from an AOF missing its last
-    second) or replaced by a failover; whatever a process believes Redis holds (the worker's seen-link cache)
-    must be forgotten then, whether or not any stage saw an error. Connections a pool grows under load count too:
-    forgetting a cache is always safe.
+    A connection that connects again (its socket broke) is the only way to reach a Redis that was restarted
+    (maybe from an AOF missing its last second) or replaced by a failover; whatever a process believes Redis holds
+    (the worker's seen-link cache) must be forgotten then, whether or not any stage saw an error. The first
+    connect of a connection the pool grows under load is not one: it would throw the cache away for nothing.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self._listeners: list[Callable[[], None]] = []
+        self._connected_once: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"Reconnects(count={self.count}, listeners={len(self._listeners)})"
@@ -73,7 +75,10 @@ class Reconnects:
     def listen(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
 
-    def connected(self, _connection: Any) -> None:
+    def connected(self, connection: Any) -> None:
+        if connection not in self._connected_once:
+            self._connected_once.add(connection)
+            return
         self.count += 1
         for fn in self._listeners:
             fn()
@@ -93,7 +98,7 @@ class _Pool(aioredis.BlockingConnectionPool):
 
 
 def on_reconnect(client: aioredis.Redis, fn: Callable[[], None]) -> None:
-    """Call `fn` whenever `client` (from `open_redis`) makes a new connection to Redis."""
+    """Call `fn` whenever one of `client`'s connections (from `open_redis`) connects to Redis again."""
     pool = client.connection_pool
     if isinstance(pool, _Pool):
         pool.reconnects.listen(fn)
