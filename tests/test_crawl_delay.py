@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import redis
 
 from crawler.frontier import now_ms
 from crawler.keys import CrawlKeys
+from crawler.testing.services import serve_in_thread
 from crawler.urls import crawl_url
 from tests.helpers import crawl, enqueue, read_records, worker_args
 from tests.test_stages import frontier_at
@@ -56,14 +56,8 @@ class PoliteSite(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def polite_site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PoliteSite)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(PoliteSite) as url:
+        yield url
 
 
 @pytest.mark.timeout(120)

@@ -4,15 +4,14 @@ says exactly which pages changed, and validators are kept pass after pass."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from crawler.testing.services import wait_until
+from crawler.testing.services import serve_in_thread, wait_until
 from tests.helpers import crawl, read_records, stats, worker_args
 
 PAGES = 200
@@ -47,20 +46,11 @@ class Versioned(BaseHTTPRequestHandler):
         pass
 
 
-class Server(ThreadingHTTPServer):
-    request_queue_size = 256  # the default backlog of 5 drops connections at 64 in flight (1 s SYN retries)
-
-
 @pytest.fixture
 def site() -> Iterator[str]:
     Versioned.versions, Versioned.bodies_sent = {}, 0
-    server = Server(("127.0.0.1", 0), Versioned)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(Versioned) as url:
+        yield url
 
 
 def one_pass(redis_url: str, name: str, out: Path) -> list[dict[str, Any]]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crawler.testing.services import serve_in_thread
 from tests.helpers import crawl, read_records, stats, worker_args
 
 PER_SITEMAP = 40_000
@@ -59,14 +59,8 @@ class SitemapSite(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SitemapSite)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(SitemapSite) as url:
+        yield url
 
 
 @pytest.mark.timeout(180)

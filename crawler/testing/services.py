@@ -34,7 +34,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -328,3 +329,23 @@ def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, interval_s: 
         if time.monotonic() >= deadline:
             raise TimeoutError(f"condition not met within {timeout_s}s (last value {value!r})")
         time.sleep(interval_s)
+
+
+class _ThreadedHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 drops connections at 64 in flight (1 s SYN retries)
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def serve_in_thread(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stdlib HTTP server on 127.0.0.1 (free port) in a thread of this process, for tests whose site is a few
+    lines of `do_GET`; yields its base URL, shuts it down on exit."""
+    server = _ThreadedHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
