@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import redis
 
 from crawler.frontier import now_ms
 from crawler.keys import CrawlKeys
-from crawler.testing.services import serve_in_thread
+from crawler.testing.services import SiteHandler, serve_in_thread
 from crawler.urls import crawl_url
 from tests.helpers import crawl, enqueue, read_records, worker_args
 from tests.test_stages import frontier_at
@@ -36,7 +35,7 @@ def test_a_host_delay_spaces_leases_of_that_host_only(redis_server: Any, crawl_n
     asyncio.run(main())
 
 
-class PoliteSite(BaseHTTPRequestHandler):
+class PoliteSite(SiteHandler):
     """robots.txt asks for a 30 s Crawl-delay; every page is a tiny HTML page."""
 
     def do_GET(self) -> None:
@@ -44,14 +43,7 @@ class PoliteSite(BaseHTTPRequestHandler):
             body, ctype = b"User-agent: *\nCrawl-delay: 30\nDisallow: /private\n", "text/plain"
         else:
             body, ctype = f"<title>{self.path}</title>".encode(), "text/html"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
+        self.reply(200, body, ctype)
 
 
 @pytest.fixture

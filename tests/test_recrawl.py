@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from crawler.testing.services import serve_in_thread, wait_until
+from crawler.testing.services import SiteHandler, serve_in_thread, wait_until
 from tests.helpers import crawl, read_records, stats, worker_args
 
 PAGES = 200
 
 
-class Versioned(BaseHTTPRequestHandler):
+class Versioned(SiteHandler):
     """Pages whose content is their version; ETag from the content, 304 for a matching If-None-Match. (The period
     is 5 s: a pass must end before its first URL is due again, or --until-idle never sees the crawl idle.)"""
 
@@ -34,16 +33,7 @@ class Versioned(BaseHTTPRequestHandler):
             self.end_headers()
             return
         type(self).bodies_sent += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
+        self.reply(200, body, "text/html", [("ETag", etag), ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")])
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crawler.testing.services import serve_in_thread
+from crawler.testing.services import SiteHandler, serve_in_thread
 from tests.helpers import crawl, read_records, stats, worker_args
 
 PER_SITEMAP = 40_000
@@ -27,7 +26,7 @@ def urlset(base: str, start: int, n: int) -> bytes:
     return f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{rows}</urlset>'.encode()
 
 
-class SitemapSite(BaseHTTPRequestHandler):
+class SitemapSite(SiteHandler):
     def do_GET(self) -> None:
         base = f"http://127.0.0.1:{self.server.server_address[1]}"
         ctype = "application/xml"
@@ -47,14 +46,7 @@ class SitemapSite(BaseHTTPRequestHandler):
             ).encode()
         else:
             body, ctype = b"<title>page</title>", "text/html"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
+        self.reply(200, body, ctype)
 
 
 @pytest.fixture
