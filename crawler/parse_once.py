@@ -112,16 +112,12 @@ def _from_file(target: str, base_url: str | None, settings: Settings, common: di
 async def _parse(task: ParseTask, settings: Settings) -> ParsedPage:
     from workers.parse_pool import ParsePool
 
-    pool = ParsePool(1, len(task.body) + 1, parser_spec=task.parser_spec, timeout_s=_timeout(settings))
+    pool = ParsePool(1, len(task.body) + 1, parser_spec=task.parser_spec, timeout_s=settings.parse.timeout_s)
     try:
         await pool.warm_up()
         return await pool.parse(task)
     finally:
         pool.close()
-
-
-def _timeout(settings: Settings) -> float:
-    return settings.parse.timeout_s
 
 
 def format_outcome(outcome: ParseOutcome, as_json: bool = False) -> str:

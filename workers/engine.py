@@ -33,7 +33,6 @@ from crawler.ssrf import TrustCache
 from workers.committer import Committer
 from workers.housekeeping import Housekeeping
 from workers.leaser import Leaser
-from workers.outcomes import Outcome
 from workers.parse_pool import ParsePool
 from workers.processing import FetchTasks, Processor
 
@@ -88,7 +87,7 @@ class Engine:
         self.committer = Committer(
             frontier, outputs, self.leaser.book, metrics, self.leaser.capacity.set, self._redis_error, self.say
         )
-        self.tasks = FetchTasks(self.processor, self.leaser.queue, self._deliver)
+        self.tasks = FetchTasks(self.processor, self.leaser.queue, self.committer.submit)
         # a new Redis connection may reach a restarted or replaced server: forget what Redis may have lost
         on_reconnect(frontier.redis, self.processor.seen.clear)
         self.housekeeping = Housekeeping(
@@ -126,9 +125,6 @@ class Engine:
             or self.committer.backlogged()
             or self.leaser.budget_spent()
         )
-
-    def _deliver(self, outcome: Outcome) -> None:
-        self.committer.submit(outcome)
 
     def _redis_error(self, exc: RedisUnavailable, wait_s: float) -> None:
         self.processor.seen.clear()  # Redis may have lost links this cache vouches for

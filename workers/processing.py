@@ -81,8 +81,9 @@ class Processor:
         self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
         self._on_fatal = on_fatal
         self._set_host_delay = set_host_delay  # Frontier.set_host_delay: a robots.txt Crawl-delay, crawl-wide
+        # hosts whose Crawl-delay the frontier was told, and whose robots.txt sitemaps were enqueued (bounded)
         self._delays_told: set[str] = set()
-        self._sitemaps_told: set[str] = set()  # hosts whose robots.txt sitemaps were enqueued (bounded by seeds)
+        self._sitemaps_told: set[str] = set()
         self._say = say
         self._rng = random.Random()
         self._auth_streak = retry.ProxyAuthStreak()
@@ -141,12 +142,13 @@ class Processor:
 
     async def _honour_crawl_delay(self, host: str, delay_s: float) -> None:
         """Tell the frontier a host's Crawl-delay (capped by --max-crawl-delay) once: every worker then waits it."""
-        if host in self._delays_told:
+        if not _first_time(self._delays_told, host):
             return
-        if len(self._delays_told) > 100_000:  # bounded: telling again is harmless
-            self._delays_told.clear()
-        await self._set_host_delay(host, min(delay_s, self.s.politeness.max_crawl_delay_s))
-        self._delays_told.add(host)
+        try:
+            await self._set_host_delay(host, min(delay_s, self.s.politeness.max_crawl_delay_s))
+        except BaseException:
+            self._delays_told.discard(host)  # not told: the next lease of the host tries again
+            raise
 
     async def _attempts(self, lease: Lease) -> tuple[int, Attempt]:
         """The first attempt, then (the rare path) tenacity's in-process retries, each with a fresh session."""
@@ -204,9 +206,8 @@ class Processor:
         """--sitemaps-from-robots: a seed host's robots.txt `Sitemap:` lines, once per host, as sitemap seeds."""
         assert self.robots is not None
         host = host_of(lease.url)
-        if host in self._sitemaps_told:
+        if not _first_time(self._sitemaps_told, host):
             return []
-        self._sitemaps_told.add(host)
         scheme = lease.url.split("://", 1)[0]
         rules = await self.robots.rules(f"{scheme}://{host}")  # cached: robots.txt was read for this lease
         kind = Extras(kind="sitemap").encode()
@@ -354,6 +355,21 @@ def _recur_pass(record: Record, result: FetchResult, page: ParsedPage | None, le
         return None
     headers = {k.lower(): v for k, v in result.raw_headers}
     return Validators(headers.get("etag"), headers.get("last-modified"), digest)
+
+
+HOSTS_TOLD = (
+    100_000  # hosts remembered per "once per host" set; past it the set starts over (telling twice is harmless)
+)
+
+
+def _first_time(told: set[str], host: str) -> bool:
+    """True the first time `host` is seen by `told` (a bounded set: cleared when full), and remembers it."""
+    if host in told:
+        return False
+    if len(told) >= HOSTS_TOLD:
+        told.clear()
+    told.add(host)
+    return True
 
 
 def _is_sitemap(lease: Lease) -> bool:
