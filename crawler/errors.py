@@ -25,6 +25,8 @@ so a log can show the chain while records show only the stable `kind`.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CrawlError(Exception):
     """Base of every error this package raises on purpose."""
@@ -68,7 +70,14 @@ class GatewayUnreachable(ProxyError):
 
 
 class BodyTooLarge(FetchError):
+    """The body passed `--max-body-bytes`. `partial`, when the fetcher keeps truncated bodies (`--warc`): the
+    response with its body cut at the cap (a `crawler.fetch_base.FetchResult`, `truncated=True`), for the archive."""
+
     kind = "body_too_large"
+
+    def __init__(self, message: str, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class TooManyRedirects(FetchError):

@@ -46,6 +46,7 @@ from crawler.fetch_base import (
     decode_prefix,
     merged,
     next_hop,
+    within_cap,
 )
 from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
@@ -152,7 +153,8 @@ def _peer_ip(resp: aiohttp.ClientResponse) -> str | None:
 class Fetcher:
     """Fetches one URL per call with aiohttp. Holds no per-URL state, so memory does not grow with the crawl.
 
-    `keep_body` keeps every body under the cap (WARC `--warc-content all`), not only HTML.
+    `keep_body` keeps every body under the cap (WARC `--warc-content all`), not only HTML. `keep_truncated`
+    (`--warc`): a body past the cap is read up to it and handed on in BodyTooLarge for the archive.
     """
 
     def __init__(
@@ -162,12 +164,14 @@ class Fetcher:
         slots: GatewaySlots | None = None,
         trust: TrustCache | None = None,
         keep_body: bool = False,
+        keep_truncated: bool = False,
     ) -> None:
         self.session = session
         self.settings = settings
         self.slots = slots  # the fleet-wide gateway connection cap, when set
         self.trust = trust  # the SSRF guard, when on: checks every redirect target
         self.keep_body = keep_body
+        self.keep_truncated = keep_truncated
         # --header / --cookie, sent with every request (built once; per-request headers override them)
         self.extra_headers = crawl_headers(settings.fetch.headers, settings.fetch.cookies)
 
@@ -267,7 +271,7 @@ class Fetcher:
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
-            if declared is not None and declared > s.fetch.max_body_bytes:
+            if declared is not None and declared > s.fetch.max_body_bytes and not self.keep_truncated:
                 raise BodyTooLarge(f"Content-Length {declared} > {s.fetch.max_body_bytes}")
             body = await self._read_capped(resp.content)
             got = len(body)
@@ -275,7 +279,7 @@ class Fetcher:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads
         else:
             got = await self._count_capped(resp.content)
-        return FetchResult(
+        result = FetchResult(
             url=url,
             final_url=str(resp.url),
             status=resp.status,
@@ -294,6 +298,7 @@ class Fetcher:
             request_headers=tuple(resp.request_info.headers.items()),
             hops=hops,
         )
+        return within_cap(result, s.fetch.max_body_bytes, self.keep_truncated)
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
         """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.
@@ -314,12 +319,14 @@ class Fetcher:
             return resp.status, body
 
     async def _read_capped(self, content: aiohttp.StreamReader) -> bytes:
+        """The body, or as soon as it passes the cap what came so far (`within_cap` decides; the rest is not read:
+        the connection is closed rather than drained)."""
         cap = self.settings.fetch.max_body_bytes
         buf = bytearray()
         async for chunk in content.iter_chunked(CHUNK):
             buf += chunk
             if len(buf) > cap:
-                raise BodyTooLarge(f"body passed {cap} bytes")
+                break
         return bytes(buf)
 
     async def _count_capped(self, content: aiohttp.StreamReader) -> int:
@@ -338,21 +345,32 @@ def make_fetcher(
     slots: GatewaySlots | None = None,
     keep_body: bool = False,
     record_request_headers: bool = False,
+    keep_truncated: bool = False,
 ) -> FetcherLike:
     """The fetcher `settings.fetcher` names ("aiohttp", the default, or "curl"), with its own session.
 
     `keep_body`: keep every body under the cap, not only HTML (WARC `--warc-content all`).
     `record_request_headers`: FetchResult.request_headers are complete, the browser profile's included (a WARC
     writer wants this; aiohttp always has them, curl pays a debug callback per page for them).
+    `keep_truncated`: a body past the cap comes back cut at it inside BodyTooLarge (the WARC's truncated record).
     The caller owns the fetcher: `await fetcher.aclose()` at the end (or `contextlib.aclosing(...)`)."""
     kind = settings.fetch.fetcher
     if kind == "curl":
         from crawler.fetch_curl import CurlFetcher
 
-        return CurlFetcher(settings, trust, slots, keep_body=keep_body, record_request_headers=record_request_headers)
+        return CurlFetcher(
+            settings,
+            trust,
+            slots,
+            keep_body=keep_body,
+            record_request_headers=record_request_headers,
+            keep_truncated=keep_truncated,
+        )
     if kind != "aiohttp":
         raise ConfigError(f"--fetcher {kind!r}: expected aiohttp or curl")
-    return Fetcher(make_session(settings, trust), settings, slots, trust, keep_body=keep_body)
+    return Fetcher(
+        make_session(settings, trust), settings, slots, trust, keep_body=keep_body, keep_truncated=keep_truncated
+    )
 
 
 __all__ = [

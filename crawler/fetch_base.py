@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from yarl import URL
 
-from crawler.errors import BlockedAddress, InvalidResponse, InvalidTarget
+from crawler.errors import BlockedAddress, BodyTooLarge, InvalidResponse, InvalidTarget
 from crawler.proxies import ProxyChoice
 from crawler.ssrf import TrustCache
 
@@ -65,6 +65,7 @@ class FetchResult:
     raw_headers: RawHeaders = ()  # final response headers in order, as received
     request_headers: RawHeaders = ()  # final request's headers (raw: the WARC writer redacts; never log them)
     hops: tuple[Hop, ...] = ()  # the redirects before the final response, in order
+    truncated: bool = False  # the body is cut at the cap (only inside BodyTooLarge.partial, for the archive)
 
     @property
     def is_html(self) -> bool:
@@ -75,6 +76,15 @@ class FetchResult:
             f"FetchResult({self.final_url!r}, status={self.status}, http_version={self.http_version!r}, "
             f"bytes={self.bytes}, redirects={self.redirects})"
         )
+
+
+def within_cap(result: FetchResult, cap: int, keep_truncated: bool) -> FetchResult:
+    """The result, or BodyTooLarge when its body passed `cap` (readers stop just past it). With `keep_truncated`
+    (`--warc`) the error carries the response cut at the cap, which the archive writes with `WARC-Truncated`."""
+    if result.body is None or len(result.body) <= cap:
+        return result
+    partial = replace(result, body=result.body[:cap], truncated=True) if keep_truncated else None
+    raise BodyTooLarge(f"body passed {cap} bytes", partial)
 
 
 @runtime_checkable

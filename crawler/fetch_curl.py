@@ -66,6 +66,7 @@ from crawler.fetch_base import (
     decode_prefix,
     merged,
     next_hop,
+    within_cap,
 )
 from crawler.gateway_slots import GatewaySlots
 from crawler.proxies import ProxyChoice
@@ -108,6 +109,7 @@ class CurlFetcher:
     under the cap (WARC `--warc-content all`), not only HTML. `record_request_headers` (for a WARC writer):
     FetchResult and Hop carry the headers as sent, the profile's included, through curl's debug callback, which
     costs ~0.1 ms of CPU per page; without it they carry only the headers this fetcher added to the profile's.
+    `keep_truncated` (`--warc`): a body past the cap is read up to it and handed on in BodyTooLarge.
     """
 
     def __init__(
@@ -120,11 +122,13 @@ class CurlFetcher:
         keep_body: bool = False,
         verify: bool | str = True,
         record_request_headers: bool = False,
+        keep_truncated: bool = False,
     ) -> None:
         self.settings = settings
         self.trust = trust  # the SSRF guard, when on: every name is resolved and checked here
         self.slots = slots  # the fleet-wide gateway connection cap, when set
         self.keep_body = keep_body
+        self.keep_truncated = keep_truncated
         # the request heads as curl sent them (profile headers included), through curl's debug callback
         self.record_request_headers = record_request_headers
         profile = impersonate if impersonate is not None else settings.fetch.impersonate
@@ -321,14 +325,14 @@ class CurlFetcher:
         if resp.status in (204, 304):
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
-            if declared is not None and declared > cap:
+            if declared is not None and declared > cap and not self.keep_truncated:
                 raise BodyTooLarge(f"Content-Length {declared} > {cap}")
             body, got = await self._read(resp, cap, keep=True)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads (abort ends it)
         else:
             _, got = await self._read(resp, cap, keep=False)
-        return FetchResult(
+        result = FetchResult(
             url=url,
             final_url=resp.url,
             status=resp.status,
@@ -347,17 +351,21 @@ class CurlFetcher:
             request_headers=resp.request_headers,
             hops=hops,
         )
+        return within_cap(result, cap, self.keep_truncated)
 
     async def _read(self, resp: _Head, cap: int, keep: bool) -> tuple[bytes, int]:
-        """(body if `keep` else b"", bytes received), BodyTooLarge past `cap`."""
+        """(body if `keep` else b"", bytes received). Past `cap`: BodyTooLarge when not kept, else what came so far
+        (`within_cap` decides; the transfer stops there)."""
         buf = bytearray()
         n = 0
         async for chunk in resp.transfer.chunks():
             n += len(chunk)
-            if n > cap:
-                raise BodyTooLarge(f"body passed {cap} bytes")
             if keep:
                 buf += chunk
+            if n > cap:
+                if not keep:
+                    raise BodyTooLarge(f"body passed {cap} bytes")
+                break
         return bytes(buf), n
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:

@@ -244,7 +244,8 @@ OPTIONS: tuple[Option, ...] = (
     Row("--max-links", "scope.max_links_per_page", "scope", "Links kept per page (`links_total` counts them all).",
       int, 1000, metavar="N"),
     # parsing
-    Row("--parse-workers", "parse.workers", "parse", "Parse processes.", int, metavar="N", default_text="cores - 1"),
+    Row("--parse-workers", "parse.workers", "parse", "Parse processes (with `--warc` they also build the WARC "
+      "records).", int, metavar="N", default_text="cores - 1; cores with --warc"),
     Row("--parser", "parse.parser", "parse", "Your parse function: `module:function`, or `path/to/file.py:function`.",
       metavar="SPEC"),
     Row("--parse-timeout", "parse.timeout_s", "parse", "Seconds a parser may run on one page.", float, 30.0, "s",

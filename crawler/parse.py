@@ -30,6 +30,8 @@ from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_da
 from crawler.settings import ExtractRule
 from crawler.sitemaps import parse_sitemap
 from crawler.urls import InvalidURL, LinkResolver, crawl_url, in_domain, resolve
+from crawler.warc import EncodedRecords, WarcExchange
+from crawler.warc import encode as encode_warc
 
 NO_RULES = LinkRules()
 
@@ -60,6 +62,7 @@ class ParseTask:
     parser_spec: str | None = None  # "module:function": loaded once per parse process
     link_rules: LinkRules = NO_RULES
     want_traceback: bool = False  # `crawl parse`: keep the parser's traceback for the developer
+    warc: tuple[WarcExchange, ...] = ()  # --warc: this fetch's exchanges, encoded here into ParsedPage.warc
 
 
 class FollowLink(NamedTuple):
@@ -103,6 +106,7 @@ class ParsedPage:
     # the parser's Follows, resolved, in scope, allowed by the rules, with their options; a URL that is in both
     # lists is taken out of `follow` (the parser's request carries its data and label)
     requests: list[FollowLink] = field(default_factory=list)
+    warc: EncodedRecords | None = None  # the task's WARC records, built and gzipped (None: the writer encodes them)
 
 
 class _TooLarge(Exception):
@@ -156,9 +160,12 @@ def parse_pages(tasks: list[ParseTask], progress: MutableSequence[float] | None 
             progress[1] = time.monotonic()
             progress[0] = i
         try:
-            out.append(parse_page(t))
+            page = parse_page(t)
         except Exception:  # parse_page is written never to raise; one bad page must not fail its batch
-            out.append(ParsedPage(size=len(t.body), error="parse_error"))
+            page = ParsedPage(size=len(t.body), error="parse_error")
+        if t.warc:
+            page.warc = encode_warc(t.warc)
+        out.append(page)
     if progress is not None:
         progress[0] = -1
     return out

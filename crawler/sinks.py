@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crawler.records import Record
-from crawler.warc import WarcExchange, WarcWriter
+from crawler.warc import WarcItem, WarcWriter
 
 _TAIL_CHUNK = 64 * 1024
 
@@ -193,16 +193,14 @@ class Outputs:
             dirs.append(self.warc.directory)
         return dirs
 
-    def write(
-        self, records: Sequence[Record], item_blobs: Sequence[bytes], exchanges: Sequence[WarcExchange] = ()
-    ) -> None:
+    def write(self, records: Sequence[Record], item_blobs: Sequence[bytes], warc: Sequence[WarcItem] = ()) -> None:
         """Blocking: call from a thread. Flushed (to the kernel) before it returns."""
         if records:
             self.records.write(records)
         if item_blobs and self.items is not None:
             self.items.write(item_blobs)
-        if exchanges and self.warc is not None:
-            self.warc.write(exchanges)
+        if warc and self.warc is not None:
+            self.warc.write(warc)
 
     def probe(self) -> None:
         """Raise OSError unless a small file can be written, flushed and removed in every output directory."""

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from benchkit import ROOT
-from benchkit.contenders import CONTENDERS, OPTIONAL_CONTENDERS, Env, run_contender
+from benchkit.contenders import CONTENDERS, OPTIONAL_CONTENDERS, VARIANTS, Env, run_contender
 from benchkit.measure import reap_strays
 from benchkit.processes import (
     PROXY_PASSWORD,
@@ -106,6 +106,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--profile-variant", choices=sorted(VARIANTS), help="profile the crawl-worker pass with this variant's flags"
+    )
     ap.add_argument("--budget-s", type=float, default=1500, help="start no new run after this many seconds")
     ap.add_argument(
         "--scrapy-runs",
@@ -277,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         env = Env(args, site, proxy_url, workdir, servers, keep)
         print(f"origin: {server.info} on :{port}; proxy: {proxy.info} on :{proxy.port}; workdir {workdir}", flush=True)
         results, runs_done = run_all(args, env, workdir, started)
-        if args.profile and "crawl-worker" in args.names:
-            profile = run_profile(env, args.out, stamp)
+        if args.profile and ("crawl-worker" in args.names or args.profile_variant):
+            profile = run_profile(env, args.out, stamp, VARIANTS.get(args.profile_variant or ""))
     finally:
         for s in reversed(servers):
             s.stop()

@@ -7,7 +7,9 @@ import asyncio
 import gzip
 import http.server
 import json
+import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -16,7 +18,8 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,9 @@ from fastwarc.warc import ArchiveIterator as FastIterator
 from fastwarc.warc import WarcRecordType
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
 
+from crawler.parse import ParseTask, parse_pages
 from crawler.testing.services import free_port, stop_process
-from crawler.warc import REDACTED, WarcExchange, WarcWriteError, WarcWriter
+from crawler.warc import REDACTED, WarcExchange, WarcWriteError, WarcWriter, encode
 
 REPO = Path(__file__).resolve().parents[1]
 CAP = 4000  # the test's body cap: /big is cut here
@@ -483,3 +487,49 @@ def test_a_record_that_cannot_be_built_rolls_the_batch_back(tmp_path: Path) -> N
         writer.write([exchange("http://site.test/after", b"2")])
     uris = [r.uri for r in fast_read(writer.files[0]) if r.type == "response"]
     assert uris == ["http://site.test/ok", "http://site.test/after"]
+
+
+def test_a_parse_process_encodes_the_records_and_the_body_crosses_to_it_once(
+    tmp_path: Path, fetched: list[WarcExchange]
+) -> None:
+    """The worker sends a page's exchanges with its parse task; pickle sends the shared body once, the parse
+    process returns gzipped records, and the writer appends them: the same records as encoding them itself."""
+    body = os.urandom(200_000)  # incompressible: a second copy in the message would show in its size
+    page_ex = exchange("http://site.test/p", body)
+    task = ParseTask(body=body, url=page_ex.url, final_url=page_ex.url, warc=(*fetched[:2], page_ex))
+    assert len(pickle.dumps(task)) < len(body) + 20_000
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        (page,) = pool.submit(parse_pages, [task]).result(timeout=60)
+    assert page.warc is not None and page.warc.records == 6
+    with WarcWriter(tmp_path / "a", "w", 10**9, "crawl/test") as pooled:
+        pooled.write([page.warc, exchange("http://site.test/after", b"after")])
+    with WarcWriter(tmp_path / "b", "w", 10**9, "crawl/test") as direct:
+        direct.write([*task.warc, exchange("http://site.test/after", b"after")])
+    assert pooled.records == direct.records == 1 + 8
+    got, want = fast_read(pooled.files[0]), fast_read(direct.files[0])
+    assert all(r.digests_ok for r in got)
+    assert [(r.type, r.uri, r.payload, r.http_headers) for r in got] == [
+        (r.type, r.uri, r.payload, r.http_headers) for r in want
+    ]
+    assert got[5].payload == body
+
+
+def test_records_that_cannot_be_built_in_the_parse_process_are_left_to_the_writer() -> None:
+    bad = exchange("http://site.test/p", b"x")
+    object.__setattr__(bad, "body", None)  # not bytes: warcio fails while building the record
+    assert encode([bad]) is None
+    page = parse_pages([ParseTask(body=b"<title>t</title>", url=bad.url, final_url=bad.url, warc=(bad,))])[0]
+    assert page.warc is None and page.title == "t"
+
+
+def test_no_value_can_split_a_record_s_header_block(tmp_path: Path) -> None:
+    ex = replace(
+        exchange("http://site.test/p", b"x", peer_ip="127.0.0.1\r\nWARC-Injected: 1"),
+        reason="OK\r\nX-Injected: 1",
+        response_headers=(("X-A", "1\r\nX-Injected: 2"),),
+    )
+    with WarcWriter(tmp_path, "w", 10**9, "crawl/test") as writer:
+        writer.write([ex])
+    (resp,) = [r for r in fast_read(writer.files[0]) if r.type == "response"]
+    assert resp.digests_ok and "WARC-Injected" not in resp.headers
+    assert [k for k, _ in resp.http_headers] == ["X-A"]

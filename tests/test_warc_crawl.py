@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from crawler.testing.services import RunningServer
+from crawler.testing.services import RunningServer, SiteHandler, serve_in_thread
 from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import crawl, enqueue, read_records, worker_args
 from tests.test_warc import WARCIO, fast_read
@@ -71,3 +71,64 @@ def test_a_crawl_writes_valid_warc_with_every_page_byte_for_byte(
     redirected = [r for r in read_records(out) if r["redirects"]]
     for rec in redirected:  # the hop before the final response has its own response record
         assert rec["url"] in responses and responses[rec["url"]].http_headers
+
+
+BIG = bytes(range(256)) * 1200  # 307,200 bytes, not valid UTF-8 anywhere near the cap: a cut must be exact
+CAP = 100_000
+HUNG_PARSER = """
+def parse(page):
+    if page.url.endswith("/hang"):
+        while True:  # holds the GIL: only the pool's kill stops it
+            pass
+    return {"url": page.url}
+"""
+
+
+class CapSite(SiteHandler):
+    """/big (declared length past the cap), /stream (no length: HTTP/1.0, body until close), /hang, /ok."""
+
+    def do_GET(self) -> None:
+        if self.path == "/big":
+            self.reply(200, BIG, "text/html")
+        elif self.path == "/stream":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(BIG)
+        elif self.path in ("/hang", "/ok"):
+            self.reply(200, f"<title>{self.path}</title>".encode(), "text/html")
+        else:
+            self.reply(404, b"", "text/plain")
+
+
+@pytest.mark.parametrize("fetcher", FETCHERS)
+def test_bodies_past_the_cap_are_archived_cut_at_it_and_a_timed_out_parse_still_archives_its_page(
+    redis_server: Any, crawl_name: str, tmp_path: Path, fetcher: str
+) -> None:
+    parser = tmp_path / "hung_parser.py"
+    parser.write_text(HUNG_PARSER)
+    with serve_in_thread(CapSite) as base:
+        urls = [f"{base}/{p}" for p in ("big", "stream", "hang", "ok")]
+        enqueue(redis_server, crawl_name, tmp_path, urls)
+        out, warc_dir = tmp_path / "out", tmp_path / "warc"
+        args = worker_args(
+            redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--warc", str(warc_dir),
+            "--max-body-bytes", str(CAP), "--parser", f"{parser}:parse", "--parse-timeout", "1",
+        )  # fmt: skip
+        run = crawl([*args, *fetcher_flags(fetcher)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = {r["url"].rsplit("/", 1)[1]: r["error"] for r in read_records(out)}
+    assert errors == {"big": "body_too_large", "stream": "body_too_large", "hang": "parse_timeout", "ok": None}
+    files = sorted(warc_dir.glob("*.warc.gz"))
+    for f in files:
+        assert subprocess.run([*WARCIO, "check", str(f)], capture_output=True).returncode == 0
+    read = [r for f in files for r in fast_read(f)]
+    assert all(r.digests_ok for r in read)
+    responses = {r.uri.rsplit("/", 1)[1]: r for r in read if r.type.endswith("response")}
+    assert set(responses) == {"big", "stream", "hang", "ok"}
+    for name in ("big", "stream"):  # written up to the cap, byte for byte, and said to be cut
+        assert responses[name].payload == BIG[:CAP], name
+        assert responses[name].headers.get("WARC-Truncated") == "length", name
+    for name in ("hang", "ok"):  # the hung page's records were built by the writer, the parse process being dead
+        assert responses[name].payload == f"<title>/{name}</title>".encode()
+        assert "WARC-Truncated" not in responses[name].headers

@@ -1,8 +1,11 @@
 """What the worker keeps of a fetch for the WARC sink: one `WarcExchange` per response, redirect hops included.
 
-Built on the event loop from what the fetcher already holds (no serialisation here: the writer encodes and
-compresses in the committer's thread). With `--warc-content html` only HTML responses (and their redirect hops)
-are kept; with `all`, every body the fetcher kept under the cap.
+Built on the event loop from what the fetcher already holds (no serialisation here): a parsed page's exchanges
+travel with its parse task and the parse process builds and gzips their records (`crawler.warc.encode`); the
+others (non-HTML with `all`, a page whose parse timed out) are encoded by the writer in the committer's thread.
+With `--warc-content html` only HTML responses (and their redirect hops) are kept; with `all`, every body the
+fetcher kept under the cap. A body past the cap is kept up to it, marked truncated (the fetcher hands it on
+inside BodyTooLarge).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[Wa
             reason=result.reason,
             response_headers=result.raw_headers,
             body=result.body,
+            truncated=result.truncated,
             peer_ip=result.peer_ip,
         )
     )

@@ -140,7 +140,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
     if settings.parse.parser:
         load_parser(settings.parse.parser)  # a one-line error (exit 2) before anything starts
     parse_pool = ParsePool(
-        settings.parse.workers,
+        settings.parse_workers,
         PARSE_BACKLOG_BYTES,
         parser_spec=settings.parse.parser,
         timeout_s=settings.parse.timeout_s,
@@ -172,6 +172,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
                 slots,
                 keep_body=out.warc_dir is not None and out.warc_content == "all",
                 record_request_headers=out.warc_dir is not None,
+                keep_truncated=out.warc_dir is not None,
             )
             async with contextlib.aclosing(fetcher):
                 engine = Engine(
@@ -191,7 +192,7 @@ async def _main(settings: Settings, log: EventLog) -> int:
                     engine.say(f"Prometheus metrics on {metrics.prom.url}")
                 engine.say(
                     f"worker {settings.worker_id} started: crawl={settings.crawl_name} "
-                    f"concurrency={settings.concurrency} parse_workers={settings.parse.workers} "
+                    f"concurrency={settings.concurrency} parse_workers={settings.parse_workers} "
                     f"proxies={len(settings.proxy.urls)} output={settings.output.dir}"
                 )
                 return await engine.run()

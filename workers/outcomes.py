@@ -13,7 +13,7 @@ from crawler.parse import ParsedPage
 from crawler.records import Record
 from crawler.retry import Action
 from crawler.schedule import Validators
-from crawler.warc import WarcExchange
+from crawler.warc import WarcItem
 
 
 @dataclass(slots=True)
@@ -28,7 +28,8 @@ class Outcome:
     due_s: float = 0.0  # RETRY_LATER: when, epoch seconds
     error: dict[str, Any] | None = None  # RETRY_LATER / DEAD: the last error (kind, status, message)
     items: bytes = b""  # DONE: the parser's items, JSON lines made in the parse pool
-    warc: list[WarcExchange] = field(default_factory=list)  # DONE with --warc: the responses, hops included
+    # DONE with --warc: the responses, hops included (encoded by the parse process, or exchanges to encode)
+    warc: list[WarcItem] = field(default_factory=list)
     validators: Validators | None = None  # DONE, recurring: ETag, Last-Modified and digest for the next pass
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from crawler import retry
 from crawler.entries import Extras
-from crawler.errors import BlockedAddress, FetchError, GatewayUnreachable, ProxyAuthError, RedisUnavailable
+from crawler.errors import (
+    BlockedAddress,
+    BodyTooLarge,
+    FetchError,
+    GatewayUnreachable,
+    ProxyAuthError,
+    RedisUnavailable,
+)
 from crawler.fetch_base import FetcherLike, FetchResult
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
@@ -34,7 +41,7 @@ from crawler.schedule import Validators
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
 from crawler.urls import InvalidURL, crawl_url, host_of, in_domain
-from crawler.warc import WarcExchange
+from crawler.warc import WarcExchange, WarcItem
 from workers import archive
 from workers.outcomes import Outcome, build_record, describe
 from workers.parse_pool import ParsePool
@@ -52,7 +59,7 @@ class Attempt:
     decision: Decision
     proxy: str | None
     error: FetchError | None = None  # the failure behind a decision, when the fetch raised
-    warc: list[WarcExchange] = field(default_factory=list)  # with --warc: what the WARC sink keeps of it
+    warc: list[WarcItem] = field(default_factory=list)  # with --warc: what the WARC sink keeps of it
 
 
 class Processor:
@@ -266,8 +273,10 @@ class Processor:
             return Attempt(None, None, retry.GATEWAY_DOWN, choice.redacted, exc)
         except FetchError as exc:
             error = exc
+        archived = result or (error.partial if isinstance(error, BodyTooLarge) else None)  # a body cut at the cap
+        kept = archive.exchanges(archived, started, self._warc_all) if archived is not None and started else []
         if result is not None and self._parses(lease, result):
-            page = await self._parse(lease, result)
+            page = await self._parse(lease, result, kept)
         decision = retry.decide(
             status=result.status if result else None,
             error=error,
@@ -284,8 +293,9 @@ class Processor:
             self.proxies.report(choice, ok, decision.ban, result.bytes if result is not None else 0)
         if decision.action is Action.RETRY_NOW:
             self.metrics.attempt_error(decision.reason or "retry", "retry_now")
-        kept = archive.exchanges(result, started, self._warc_all) if result is not None and started else []
-        return Attempt(result, page, decision, choice.redacted if choice is not None else None, error, kept)
+        # the parse process encoded the records beside the parse; if it could not (timeout, crash), the committer will
+        warc: list[WarcItem] = [page.warc] if page is not None and page.warc is not None else list(kept)
+        return Attempt(result, page, decision, choice.redacted if choice is not None else None, error, warc)
 
     @staticmethod
     def _parses(lease: Lease, result: FetchResult) -> bool:
@@ -294,10 +304,18 @@ class Processor:
             return False
         return result.is_html or (_is_sitemap(lease) and result.status < 300)
 
-    async def _parse(self, lease: Lease, result: FetchResult) -> ParsedPage:
+    async def _parse(self, lease: Lease, result: FetchResult, warc: list[WarcExchange]) -> ParsedPage:
+        """Parse in the pool; with `warc`, the parse process also encodes those records (the body crosses once:
+        the final exchange's body is the task's own bytes object, which pickle sends once)."""
         kind = "sitemap" if _is_sitemap(lease) else None
         digest = bool(lease.recur_text)
-        page_of = {"depth": lease.depth, "extras_json": lease.extras_json, "kind": kind, "want_digest": digest}
+        page_of = {
+            "depth": lease.depth,
+            "extras_json": lease.extras_json,
+            "kind": kind,
+            "want_digest": digest,
+            "warc": tuple(warc),
+        }
         task = task_for(result, lease.url, self._task_options, **page_of)
         t0 = time.monotonic()
         page = await self.parse_pool.parse(task)

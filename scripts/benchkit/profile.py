@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from benchkit.contenders import Env, contender_crawl_worker
+from benchkit.contenders import Env, Variant, contender_crawl_worker
 
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("garbage collector", ("gc_collect",)),
@@ -246,7 +246,7 @@ PROFILE_RATE = 100
 PYSPY_MODE: list[str] = os.environ.get("BENCH_PYSPY_MODE", "--native").split()
 
 
-def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
+def run_profile(e: Env, out_dir: Path, stamp: str, variant: Variant | None = None) -> dict[str, Any] | None:
     pyspy = shutil.which("py-spy")
     if not pyspy:
         print("py-spy not installed (pip install py-spy): no profile", flush=True)
@@ -255,11 +255,12 @@ def run_profile(e: Env, out_dir: Path, stamp: str) -> dict[str, Any] | None:
     prefix = [pyspy, "record", "--format", "raw", "--rate", str(PROFILE_RATE), *PYSPY_MODE, "-o", str(raw), "--"]
     run_dir = e.workdir / "profile"
     run_dir.mkdir(parents=True, exist_ok=True)
-    print("profiling one crawl-worker pass under py-spy (not timed) ...", flush=True)
+    what = f" ({variant.what})" if variant else ""
+    print(f"profiling one crawl-worker{what} pass under py-spy (not timed) ...", flush=True)
     pool_spy = PoolSpy(pyspy, out_dir / f"profile-{stamp}", PROFILE_RATE)
     pool_spy.start()
     try:
-        m, extra = contender_crawl_worker(e, run_dir, prefix, timeout_s=e.args.contender_timeout_s * 2)
+        m, extra = contender_crawl_worker(e, run_dir, prefix, timeout_s=e.args.contender_timeout_s * 2, variant=variant)
     finally:
         pool_files = pool_spy.finish()
     if not raw.exists():
