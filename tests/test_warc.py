@@ -426,40 +426,27 @@ def test_exchange_validation() -> None:
         WarcExchange("http://a.test/", datetime.now(UTC), "GET", (), "1.1", 42, "OK", (), b"")
 
 
-def _find_pywb() -> Path | None:
-    """pywb pins redis==2.10.6 (we need redis>=5), so it lives in its own venv, named by CRAWL_TEST_PYWB_BIN."""
-    configured = os.environ.get("CRAWL_TEST_PYWB_BIN")
-    if configured and (Path(configured) / "wayback").exists():
-        return Path(configured)
-    found = shutil.which("wayback")
-    return Path(found).parent if found else None
-
-
-PYWB_BIN = _find_pywb()  # read before the autouse fixture cleans the environment
-
-
-@pytest.mark.skipif(
-    PYWB_BIN is None,
-    reason="pywb not installed (it conflicts with redis>=5: use a venv, set CRAWL_TEST_PYWB_BIN=<venv>/bin)",
-)
-def test_pywb_replays_the_archived_page(tmp_path: Path, site: str, fetched: list[WarcExchange]) -> None:
-    bin_dir = PYWB_BIN
-    assert bin_dir is not None
-    with WarcWriter(tmp_path / "warc", "w", 10**9, "crawl/test") as writer:
-        writer.write(fetched)
-    subprocess.run([bin_dir / "wb-manager", "init", "c"], cwd=tmp_path, check=True, capture_output=True)
-    subprocess.run([bin_dir / "wb-manager", "add", "c", writer.files[0]], cwd=tmp_path, check=True, capture_output=True)
+def replay(bin_dir: Path, warc_files: list[Path], url: str, work: Path) -> str:
+    """The page at `url` as pywb replays it from `warc_files` (its own collection under `work`)."""
+    subprocess.run([bin_dir / "wb-manager", "init", "c"], cwd=work, check=True, capture_output=True)
+    subprocess.run([bin_dir / "wb-manager", "add", "c", *warc_files], cwd=work, check=True, capture_output=True)
     port = free_port()
     proc = subprocess.Popen(
         [bin_dir / "wayback", "-p", str(port), "-b", "127.0.0.1"],
-        cwd=tmp_path,
+        cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        html = _get_until(f"http://127.0.0.1:{port}/c/mp_/{site}/page?x=1", deadline=time.monotonic() + 30)
+        return _get_until(f"http://127.0.0.1:{port}/c/mp_/{url}", deadline=time.monotonic() + 30)
     finally:
         stop_process(proc, 5)
+
+
+def test_pywb_replays_the_archived_page(tmp_path: Path, site: str, fetched: list[WarcExchange], pywb_bin: Path) -> None:
+    with WarcWriter(tmp_path / "warc", "w", 10**9, "crawl/test") as writer:
+        writer.write(fetched)
+    html = replay(pywb_bin, writer.files, f"{site}/page?x=1", tmp_path)
     assert "<title>Archived page</title>" in html
 
 

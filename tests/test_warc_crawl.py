@@ -17,7 +17,7 @@ import pytest
 from crawler.testing.services import RunningServer, SiteHandler, serve_in_thread
 from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import crawl, enqueue, read_records, worker_args
-from tests.test_warc import WARCIO, fast_read
+from tests.test_warc import WARCIO, fast_read, replay
 
 PAGES = 40
 
@@ -132,3 +132,19 @@ def test_bodies_past_the_cap_are_archived_cut_at_it_and_a_timed_out_parse_still_
     for name in ("hang", "ok"):  # the hung page's records were built by the writer, the parse process being dead
         assert responses[name].payload == f"<title>/{name}</title>".encode()
         assert "WARC-Truncated" not in responses[name].headers
+
+
+def test_pywb_replays_a_crawled_page_with_its_title(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: RunningServer, pywb_bin: Path
+) -> None:
+    """The worker's own files (records built in its parse processes), replayed by a real replay tool."""
+    enqueue(redis_server, crawl_name, tmp_path, [site.url + "/p/0"])
+    out, warc_dir = tmp_path / "out", tmp_path / "warc"
+    args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--warc", str(warc_dir), "--no-robots")
+    run = crawl([*args, "--max-pages", "5"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    titled = [r for r in read_records(out) if r["status"] == 200 and r.get("title")]
+    assert titled
+    page = titled[-1]
+    html = replay(pywb_bin, sorted(warc_dir.glob("*.warc.gz")), page["final_url"], tmp_path)
+    assert f"<title>{page['title']}</title>" in html
