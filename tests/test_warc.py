@@ -28,11 +28,14 @@ import aiohttp
 import pytest
 from fastwarc.warc import ArchiveIterator as FastIterator
 from fastwarc.warc import WarcRecordType
+from hypothesis import given
+from hypothesis import strategies as st
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+from warcio.utils import Digester
 
 from crawler.parse import ParseTask, parse_pages
 from crawler.testing.services import free_port, stop_process
-from crawler.warc import REDACTED, WarcExchange, WarcWriteError, WarcWriter, encode
+from crawler.warc import REDACTED, WarcExchange, WarcWriteError, WarcWriter, encode, sha1_label
 
 REPO = Path(__file__).resolve().parents[1]
 CAP = 4000  # the test's body cap: /big is cut here
@@ -520,3 +523,11 @@ def test_no_value_can_split_a_record_s_header_block(tmp_path: Path) -> None:
     (resp,) = [r for r in fast_read(writer.files[0]) if r.type == "response"]
     assert resp.digests_ok and "WARC-Injected" not in resp.headers
     assert [k for k, _ in resp.http_headers] == ["X-A"]
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_our_digest_label_is_warcio_s(head: bytes, payload: bytes) -> None:
+    ours = sha1_label(head, payload)
+    digester = Digester("sha1")
+    digester.update(head + payload)
+    assert ours == str(digester)
