@@ -25,7 +25,10 @@ so a log can show the chain while records show only the stable `kind`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # errors.py is imported by everything; fetch_base imports it
+    from crawler.fetch_base import FetchResult
 
 
 class CrawlError(Exception):
@@ -75,7 +78,7 @@ class BodyTooLarge(FetchError):
 
     kind = "body_too_large"
 
-    def __init__(self, message: str, partial: Any = None) -> None:
+    def __init__(self, message: str, partial: FetchResult | None = None) -> None:
         super().__init__(message)
         self.partial = partial
 

@@ -43,6 +43,7 @@ from crawler.fetch_base import (
     Hop,
     RawHeaders,
     crawl_headers,
+    cut,
     decode_prefix,
     merged,
     next_hop,
@@ -267,14 +268,14 @@ class Fetcher:
             raise ProxyAuthError("gateway refused the credentials (407)")
         declared = resp.content_length
         body: bytes | None = None
+        over = False
         peer = _peer_ip(resp)  # before the body: the connection is released at its end
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
             if declared is not None and declared > s.fetch.max_body_bytes and not self.keep_truncated:
                 raise BodyTooLarge(f"Content-Length {declared} > {s.fetch.max_body_bytes}")
-            body = await self._read_capped(resp.content)
-            got = len(body)
+            body, got, over = await self._read_capped(resp.content)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads
         else:
@@ -298,7 +299,7 @@ class Fetcher:
             request_headers=tuple(resp.request_info.headers.items()),
             hops=hops,
         )
-        return within_cap(result, s.fetch.max_body_bytes, self.keep_truncated)
+        return within_cap(result, over, s.fetch.max_body_bytes, self.keep_truncated)
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
         """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.
@@ -318,16 +319,17 @@ class Fetcher:
             body = await asyncio.to_thread(decode_prefix, bytes(buf), encoding, cap) if encoding else bytes(buf[:cap])
             return resp.status, body
 
-    async def _read_capped(self, content: aiohttp.StreamReader) -> bytes:
-        """The body, or as soon as it passes the cap what came so far (`within_cap` decides; the rest is not read:
-        the connection is closed rather than drained)."""
+    async def _read_capped(self, content: aiohttp.StreamReader) -> tuple[bytes, int, bool]:
+        """(body, bytes received, passed the cap): as soon as it passes the cap, the body cut at it (`within_cap`
+        decides); the rest is not read (the connection is closed rather than drained)."""
         cap = self.settings.fetch.max_body_bytes
         buf = bytearray()
         async for chunk in content.iter_chunked(CHUNK):
             buf += chunk
             if len(buf) > cap:
                 break
-        return bytes(buf)
+        body, over = cut(buf, cap)
+        return body, len(buf), over
 
     async def _count_capped(self, content: aiohttp.StreamReader) -> int:
         cap = self.settings.fetch.max_body_bytes

@@ -78,13 +78,20 @@ class FetchResult:
         )
 
 
-def within_cap(result: FetchResult, cap: int, keep_truncated: bool) -> FetchResult:
-    """The result, or BodyTooLarge when its body passed `cap` (readers stop just past it). With `keep_truncated`
-    (`--warc`) the error carries the response cut at the cap, which the archive writes with `WARC-Truncated`."""
-    if result.body is None or len(result.body) <= cap:
+def within_cap(result: FetchResult, over: bool, cap: int, keep_truncated: bool) -> FetchResult:
+    """The result, or BodyTooLarge when its body passed `cap` (`over`: the reader stopped there and kept the body
+    cut at the cap). With `keep_truncated` (`--warc`) the error carries that response, which the archive writes
+    with `WARC-Truncated`."""
+    if not over:
         return result
-    partial = replace(result, body=result.body[:cap], truncated=True) if keep_truncated else None
-    raise BodyTooLarge(f"body passed {cap} bytes", partial)
+    raise BodyTooLarge(f"body passed {cap} bytes", replace(result, truncated=True) if keep_truncated else None)
+
+
+def cut(buf: bytearray, cap: int) -> tuple[bytes, bool]:
+    """(the body, True) cut at `cap` when it passed it, else (the body, False): one copy either way."""
+    if len(buf) > cap:
+        return bytes(memoryview(buf)[:cap]), True
+    return bytes(buf), False
 
 
 @runtime_checkable

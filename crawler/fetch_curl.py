@@ -63,6 +63,7 @@ from crawler.fetch_base import (
     RawHeaders,
     check_header_limits,
     crawl_headers,
+    cut,
     decode_prefix,
     merged,
     next_hop,
@@ -322,16 +323,17 @@ class CurlFetcher:
         ctype, charset = parse_content_type(resp.get("content-type"))
         declared = int_or_none(resp.get("content-length"))
         body: bytes | None = None
+        over = False
         if resp.status in (204, 304):
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
             if declared is not None and declared > cap and not self.keep_truncated:
                 raise BodyTooLarge(f"Content-Length {declared} > {cap}")
-            body, got = await self._read(resp, cap, keep=True)
+            body, got, over = await self._read(resp, cap, keep=True)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads (abort ends it)
         else:
-            _, got = await self._read(resp, cap, keep=False)
+            _, got, _ = await self._read(resp, cap, keep=False)
         result = FetchResult(
             url=url,
             final_url=resp.url,
@@ -351,11 +353,11 @@ class CurlFetcher:
             request_headers=resp.request_headers,
             hops=hops,
         )
-        return within_cap(result, cap, self.keep_truncated)
+        return within_cap(result, over, cap, self.keep_truncated)
 
-    async def _read(self, resp: _Head, cap: int, keep: bool) -> tuple[bytes, int]:
-        """(body if `keep` else b"", bytes received). Past `cap`: BodyTooLarge when not kept, else what came so far
-        (`within_cap` decides; the transfer stops there)."""
+    async def _read(self, resp: _Head, cap: int, keep: bool) -> tuple[bytes, int, bool]:
+        """(body if `keep` else b"", bytes received, passed the cap). Past `cap`: BodyTooLarge when not kept, else
+        the body cut at the cap (`within_cap` decides; the transfer stops there)."""
         buf = bytearray()
         n = 0
         async for chunk in resp.transfer.chunks():
@@ -366,7 +368,8 @@ class CurlFetcher:
                 if not keep:
                     raise BodyTooLarge(f"body passed {cap} bytes")
                 break
-        return bytes(buf), n
+        body, over = cut(buf, cap)
+        return body, n, over
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
         """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.

@@ -245,7 +245,7 @@ OPTIONS: tuple[Option, ...] = (
       int, 1000, metavar="N"),
     # parsing
     Row("--parse-workers", "parse.workers", "parse", "Parse processes (with `--warc` they also build the WARC "
-      "records).", int, metavar="N", default_text="cores - 1; cores with --warc"),
+      "records).", int, metavar="N", default_text="cores - 1; one more with --warc"),
     Row("--parser", "parse.parser", "parse", "Your parse function: `module:function`, or `path/to/file.py:function`.",
       metavar="SPEC"),
     Row("--parse-timeout", "parse.timeout_s", "parse", "Seconds a parser may run on one page.", float, 30.0, "s",

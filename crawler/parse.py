@@ -18,7 +18,7 @@ import traceback
 import zlib
 from collections.abc import Mapping, MutableSequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from selectolax.lexbor import LexborHTMLParser
 from w3lib.encoding import html_to_unicode
@@ -30,8 +30,9 @@ from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_da
 from crawler.settings import ExtractRule
 from crawler.sitemaps import parse_sitemap
 from crawler.urls import InvalidURL, LinkResolver, crawl_url, in_domain, resolve
-from crawler.warc import EncodedRecords, WarcExchange
-from crawler.warc import encode as encode_warc
+
+if TYPE_CHECKING:
+    from crawler.warc import EncodedRecords, WarcExchange
 
 NO_RULES = LinkRules()
 
@@ -164,7 +165,9 @@ def parse_pages(tasks: list[ParseTask], progress: MutableSequence[float] | None 
         except Exception:  # parse_page is written never to raise; one bad page must not fail its batch
             page = ParsedPage(size=len(t.body), error="parse_error")
         if t.warc:
-            page.warc = encode_warc(t.warc)
+            from crawler.warc import encode  # warcio and isal only in processes that archive
+
+            page.warc = encode(t.warc)
         out.append(page)
     if progress is not None:
         progress[0] = -1

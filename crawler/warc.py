@@ -1,7 +1,9 @@
 """WARC/1.1 sink: each fetch exchange as a `request` and a `response` record, one gzip member per record.
 
-The format is written by warcio (record headers, digests, HTTP header blocks); this module owns only what warcio
-leaves to the caller: file naming and rotation, the write-then-flush guarantee, and rolling a failed write back.
+The format is written by warcio (record headers, HTTP header blocks); this module computes the two SHA-1 digests
+(warcio's own passes cost more than the hashing) and gzips each record with ISA-L, and owns what warcio leaves to
+the caller: file naming and rotation, the write-then-flush guarantee, and rolling a failed write back. `encode`
+builds records anywhere (the worker's parse processes call it); `WarcWriter` appends them, or builds them itself.
 
 Guarantees
 - `WarcWriter.write` returns only after the batch's bytes reached the kernel (and the disk with `fsync=True`), so a
@@ -32,6 +34,7 @@ import io
 import os
 import re
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -199,23 +202,25 @@ class EncodedRecords:
 
 WarcItem = WarcExchange | EncodedRecords  # what a batch given to WarcWriter.write holds
 
-_PROCESS_ENCODER: list[_RecordEncoder] = []  # one per process, made on first use (a parse process's lifetime)
+_ENCODERS = threading.local()  # one encoder per thread (its buffer is reused), made on first use
 
 
 def encode(exchanges: Sequence[WarcExchange]) -> EncodedRecords | None:
     """The exchanges' records, ready to append; None when they cannot be built (the writer then encodes the
     exchanges itself, and its error is the one that counts)."""
-    if not _PROCESS_ENCODER:
-        _PROCESS_ENCODER.append(_RecordEncoder())
+    encoder: _RecordEncoder | None = getattr(_ENCODERS, "encoder", None)
+    if encoder is None:
+        encoder = _ENCODERS.encoder = _RecordEncoder()
     try:
-        data = b"".join(_PROCESS_ENCODER[0].exchange(ex) for ex in exchanges)
+        data = b"".join(encoder.exchange(ex) for ex in exchanges)
     except Exception:
         return None
     return EncodedRecords(data, 2 * len(exchanges))
 
 
 class WarcWriter:
-    """Appends exchanges to `DIR/<worker-id>-<n>.warc.gz`, rotating by size. Blocking: call from a thread.
+    """Appends records (encoded, or exchanges it encodes) to `DIR/<worker-id>-<n>.warc.gz`, rotating by size.
+    Blocking: call from a thread.
 
     Not thread-safe: one writer per worker process, called by one committer at a time.
     """
@@ -233,6 +238,7 @@ class WarcWriter:
         self.software = software
         self.fsync = fsync  # a flush reaches the kernel (survives SIGKILL); fsync also survives power loss
         self.records = 0  # records written by this writer, over all its files
+        self.encoded_here = 0  # exchanges it had to encode itself (not encoded by a parse process)
         self.files: list[Path] = []  # every file this writer created, oldest first
         self._encoder = _RecordEncoder()
         self._fd: int | None = None  # the open file, or None between a rotation (or an abandoned file) and a write
@@ -249,12 +255,16 @@ class WarcWriter:
         """The file being written, or None until the next write opens one."""
         return self.files[-1] if self._fd is not None else None
 
+    def stats(self) -> dict[str, int]:
+        """For the worker's summary line: files, records, and exchanges the writer encoded itself."""
+        return {"files": len(self.files), "records": self.records, "encoded_by_writer": self.encoded_here}
+
     def write(self, batch: Sequence[WarcItem]) -> None:
         """Write a batch (2 records per exchange; encoded records as they are) in one write and flush it, or raise
         WarcWriteError with nothing of it kept."""
         if not batch:
             return
-        records = 0
+        records = here = 0
         try:
             blobs = []
             for item in batch:
@@ -264,6 +274,7 @@ class WarcWriter:
                 else:
                     blobs.append(self._encoder.exchange(item))
                     records += 2
+                    here += 1
             if self._fd is None:
                 self._open_next()
             assert self._fd is not None
@@ -277,6 +288,7 @@ class WarcWriter:
             raise
         self._size = os.lseek(self._fd, 0, os.SEEK_CUR)
         self.records += records
+        self.encoded_here += here
         if self._size >= self.rotate_bytes:
             self._close_fd()
 

@@ -63,6 +63,7 @@ def _find_pywb() -> Path | None:
 
 
 PYWB_BIN = _find_pywb()  # read before the autouse fixture cleans the environment
+PYWB_REQUIREMENT = "pywb==2.10.0"  # pinned: the replay test checks this version's behaviour
 PYWB_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crawl-tests" / "pywb-venv"
 
 
@@ -76,18 +77,23 @@ def pywb_bin() -> Path:
     PYWB_VENV.parent.mkdir(parents=True, exist_ok=True)
     with open(PYWB_VENV.with_name("pywb-venv.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait, then find it made
-        if not done.exists():
+        if not done.exists() or done.read_text().strip() != PYWB_REQUIREMENT:
             shutil.rmtree(PYWB_VENV, ignore_errors=True)
             try:
-                subprocess.run([sys.executable, "-m", "venv", PYWB_VENV], check=True, capture_output=True, timeout=120)
                 subprocess.run(
-                    [PYWB_VENV / "bin" / "python", "-m", "pip", "install", "-q", "pywb"],
+                    [sys.executable, "-m", "venv", PYWB_VENV], check=True, capture_output=True, text=True, timeout=120
+                )
+                subprocess.run(
+                    [PYWB_VENV / "bin" / "python", "-m", "pip", "install", "-q", PYWB_REQUIREMENT],
                     check=True,
                     capture_output=True,
                     text=True,
                     timeout=600,
                 )
             except subprocess.CalledProcessError as exc:
-                pytest.skip(f"pywb does not install here: {(exc.stderr or '').strip().splitlines()[-1:]}")
-            done.write_text("pywb\n")
+                last = (exc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+                pytest.skip(f"pywb does not install here: {last[0]}")
+            except subprocess.TimeoutExpired:
+                pytest.skip("pywb does not install here: pip did not finish within 10 minutes")
+            done.write_text(PYWB_REQUIREMENT + "\n")
     return PYWB_VENV / "bin"

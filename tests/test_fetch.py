@@ -93,11 +93,31 @@ def run(kind: str, body: Callable[[FetcherLike], Awaitable[T]], **kw: Any) -> T:
 def test_bodies_past_the_cap_are_refused_without_reading_them_all(kind: str, hostile: RunningServer, path: str) -> None:
     async def body(f: FetcherLike) -> float:
         t0 = time.monotonic()
-        with pytest.raises(BodyTooLarge):
+        with pytest.raises(BodyTooLarge) as err:
             await f.fetch(hostile.url + path, None)
+        assert err.value.partial is None  # nothing kept without --warc
         return time.monotonic() - t0
 
     assert run(kind, body) < 3.0  # /infinite would never end: the cap, not the deadline, stopped it
+
+
+@pytest.mark.parametrize("path", ["/big/5", "/big-chunked/5", "/infinite"])
+def test_with_keep_truncated_a_body_past_the_cap_comes_back_cut_at_it(
+    kind: str, hostile: RunningServer, path: str
+) -> None:
+    """--warc: the response is read up to the cap, even when its Content-Length says it is bigger, and handed on
+    inside BodyTooLarge (the WARC writes it with WARC-Truncated)."""
+
+    async def body(f: FetcherLike) -> None:
+        with pytest.raises(BodyTooLarge) as err:
+            await f.fetch(hostile.url + path, None)
+        cut = err.value.partial
+        assert cut is not None and cut.truncated and cut.status == 200 and cut.body is not None
+        assert len(cut.body) == CAP and cut.bytes > CAP
+        full = await f.fetch(hostile.url + "/big-page/8", None)  # under the cap: whole, not truncated
+        assert full.body is not None and not full.truncated and len(full.body) == full.bytes > 8000
+
+    run(kind, body, keep_truncated=True)
 
 
 def test_a_drip_fed_body_stops_at_the_total_deadline(kind: str, hostile: RunningServer) -> None:

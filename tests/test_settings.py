@@ -22,6 +22,7 @@ from crawler.settings import (
     ProxySettings,
     ScopeSettings,
     Settings,
+    available_cpus,
     load_extract_rules,
 )
 
@@ -124,6 +125,14 @@ def test_follow_is_tri_state_with_a_parser(tmp_path: Path) -> None:
     assert not Settings.from_flags(parser=f"{parser}:parse").follow_links  # only what the parser yields
     assert Settings.from_flags(parser="shop.parse:router", follow=True).follow_links
     assert not Settings.from_flags(follow=False).follow_links
+
+
+def test_parse_workers_default_to_cores_minus_one_and_one_more_with_warc(tmp_path: Path) -> None:
+    cores = available_cpus()
+    assert Settings().parse_workers == max(1, cores - 1)
+    assert Settings.from_flags(warc=tmp_path).parse_workers == max(1, cores - 1) + 1  # they build the records too
+    assert Settings.from_flags(warc=tmp_path, parse_workers=3).parse_workers == 3  # a given number wins
+    assert Settings.from_flags(parse_workers=1).parse_workers == 1
 
 
 def test_link_rules_are_compiled_at_start() -> None:

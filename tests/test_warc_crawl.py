@@ -68,6 +68,8 @@ def test_a_crawl_writes_valid_warc_with_every_page_byte_for_byte(
         assert got.headers.get("WARC-Concurrent-To") or any(
             r.headers.get("WARC-Concurrent-To") == got.record_id for r in requests
         )
+    # every exchange was encoded in a parse process (redirect hops travel with their page): none by the writer
+    assert run.summary()["warc"] == {"files": len(files), "records": len(read), "encoded_by_writer": 0}
     redirected = [r for r in read_records(out) if r["redirects"]]
     for rec in redirected:  # the hop before the final response has its own response record
         assert rec["url"] in responses and responses[rec["url"]].http_headers
@@ -125,7 +127,10 @@ def test_bodies_past_the_cap_are_archived_cut_at_it_and_a_timed_out_parse_still_
     read = [r for f in files for r in fast_read(f)]
     assert all(r.digests_ok for r in read)
     responses = {r.uri.rsplit("/", 1)[1]: r for r in read if r.type.endswith("response")}
+    assert len([r for r in read if r.type.endswith("response")]) == 4  # one each, none twice
     assert set(responses) == {"big", "stream", "hang", "ok"}
+    # the two cut bodies (never parsed) and the page whose parse was killed: the writer built those three
+    assert run.summary()["warc"]["encoded_by_writer"] == 3
     for name in ("big", "stream"):  # written up to the cap, byte for byte, and said to be cut
         assert responses[name].payload == BIG[:CAP], name
         assert responses[name].headers.get("WARC-Truncated") == "length", name

@@ -2,7 +2,8 @@
 
 Built on the event loop from what the fetcher already holds (no serialisation here): a parsed page's exchanges
 travel with its parse task and the parse process builds and gzips their records (`crawler.warc.encode`); the
-others (non-HTML with `all`, a page whose parse timed out) are encoded by the writer in the committer's thread.
+others (non-HTML with `all`, bodies cut at the cap, a page whose parse timed out) are encoded by the writer in
+the committer's thread.
 With `--warc-content html` only HTML responses (and their redirect hops) are kept; with `all`, every body the
 fetcher kept under the cap. A body past the cap is kept up to it, marked truncated (the fetcher hands it on
 inside BodyTooLarge).

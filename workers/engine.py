@@ -174,7 +174,10 @@ class Engine:
             await self.housekeeping.flush_traffic()
             with contextlib.suppress(RedisUnavailable):
                 await remove_heartbeat(self.frontier.redis, self.s.crawl_name, self.s.worker_id)
-            self.emit(self.metrics.summary(self.proxies.success_rate()))
+            summary = self.metrics.summary(self.proxies.success_rate())
+            if self.committer.outputs.warc is not None:
+                summary["warc"] = self.committer.outputs.warc.stats()
+            self.emit(summary)
         return self.exit_code
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

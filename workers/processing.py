@@ -272,7 +272,7 @@ class Processor:
             self._gateway_failed(choice, exc)
             return Attempt(None, None, retry.GATEWAY_DOWN, choice.redacted, exc)
         except FetchError as exc:
-            error = exc
+            error = exc.with_traceback(None)  # its frames would keep the fetch's buffers alive until a GC
         archived = result or (error.partial if isinstance(error, BodyTooLarge) else None)  # a body cut at the cap
         kept = archive.exchanges(archived, started, self._warc_all) if archived is not None and started else []
         if result is not None and self._parses(lease, result):
@@ -290,10 +290,11 @@ class Processor:
         )
         if choice is not None:
             ok = decision.action is Action.DONE and error is None and (result is None or result.status < 500)
-            self.proxies.report(choice, ok, decision.ban, result.bytes if result is not None else 0)
+            self.proxies.report(choice, ok, decision.ban, archived.bytes if archived is not None else 0)
         if decision.action is Action.RETRY_NOW:
             self.metrics.attempt_error(decision.reason or "retry", "retry_now")
-        # the parse process encoded the records beside the parse; if it could not (timeout, crash), the committer will
+        # the parse process encoded the records beside the parse; if it did not (not parsed, a timeout or a crash),
+        # the writer encodes the exchanges in the committer's thread
         warc: list[WarcItem] = [page.warc] if page is not None and page.warc is not None else list(kept)
         return Attempt(result, page, decision, choice.redacted if choice is not None else None, error, warc)
 
