@@ -66,7 +66,6 @@ class WorkerMetrics:
         self.inflight = 0
         self.local_queue = 0
         self.parse_backlog_bytes = 0
-        self.leased_idle = 0
         self._proc = psutil.Process(os.getpid())
         self.peak_rss = 0
         self.traffic = Traffic()  # bytes per gateway, 304s: added to the crawl's totals with each heartbeat
@@ -179,7 +178,6 @@ class WorkerMetrics:
             "loop_lag_p99_ms": r(percentile(w.lags_ms, 99)),
             "rss_mb": round(self.rss_bytes() / 1e6, 1),
             "proxy_success_rate": r(proxy_success, 3),
-            "leased_idle": self.leased_idle,
             "parse_wait_share": round(w.parse_wait_ms / w.fetch_ms, 3) if w.fetch_ms else None,
         }
         if reset:

@@ -39,7 +39,6 @@ SNAPSHOT_KEYS = {
     "loop_lag_p99_ms",
     "rss_mb",
     "proxy_success_rate",
-    "leased_idle",
     "parse_wait_share",
 }
 SUMMARY_KEYS = {
@@ -238,9 +237,9 @@ def test_loop_lag_window_and_whole_run() -> None:
 
 def test_gauges_and_rss_appear_in_the_snapshot() -> None:
     m = WorkerMetrics("w1")
-    m.inflight, m.local_queue, m.parse_backlog_bytes, m.leased_idle = 7, 3, 4096, 2
+    m.inflight, m.local_queue, m.parse_backlog_bytes = 7, 3, 4096
     snap = m.snapshot(proxy_success=0.8766)
-    assert (snap["inflight"], snap["local_queue"], snap["parse_backlog_bytes"], snap["leased_idle"]) == (7, 3, 4096, 2)
+    assert (snap["inflight"], snap["local_queue"], snap["parse_backlog_bytes"]) == (7, 3, 4096)
     assert snap["proxy_success_rate"] == 0.877
     assert snap["rss_mb"] > 1
     assert m.peak_rss >= snap["rss_mb"] * 1e6 * 0.9
