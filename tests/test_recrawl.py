@@ -4,6 +4,7 @@ says exactly which pages changed, and validators are kept pass after pass."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +13,7 @@ import pytest
 
 from crawler.testing.services import SiteHandler, serve_in_thread, wait_until
 from tests.helpers import crawl, read_records, stats, worker_args
+from tests.test_warc import WARCIO, fast_read
 
 PAGES = 200
 
@@ -83,3 +85,37 @@ def test_unchanged_pages_are_304s_and_changed_ones_say_so(
     assert s["not_modified"] == PAGES + (PAGES - len(changed)), s
     mean_200 = sum(r["bytes"] for r in first) / len(first)
     assert s["saved_bytes_estimate"] > 0.5 * s["not_modified"] * mean_200
+
+
+@pytest.mark.timeout(180)
+def test_with_warc_an_unchanged_page_is_archived_as_a_server_not_modified_revisit(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    n = 20
+    f = tmp_path / "urls.txt"
+    f.write_text("".join(f"{site}/p/{i}\n" for i in range(n)))
+    enq = crawl(["enqueue", str(f), "--every", "3s", "--redis", redis_server.url, "--crawl", crawl_name])
+    assert enq.returncode == 0, enq.stderr
+    warcs = []
+    for p in ("p1", "p2"):
+        if p == "p2":
+            wait_until(lambda: stats(redis_server.url, crawl_name).get("due", 0) >= n, timeout_s=60, interval_s=0.1)
+        args = worker_args(redis_server.url, crawl_name, tmp_path / p, "--until-idle", "--no-robots", "--no-follow")
+        run = crawl([*args, "--warc", str(tmp_path / f"warc-{p}")])
+        assert run.returncode == 0, run.stderr[-2000:]
+        (path,) = sorted((tmp_path / f"warc-{p}").glob("*.warc.gz"))
+        check = subprocess.run([*WARCIO, "check", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+        warcs.append(fast_read(path))
+    first, second = warcs
+    assert sorted(r.uri for r in first if r.type.endswith("response")) == sorted(f"{site}/p/{i}" for i in range(n))
+    revisits = [r for r in second if r.type.endswith("revisit")]
+    assert sorted(r.uri for r in revisits) == sorted(f"{site}/p/{i}" for i in range(n))
+    assert not [r for r in second if r.type.endswith("response")]
+    for r in revisits:
+        assert r.digests_ok and r.payload == b""
+        assert r.headers["WARC-Profile"] == "http://netpreserve.org/warc/1.1/revisit/server-not-modified"
+        assert r.headers["WARC-Refers-To-Target-URI"] == r.uri
+        assert dict(r.http_headers).get("ETag", "").startswith('"')
+    requests = [r for r in second if r.type.endswith("request")]
+    assert len(requests) == n and all(dict(r.http_headers).get("If-None-Match") for r in requests)

@@ -162,6 +162,8 @@ def fast_read(path: Path) -> list[Read]:
             if rec.record_type in (WarcRecordType.response, WarcRecordType.request):
                 rec.parse_http()
                 ok = ok and rec.verify_payload_digest(consume=False)
+            elif rec.record_type == WarcRecordType.revisit:
+                rec.parse_http()  # a server-not-modified revisit: the 304's head, and no payload to digest
             out.append(
                 Read(
                     type=str(rec.record_type),

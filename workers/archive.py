@@ -18,8 +18,11 @@ from crawler.warc import WarcExchange
 
 
 def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[WarcExchange]:
-    """The exchanges of one fetch, in order; [] when its final response is not kept."""
-    if result.body is None or not (keep_all or result.is_html):
+    """The exchanges of one fetch, in order; [] when its final response is not kept. A 304 (the answer to a
+    recurring URL's conditional request) is always kept: it becomes a `revisit` record, the archive's proof that
+    the page was seen again unchanged."""
+    not_modified = result.status == 304
+    if not not_modified and (result.body is None or not (keep_all or result.is_html)):
         return []
     out = [
         WarcExchange(
@@ -46,7 +49,7 @@ def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[Wa
             status=result.status,
             reason=result.reason,
             response_headers=result.raw_headers,
-            body=result.body,
+            body=result.body or b"",
             truncated=result.truncated,
             peer_ip=result.peer_ip,
         )
