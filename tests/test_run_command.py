@@ -16,6 +16,7 @@ from crawler.testing.services import RedisServer, RunningServer, start_server
 from crawler.testing.site_server import expected_pages
 from crawler.urls import dedup_key
 from tests.helpers import crawl, read_records, worker_args
+from tests.test_warc import fast_read
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,18 @@ def test_crawl_run_on_the_embedded_redis_and_leaves_no_daemon(tmp_path: Path, si
                 "0",
                 "--log-interval",
                 "1",
+                "--warc",
+                str(tmp_path / "warc"),
             ]
         )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "added=1 duplicates=0 invalid=0" in run.stdout
         records = read_records(tmp_path / "out")
         assert {dedup_key(r["url"]) for r in records} == {dedup_key(u) for u in expected_pages(150, 5, site.url)}
+        # `crawl run --warc`: every HTML page's response is in the WARC, read back by the independent reader
+        archived = {r.uri for f in (tmp_path / "warc").glob("*.warc.gz") for r in fast_read(f) if r.digests_ok}
+        html = {r["final_url"] for r in records if r["content_type"] == "text/html"}
+        assert html and html <= archived
         # redis-server deletes its pidfile on a clean shutdown; the log says it shut down
         assert not (home / "redis.pid").exists(), "the embedded Redis outlived the last crawl process"
         assert "ready to exit, bye bye" in (home / "redis.log").read_text()
