@@ -24,6 +24,7 @@ from crawler.settings import Settings
 from crawler.testing.services import RunningServer, free_port, start_server, stop_process, wait_until
 from tests.helpers import count_lines, read_records, spawn_crawl, stats, worker_args
 from tests.test_stages import frontier_at, seed
+from tests.test_warc import fast_read
 from workers.housekeeping import Housekeeping
 from workers.leaser import LeaseBook
 
@@ -113,17 +114,21 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("warc", [False, True], ids=["records", "records+warc"])
 def test_a_full_output_disk_leaves_no_partial_line_no_traceback_and_loses_nothing(
-    redis_server: Any, crawl_name: str, tmp_path: Path, hostile: RunningServer
+    redis_server: Any, crawl_name: str, tmp_path: Path, hostile: RunningServer, warc: bool
 ) -> None:
     pages = 400
     urls = [f"{hostile.url}/slow/5?n={i}" for i in range(pages)]
     enqueue_urls(redis_server.url, crawl_name, tmp_path, urls)
-    with small_tmpfs(tmp_path / "disk", "512k") as disk:
+    size_kb = 2048 if warc else 512  # room for everything once the filler is gone (the WARC takes ~1 KB a page)
+    with small_tmpfs(tmp_path / "disk", f"{size_kb}k") as disk:
         filler = disk / "filler"
-        filler.write_bytes(b"\0" * (512 * 1024 - 96 * 1024))  # leave room for about a third of the records
+        filler.write_bytes(b"\0" * ((size_kb - 96) * 1024))  # leave room for about a third of the records
         out, log = disk / "out", tmp_path / "worker.log"
         args = worker_args(redis_server.url, crawl_name, out, "--no-robots", "--no-follow", "--until-idle")
+        if warc:  # the WARC files on the same full disk: rolled back to a record boundary, then complete
+            args += ["--warc", str(disk / "warc")]
         w = spawn_crawl([*args, "--concurrency", "16", "--per-host-concurrency", "0"], log=log)
         try:
             wait_until(lambda: messages(log, "output disk full"), timeout_s=60)
@@ -137,7 +142,11 @@ def test_a_full_output_disk_leaves_no_partial_line_no_traceback_and_loses_nothin
                 stop_process(w)
         text = log.read_text()
         records = read_records(out)  # every line parses
+        archived = [r for f in sorted((disk / "warc").glob("*.warc.gz")) for r in fast_read(f)] if warc else []
     assert "Traceback" not in text
+    if warc:  # every record whole (no cut one in the middle of a file), every page archived at least once
+        assert archived and all(r.digests_ok for r in archived)
+        assert {r.uri for r in archived if r.type.endswith("response")} == set(urls)
     assert len(messages(log, "output disk full")) >= 1 and messages(log, "output writable again")
     assert {r["url"] for r in records} == set(urls)
     s = stats(redis_server.url, crawl_name)
