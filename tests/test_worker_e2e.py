@@ -24,6 +24,7 @@ from tests.helpers import (
     stats,
     worker_args,
 )
+from tests.test_warc import fast_read
 
 PAGES = 400
 SEED = 7
@@ -243,6 +244,8 @@ def test_sigkill_one_worker_and_another_finishes_with_nothing_lost(
             "2",
             "--per-host-concurrency",
             "0",
+            "--warc",
+            str(tmp_path / "warc"),
         ),
         log=tmp_path / "a.log",
     )
@@ -268,11 +271,23 @@ def test_sigkill_one_worker_and_another_finishes_with_nothing_lost(
             "2",
             "--per-host-concurrency",
             "0",
+            "--warc",
+            str(tmp_path / "warc"),
         )
     )
     assert run.returncode == 0, run.stdout + run.stderr
     got = Counter(r["url"] for r in read_records(out_a) + read_records(out_b))
     assert set(got) == set(urls)
+    # the killed worker's WARC reads to its last complete record (only a last one may be cut), the second
+    # worker writes its own file (never appends to the cut one), and every URL is archived at least once
+    files = sorted((tmp_path / "warc").glob("*.warc.gz"))
+    assert len(files) == 2
+    archived = set()
+    for f in files:
+        read = fast_read(f)
+        assert read[0].type == "warcinfo" and all(r.digests_ok for r in read[:-1])
+        archived |= {r.uri for r in read if r.digests_ok and r.type.endswith("response")}
+    assert archived == set(urls)
     s = stats(redis_server.url, crawl_name)
     assert s["done"] == 300 and s["dead"] == 0 and s["inflight"] == 0 and s["queued"] == 0
 
