@@ -327,6 +327,8 @@ class Fetcher:
         async for chunk in content.iter_chunked(CHUNK):
             buf += chunk
             if len(buf) > cap:
+                if not self.keep_truncated:
+                    raise BodyTooLarge(f"body passed {cap} bytes")  # nothing to keep: no copy of it
                 break
         body, over = cut(buf, cap)
         return body, len(buf), over

@@ -365,8 +365,8 @@ class CurlFetcher:
             if keep:
                 buf += chunk
             if n > cap:
-                if not keep:
-                    raise BodyTooLarge(f"body passed {cap} bytes")
+                if not (keep and self.keep_truncated):
+                    raise BodyTooLarge(f"body passed {cap} bytes")  # nothing to keep: no copy of it
                 break
         body, over = cut(buf, cap)
         return body, n, over
