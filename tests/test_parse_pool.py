@@ -14,7 +14,7 @@ import pytest
 
 from crawler.errors import ConfigError
 from crawler.parse import ParsedPage, ParseTask
-from workers.parse_pool import ParsePool
+from workers.parse_pool import PARSE_NICE, ParsePool
 
 PARSER = textwrap.dedent(
     """
@@ -193,3 +193,19 @@ def test_a_module_parser_loads_in_the_parse_processes_and_batches_stay_batched()
 
     pages = asyncio.run(main())
     assert {json.loads(p.items)["sku"] for p in pages} == {book.slug}
+
+
+def test_parse_processes_run_nicer_than_the_worker() -> None:
+    """When cores are contended, the event loop goes first: the parse processes are PARSE_NICE nicer."""
+
+    async def main() -> None:
+        pool = ParsePool(1, 1 << 24, parser_spec=PARSER_SPEC, timeout_s=10.0)
+        try:
+            page = await asyncio.wait_for(pool.parse(tasks({}, 1)[0]), 30)
+            pid = item(page)["pid"]
+            assert pid != os.getpid()
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + PARSE_NICE)
+        finally:
+            pool.close()
+
+    asyncio.run(main())
