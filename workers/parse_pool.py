@@ -38,9 +38,9 @@ MAX_TRIES = 3  # batches a page may be in when their process died before the pag
 # Parse processes run this much nicer than the worker: when the cores are contended, the event loop (the one serial
 # stage: every fetch, every hand-off) runs first, and parsing, which has a bounded backlog to absorb the wait,
 # takes what is left. Measured (scripts/bench.py, crawl-worker vs crawl-worker-warc, interleaved pairs on the 2-core
-# machine, the same hour): --warc at 0.83x the plain run's pages/s (mean of 8 pairs) with 0, 0.86x (mean of 14
-# pairs, median 0.85) with 5; the plain run unchanged within the noise. A small gain, inside the spread of single
-# pairs (0.73-0.96), kept because the policy is right where cores are contended and costs nothing where they are not.
+# machine): --warc at 0.83x the plain run's pages/s (mean of 8 pairs) with 0, 0.85x (mean and median of 20 pairs)
+# with 5; the plain run unchanged. Within the noise of single pairs (0.73-1.00): kept because the policy is right
+# where cores are contended and costs nothing where they are not, not because the benchmark proved a gain.
 PARSE_NICE = 5
 
 
