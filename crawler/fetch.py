@@ -299,7 +299,7 @@ class Fetcher:
             request_headers=tuple(resp.request_info.headers.items()),
             hops=hops,
         )
-        return within_cap(result, over, s.fetch.max_body_bytes, self.keep_truncated)
+        return within_cap(result, over, s.fetch.max_body_bytes)
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
         """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.
@@ -320,8 +320,8 @@ class Fetcher:
             return resp.status, body
 
     async def _read_capped(self, content: aiohttp.StreamReader) -> tuple[bytes, int, bool]:
-        """(body, bytes received, passed the cap): as soon as it passes the cap, the body cut at it (`within_cap`
-        decides); the rest is not read (the connection is closed rather than drained)."""
+        """(body, bytes received, passed the cap). Past the cap: BodyTooLarge, or with `keep_truncated` the body
+        cut at it (for `within_cap`); the rest is not read (the connection is closed rather than drained)."""
         cap = self.settings.fetch.max_body_bytes
         buf = bytearray()
         async for chunk in content.iter_chunked(CHUNK):

@@ -78,13 +78,13 @@ class FetchResult:
         )
 
 
-def within_cap(result: FetchResult, over: bool, cap: int, keep_truncated: bool) -> FetchResult:
-    """The result, or BodyTooLarge when its body passed `cap` (`over`: the reader stopped there and kept the body
-    cut at the cap). With `keep_truncated` (`--warc`) the error carries that response, which the archive writes
-    with `WARC-Truncated`."""
+def within_cap(result: FetchResult, over: bool, cap: int) -> FetchResult:
+    """The result, or, when its body passed `cap` (`over`: a fetcher that keeps truncated bodies, `--warc`, read
+    to the cap and kept the body cut there), BodyTooLarge carrying that response, which the archive writes with
+    `WARC-Truncated`. A fetcher that does not keep them raises BodyTooLarge itself, as the body passes the cap."""
     if not over:
         return result
-    raise BodyTooLarge(f"body passed {cap} bytes", replace(result, truncated=True) if keep_truncated else None)
+    raise BodyTooLarge(f"body passed {cap} bytes", replace(result, truncated=True))
 
 
 def cut(buf: bytearray, cap: int) -> tuple[bytes, bool]:

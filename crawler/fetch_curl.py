@@ -353,11 +353,11 @@ class CurlFetcher:
             request_headers=resp.request_headers,
             hops=hops,
         )
-        return within_cap(result, over, cap, self.keep_truncated)
+        return within_cap(result, over, cap)
 
     async def _read(self, resp: _Head, cap: int, keep: bool) -> tuple[bytes, int, bool]:
-        """(body if `keep` else b"", bytes received, passed the cap). Past `cap`: BodyTooLarge when not kept, else
-        the body cut at the cap (`within_cap` decides; the transfer stops there)."""
+        """(body if `keep` else b"", bytes received, passed the cap). Past `cap`: BodyTooLarge, unless the body is
+        kept and `keep_truncated`: then the body cut at the cap, for `within_cap` (the transfer stops there)."""
         buf = bytearray()
         n = 0
         async for chunk in resp.transfer.chunks():
