@@ -24,7 +24,7 @@ from crawler.settings import Settings
 from crawler.testing.services import RunningServer, free_port, start_server, stop_process, wait_until
 from tests.helpers import count_lines, read_records, spawn_crawl, stats, worker_args
 from tests.test_stages import frontier_at, seed
-from tests.test_warc import fast_read
+from tests.warc_readers import fast_read
 from workers.housekeeping import Housekeeping
 from workers.leaser import LeaseBook
 

@@ -13,7 +13,7 @@ import pytest
 
 from crawler.testing.services import SiteHandler, serve_in_thread, wait_until
 from tests.helpers import crawl, read_records, stats, worker_args
-from tests.test_warc import WARCIO, fast_read
+from tests.warc_readers import WARCIO, fast_read
 
 PAGES = 200
 

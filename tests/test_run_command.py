@@ -16,7 +16,7 @@ from crawler.testing.services import RedisServer, RunningServer, start_server
 from crawler.testing.site_server import expected_pages
 from crawler.urls import dedup_key
 from tests.helpers import crawl, read_records, worker_args
-from tests.test_warc import fast_read
+from tests.warc_readers import fast_read
 
 
 @pytest.fixture(scope="module")

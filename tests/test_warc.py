@@ -16,26 +16,23 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from fastwarc.warc import ArchiveIterator as FastIterator
-from fastwarc.warc import WarcRecordType
 from hypothesis import given
 from hypothesis import strategies as st
-from warcio.archiveiterator import ArchiveIterator as WarcioIterator
 from warcio.utils import Digester
 
 from crawler.parse import ParseTask, parse_pages
-from crawler.testing.services import free_port, stop_process
+from crawler.testing.services import stop_process
 from crawler.warc import REDACTED, WarcExchange, WarcWriteError, WarcWriter, encode, sha1_label
+from tests.warc_readers import WARCIO, fast_read, replay, warcio_read
 
 REPO = Path(__file__).resolve().parents[1]
 CAP = 4000  # the test's body cap: /big is cut here
@@ -43,7 +40,6 @@ PAGE = b"<html><head><title>Archived page</title></head><body>" + b"x" * 3000 + 
 BINARY = bytes(range(256)) * 10 + b"\r\n\r\n\x00\x1f\x8b"  # under the cap: archived whole
 PAGE_GZ = gzip.compress(PAGE, mtime=0)
 BIG = os.urandom(CAP * 3)
-WARCIO = [sys.executable, "-c", "import sys; from warcio.cli import main; sys.exit(main())"]
 
 
 Head = list[tuple[str, str]]
@@ -139,56 +135,6 @@ async def _crawl(base: str) -> list[WarcExchange]:
                 break
             url = base + location
         return [*hops, await _fetch(session, base + "/bin"), await _fetch(session, base + "/big")]
-
-
-@dataclass(frozen=True)
-class Read:
-    """One record as fastwarc reads it."""
-
-    type: str
-    uri: str
-    record_id: str
-    headers: dict[str, str]
-    http_headers: list[tuple[str, str]]
-    payload: bytes
-    digests_ok: bool
-
-
-def fast_read(path: Path) -> list[Read]:
-    out = []
-    with path.open("rb") as f:
-        for rec in FastIterator(f, parse_http=False):
-            ok = rec.verify_block_digest(consume=False)  # the whole block: before the HTTP head is parsed off it
-            if rec.record_type in (WarcRecordType.response, WarcRecordType.request):
-                rec.parse_http()
-                ok = ok and rec.verify_payload_digest(consume=False)
-            elif rec.record_type == WarcRecordType.revisit:
-                rec.parse_http()  # a server-not-modified revisit: the 304's head, and no payload to digest
-            out.append(
-                Read(
-                    type=str(rec.record_type),
-                    uri=rec.headers.get("WARC-Target-URI") or "",
-                    record_id=rec.record_id or "",
-                    headers=dict(rec.headers.items()),
-                    http_headers=list(rec.http_headers.items()) if rec.http_headers else [],
-                    payload=rec.reader.read(),
-                    digests_ok=ok,
-                )
-            )
-    return out
-
-
-def warcio_read(path: Path) -> list[tuple[str, str, bytes]]:
-    """(type, uri, raw payload: content coding intact) per record, by warcio."""
-    with path.open("rb") as f:
-        return [
-            (
-                r.rec_type,
-                r.rec_headers.get_header("WARC-Target-URI") or "",
-                r.raw_stream.read(),
-            )  # raw: content coding intact
-            for r in WarcioIterator(f)
-        ]
 
 
 def exchange(url: str, body: bytes, **kw: Any) -> WarcExchange:
@@ -431,42 +377,11 @@ def test_exchange_validation() -> None:
         WarcExchange("http://a.test/", datetime.now(UTC), "GET", (), "1.1", 42, "OK", (), b"")
 
 
-def replay(bin_dir: Path, warc_files: list[Path], url: str, work: Path) -> str:
-    """The page at `url` as pywb replays it from `warc_files` (its own collection under `work`)."""
-    subprocess.run([bin_dir / "wb-manager", "init", "c"], cwd=work, check=True, capture_output=True)
-    subprocess.run([bin_dir / "wb-manager", "add", "c", *warc_files], cwd=work, check=True, capture_output=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [bin_dir / "wayback", "-p", str(port), "-b", "127.0.0.1"],
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        return _get_until(f"http://127.0.0.1:{port}/c/mp_/{url}", deadline=time.monotonic() + 30)
-    finally:
-        stop_process(proc, 5)
-
-
 def test_pywb_replays_the_archived_page(tmp_path: Path, site: str, fetched: list[WarcExchange], pywb_bin: Path) -> None:
     with WarcWriter(tmp_path / "warc", "w", 10**9, "crawl/test") as writer:
         writer.write(fetched)
     html = replay(pywb_bin, writer.files, f"{site}/page?x=1", tmp_path)
     assert "<title>Archived page</title>" in html
-
-
-def _get_until(url: str, deadline: float) -> str:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                data: bytes = resp.read()
-                if resp.headers.get("Content-Encoding") == "gzip":
-                    data = gzip.decompress(data)
-                return data.decode("utf-8", "replace")
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)  # poll with a deadline: the server is still starting
 
 
 def test_a_record_that_cannot_be_built_rolls_the_batch_back(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from crawler.testing.services import RunningServer, SiteHandler, serve_in_thread
 from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import crawl, enqueue, read_records, worker_args
-from tests.test_warc import WARCIO, fast_read, replay
+from tests.warc_readers import WARCIO, fast_read, replay
 
 PAGES = 40
 

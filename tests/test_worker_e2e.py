@@ -24,7 +24,7 @@ from tests.helpers import (
     stats,
     worker_args,
 )
-from tests.test_warc import fast_read
+from tests.warc_readers import fast_read
 
 PAGES = 400
 SEED = 7
