@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from crawler.fetch_base import FetchResult
+from crawler.fetch_base import FetchResult, Hop
 from crawler.warc import WarcExchange
 
 
@@ -24,37 +24,28 @@ def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[Wa
     not_modified = result.status == 304
     if not not_modified and (result.body is None or not (keep_all or result.is_html)):
         return []
-    out = [
-        WarcExchange(
-            url=hop.url,
-            started_at=started,
-            request_method="GET",
-            request_headers=hop.request_headers,
-            http_version=hop.http_version,
-            status=hop.status,
-            reason=hop.reason,
-            response_headers=hop.raw_headers,
-            body=hop.body or b"",
-            truncated=hop.body is None and hop.bytes > 0,
-        )
-        for hop in result.hops
-    ]
-    out.append(
-        WarcExchange(
-            url=result.final_url,
-            started_at=started,
-            request_method="GET",
-            request_headers=result.request_headers,
-            http_version=result.http_version,
-            status=result.status,
-            reason=result.reason,
-            response_headers=result.raw_headers,
-            body=result.body or b"",
-            truncated=result.truncated,
-            peer_ip=result.peer_ip,
-        )
-    )
+    out = [_exchange(hop, hop.url, started, hop.body is None and hop.bytes > 0) for hop in result.hops]
+    out.append(_exchange(result, result.final_url, started, result.truncated, result.peer_ip))
     return out
+
+
+def _exchange(
+    r: Hop | FetchResult, url: str, started: datetime, truncated: bool, peer_ip: str | None = None
+) -> WarcExchange:
+    """One response as the WARC sink keeps it: a redirect hop or the final response (their fields are the same)."""
+    return WarcExchange(
+        url=url,
+        started_at=started,
+        request_method="GET",
+        request_headers=r.request_headers,
+        http_version=r.http_version,
+        status=r.status,
+        reason=r.reason,
+        response_headers=r.raw_headers,
+        body=r.body or b"",
+        truncated=truncated,
+        peer_ip=peer_ip,
+    )
 
 
 def now() -> datetime:
