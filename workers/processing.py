@@ -336,7 +336,6 @@ class Processor:
         rec = build_record(lease, attempts, self.s.worker_id, result, page, error, proxy)
         if result is not None:
             self.metrics.traffic.page(result.status, result.bytes, result.status == 304)
-        if result is not None:
             self.metrics.window.fetch_ms += result.elapsed_ms
         self.metrics.page(rec.status, rec.bytes or 0, result.elapsed_ms if result else 0.0, error)
         return rec
