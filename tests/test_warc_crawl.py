@@ -9,8 +9,9 @@ from __future__ import annotations
 import gzip
 import subprocess
 import urllib.request
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -153,3 +154,54 @@ def test_pywb_replays_a_crawled_page_with_its_title(
     page = titled[-1]
     html = replay(pywb_bin, sorted(warc_dir.glob("*.warc.gz")), page["final_url"], tmp_path)
     assert f"<title>{page['title']}</title>" in html
+
+
+class FlakySite(SiteHandler):
+    """/twice: 503 twice, then 200 (in-process retries); /later: 429 with Retry-After once, then 200 (a deferral
+    through the frontier); /never: always 503 (dead letter). Every answer is HTML, so `--warc-content html` keeps
+    it. Counts are per path, in this process."""
+
+    hits: ClassVar[Counter[str]] = Counter()
+
+    def do_GET(self) -> None:
+        n = self.hits[self.path]
+        self.hits[self.path] += 1
+        if (self.path == "/twice" and n < 2) or self.path == "/never":
+            self.reply(503, f"<title>busy {n}</title>".encode(), "text/html")
+        elif self.path == "/later" and n == 0:
+            self.reply(429, b"<title>slow down</title>", "text/html", [("Retry-After", "1")])
+        else:
+            self.reply(200, f"<title>{self.path} ok</title>".encode(), "text/html")
+
+
+def test_every_attempt_is_archived_retried_deferred_and_dead_ones_too(
+    redis_server: Any, crawl_name: str, tmp_path: Path
+) -> None:
+    FlakySite.hits.clear()
+    with serve_in_thread(FlakySite) as base:
+        enqueue(redis_server, crawl_name, tmp_path, [f"{base}/{p}" for p in ("twice", "later", "never")])
+        out, warc_dir = tmp_path / "out", tmp_path / "warc"
+        args = worker_args(
+            redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--warc", str(warc_dir),
+            "--retries", "2",
+        )  # fmt: skip
+        run = crawl(args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {r["url"].rsplit("/", 1)[1]: r["status"] for r in read_records(out)} == {"twice": 200, "later": 200}
+    files = sorted(warc_dir.glob("*.warc.gz"))
+    for f in files:
+        assert subprocess.run([*WARCIO, "check", str(f)], capture_output=True).returncode == 0
+    read = [r for f in files for r in fast_read(f)]
+    assert all(r.digests_ok for r in read)
+    by_path: dict[str, list[tuple[int | None, bytes]]] = {}
+    for r in read:
+        if r.type.endswith("response"):
+            by_path.setdefault(r.uri.rsplit("/", 1)[1], []).append((r.status, r.payload))
+    # in the order fetched, each as the site sent it: the server saw exactly these requests
+    assert by_path == {
+        "twice": [(503, b"<title>busy 0</title>"), (503, b"<title>busy 1</title>"), (200, b"<title>/twice ok</title>")],
+        "later": [(429, b"<title>slow down</title>"), (200, b"<title>/later ok</title>")],
+        "never": [(503, f"<title>busy {n}</title>".encode()) for n in range(3)],
+    }
+    assert dict(FlakySite.hits) == {"/twice": 3, "/later": 2, "/never": 3}
+    assert len([r for r in read if r.type.endswith("request")]) == 8

@@ -31,6 +31,7 @@ class Read:
     http_headers: list[tuple[str, str]]
     payload: bytes
     digests_ok: bool
+    status: int | None = None  # the HTTP status of a response or revisit record
 
 
 def fast_read(path: Path) -> list[Read]:
@@ -52,6 +53,7 @@ def fast_read(path: Path) -> list[Read]:
                     http_headers=list(rec.http_headers.items()) if rec.http_headers else [],
                     payload=rec.reader.read(),
                     digests_ok=ok,
+                    status=rec.http_headers.status_code if rec.http_headers and rec.http_headers.status_code else None,
                 )
             )
     return out

@@ -1,5 +1,8 @@
 """What the worker keeps of a fetch for the WARC sink: one `WarcExchange` per response, redirect hops included.
 
+Every attempt is kept, not only the last: a retried 503's exchanges travel with the attempt that follows it
+(`Processor._attempts`), a deferred or dead URL's with its outcome, and the committer writes them all.
+
 Built on the event loop from what the fetcher already holds (no serialisation here): a parsed page's exchanges
 travel with its parse task and the parse process builds and gzips their records (`crawler.warc.encode`); the
 others (non-HTML with `all`, bodies cut at the cap, a page whose parse timed out) are encoded by the writer in

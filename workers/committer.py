@@ -133,7 +133,7 @@ class Committer:
         done = [o for o in batch if o.action is Action.DONE]
         records = [o.record for o in done if o.record is not None]
         items = [o.items for o in done if o.items]
-        warc = [x for o in done for x in o.warc]
+        warc = [x for o in batch if o.action is not Action.RELEASE for x in o.warc]  # every attempt, retried too
         if records or items or warc:
             try:
                 await asyncio.to_thread(self.outputs.write, records, items, warc)  # flushed before any ack below

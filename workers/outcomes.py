@@ -28,7 +28,8 @@ class Outcome:
     due_s: float = 0.0  # RETRY_LATER: when, epoch seconds
     error: dict[str, Any] | None = None  # RETRY_LATER / DEAD: the last error (kind, status, message)
     items: bytes = b""  # DONE: the parser's items, JSON lines made in the parse pool
-    # DONE with --warc: the responses, hops included (encoded by the parse process, or exchanges to encode)
+    # with --warc (DONE, RETRY_LATER, DEAD): every attempt's responses, hops included, earlier attempts first
+    # (encoded by the parse process, or exchanges for the writer to encode)
     warc: list[WarcItem] = field(default_factory=list)
     validators: Validators | None = None  # DONE, recurring: ETag, Last-Modified and digest for the next pass
 

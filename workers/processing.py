@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crawler import retry
@@ -158,21 +158,26 @@ class Processor:
             raise
 
     async def _attempts(self, lease: Lease) -> tuple[int, Attempt]:
-        """The first attempt, then (the rare path) tenacity's in-process retries, each with a fresh session."""
+        """The first attempt, then (the rare path) tenacity's in-process retries, each with a fresh session.
+
+        With --warc every attempt is archived: the returned attempt's `warc` holds the earlier attempts' records
+        (a 503 that was retried) before its own."""
         attempts = lease.attempts + 1
         last = await self._attempt(lease, attempts)
         if last.decision.action is not Action.RETRY_NOW or attempts >= self.s.max_attempts:
             return attempts, last
+        earlier: list[WarcItem] = []
         try:
             async for attempt in retry.in_process_retrying(self.s.max_attempts - attempts):
                 with attempt:
+                    earlier += last.warc
                     attempts += 1
                     last = await self._attempt(lease, attempts)
                     if last.decision.action is Action.RETRY_NOW:
                         raise retry.RetryNow
         except retry.RetryNow:
             pass  # in-process tries exhausted: `last` holds the final attempt
-        return attempts, last
+        return attempts, replace(last, warc=earlier + last.warc) if earlier else last
 
     async def _finish(self, lease: Lease, attempts: int, last: Attempt, cause: FetchError | None = None) -> Outcome:
         """Execute the policy's final decision: a record, a deferral, a dead letter, or a hand-back."""
@@ -192,10 +197,12 @@ class Processor:
         if decision.action is Action.RETRY_LATER:
             self.metrics.attempt_error(decision.reason or "retry")
             err = self._error(decision, result, cause or last.error)
-            return Outcome(lease, Action.RETRY_LATER, attempts, due_s=time.time() + decision.delay_s, error=err)
+            due_s = time.time() + decision.delay_s
+            return Outcome(lease, Action.RETRY_LATER, attempts, due_s=due_s, error=err, warc=last.warc)
         if decision.action is Action.DEAD:
             self.metrics.dead_letter(decision.reason or "unknown")  # counts the dead outcome once
-            return Outcome(lease, Action.DEAD, attempts, error=self._error(decision, result, cause or last.error))
+            err = self._error(decision, result, cause or last.error)
+            return Outcome(lease, Action.DEAD, attempts, error=err, warc=last.warc)
         page = last.page
         record = self._record(
             lease, attempts, result, page, decision.reason or (page.error if page else None), last.proxy
