@@ -238,7 +238,7 @@ OPTIONS: tuple[Option, ...] = (
     Row("--follow-selector", "scope.follow_selector", "scope", "Follow only links inside elements matching this "
       "CSS selector.", metavar="CSS"),
     Row("--sitemaps-from-robots", "scope.sitemaps_from_robots", "scope", "Also crawl the sitemaps that a seed "
-      "host's robots.txt names (`Sitemap:` lines).", bool, False),
+      "host's robots.txt names (`Sitemap:` lines; read with `--no-robots` too).", bool, False),
     Row("--keep-tracking-params", "scope.keep_tracking_params", "scope", "Keep `utm_*`, `fbclid`, `gclid` in "
       "URLs.", bool, False),
     Row("--max-links", "scope.max_links_per_page", "scope", "Links kept per page (`links_total` counts them all).",

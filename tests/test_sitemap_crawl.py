@@ -31,7 +31,8 @@ class SitemapSite(SiteHandler):
         base = f"http://127.0.0.1:{self.server.server_address[1]}"
         ctype = "application/xml"
         if self.path == "/robots.txt":
-            body, ctype = f"User-agent: *\nAllow: /\nSitemap: {base}/small.xml\n".encode(), "text/plain"
+            body = f"User-agent: *\nDisallow: /from-robots\nSitemap: {base}/small.xml\n".encode()
+            ctype = "text/plain"
         elif self.path == "/sitemap_index.xml":
             items = "".join(f"<sitemap><loc>{base}/sitemaps/{i}.xml.gz</loc></sitemap>" for i in range(SITEMAPS))
             body = f"<sitemapindex>{items}</sitemapindex>".encode()
@@ -79,18 +80,22 @@ def test_an_index_of_gzipd_sitemaps_is_enqueued_exactly_with_bounded_memory(
     assert peak_mb < 400, f"worker peak RSS {peak_mb} MB for 120,000 sitemap URLs"
 
 
+@pytest.mark.parametrize("robots", [True, False], ids=["robots", "no-robots"])
 def test_robots_sitemap_lines_are_followed_and_cross_host_entries_refused(
-    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str, robots: bool
 ) -> None:
+    """With --no-robots the Sitemap: lines are still read (the flag asks for them), and the rules not enforced."""
     seeds = tmp_path / "seeds.txt"
     seeds.write_text(f"{site}/\n")
     run = crawl(["enqueue", str(seeds), "--redis", redis_server.url, "--crawl", crawl_name])
     assert run.returncode == 0, run.stderr
     out = tmp_path / "out"
     args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--sitemaps-from-robots", "--no-follow")
-    run = crawl(args)
+    run = crawl([*args, *([] if robots else ["--no-robots"])])
     assert run.returncode == 0, run.stderr[-3000:]
-    urls = {r["url"] for r in read_records(out)}
-    assert urls == {f"{site}/", f"{site}/small.xml", f"{site}/from-robots"}
+    urls = {r["url"]: r for r in read_records(out)}
+    assert set(urls) == {f"{site}/", f"{site}/small.xml", f"{site}/from-robots"}
+    listed = urls[f"{site}/from-robots"]
+    assert (listed["error"], listed["status"]) == (("robots_disallowed", None) if robots else (None, 200))
     small = next(r for r in read_records(out) if r["url"].endswith("/small.xml"))
     assert small["data"]["sitemap"]["refused"] == 1

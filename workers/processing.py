@@ -36,6 +36,7 @@ from crawler.proxies import ProxyChoice, ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
+from crawler.robots import RobotsState
 from crawler.robots_cache import RobotsCache
 from crawler.schedule import Validators
 from crawler.settings import Settings
@@ -84,7 +85,10 @@ class Processor:
         self.metrics = metrics
         self.trust = trust  # SSRF guard: None with --allow-private-networks
         agent = settings.politeness.robots_agent
-        self.robots = RobotsCache(self._fetch_robots, agent) if settings.politeness.robots else None
+        # --sitemaps-from-robots reads robots.txt for its Sitemap: lines even with --no-robots (then nothing of it
+        # is enforced)
+        wanted = settings.politeness.robots or settings.scope.sitemaps_from_robots
+        self.robots = RobotsCache(self._fetch_robots, agent) if wanted else None
         self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
         self._on_fatal = on_fatal
         self._set_host_delay = set_host_delay  # Frontier.set_host_delay: a robots.txt Crawl-delay, crawl-wide
@@ -119,7 +123,7 @@ class Processor:
     async def _process(self, lease: Lease) -> Outcome:
         if self.trust is not None and await self.trust.refuses(bare_host(host_of(lease.url))):
             return self._unfetched(lease, "blocked_address")
-        if self.robots is not None:
+        if self.robots is not None and self.s.politeness.robots:
             gate = await self._robots_gate(lease)
             if gate is not None:
                 return gate
@@ -223,7 +227,13 @@ class Processor:
         if not _first_time(self._sitemaps_told, host):
             return []
         scheme = lease.url.split("://", 1)[0]
-        rules = await self.robots.rules(f"{scheme}://{host}")  # cached: robots.txt was read for this lease
+        try:  # cached when robots.txt was read for this lease; with --no-robots it is read here
+            rules = await self.robots.rules(f"{scheme}://{host}")
+        except (ProxyAuthError, BlockedAddress, GatewayUnreachable):  # not read: the host's next seed tries again
+            self._sitemaps_told.discard(host)
+            return []
+        if rules.state is RobotsState.UNREACHABLE:  # a 5xx or no answer: its Sitemap: lines are not known yet
+            self._sitemaps_told.discard(host)
         kind = Extras(kind="sitemap").encode()
         out = []
         for loc in rules.sitemaps:
