@@ -129,6 +129,13 @@ def translate_errors(via_proxy: bool) -> Iterator[None]:
         raise ConnectError(exc.__class__.__name__) from exc
 
 
+def _wire_reason(reason: str | None) -> str:
+    """The reason phrase as the headers are kept: one character per byte received (latin-1). aiohttp decodes it
+    as UTF-8, so `Très bien` would otherwise be two bytes short of what the server sent (the curl fetcher reads
+    its status line as latin-1 already)."""
+    return (reason or "").encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 def _decoded(raw: Any) -> RawHeaders:
     """aiohttp's raw (bytes) header pairs as text; latin-1 keeps every byte as received."""
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
@@ -234,7 +241,7 @@ class Fetcher:
         return Hop(
             url=str(resp.url),
             status=resp.status,
-            reason=resp.reason or "",
+            reason=_wire_reason(resp.reason),
             http_version=_version(resp),
             raw_headers=_decoded(resp.raw_headers),
             request_headers=tuple(resp.request_info.headers.items()),
@@ -294,7 +301,7 @@ class Fetcher:
             redirects=redirects,
             http_version=_version(resp),
             peer_ip=peer,
-            reason=resp.reason or "",
+            reason=_wire_reason(resp.reason),
             raw_headers=_decoded(resp.raw_headers),
             request_headers=tuple(resp.request_info.headers.items()),
             hops=hops,

@@ -16,7 +16,8 @@ Guarantees
   (O_EXCL), starting each file with a `warcinfo` record, and moves to a new file once `rotate_bytes` is passed.
 
 What a record holds
-- `response`: the status line and headers as received, in order, duplicates kept, and the body as transferred:
+- `response`: the status line and headers as received (byte for byte: `_WireHead`), in order, duplicates kept,
+  and the body as transferred:
   content coding intact (gzip stays gzip), transfer coding removed (the HTTP client de-chunks). Because the body is
   no longer chunked, a `Transfer-Encoding` header is renamed `X-Crawler-Transfer-Encoding` (StormCrawler's
   convention) so that readers do not try to de-chunk it. A body cut at the size cap carries `WARC-Truncated: length`.
@@ -129,6 +130,20 @@ def sha1_label(data: bytes, *more: bytes) -> str:
     return "sha1:" + "".join([_B32_PAIRS[(n >> s) & 1023] for s in range(150, -1, -10)])
 
 
+class _WireHead(StatusAndHeaders):  # type: ignore[misc]
+    """An HTTP head written as it went over the wire. The fetchers keep each received byte as one latin-1
+    character; warcio's own buffer is ASCII, percent-encoding any other value (RFC 8187), which would change what
+    the server sent (`café` -> `caf%C3%83%C2%A9`) and, for a reason phrase, raise. A request header the user gave
+    outside latin-1 is written as UTF-8, the way the HTTP client sent it."""
+
+    def compute_headers_buffer(self, header_filter: Any = None) -> None:
+        text = self.to_str(header_filter)
+        try:
+            self.headers_buff = text.encode("latin-1") + b"\r\n"
+        except UnicodeEncodeError:
+            self.headers_buff = text.encode("utf-8", "replace") + b"\r\n"
+
+
 def _request_target(url: str) -> str:
     parts = urlsplit(url)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -170,7 +185,7 @@ class _RecordEncoder:
         if ex.truncated:
             resp_headers["WARC-Truncated"] = "length"
         status_line = f"{ex.status} {_clean(ex.reason)}".rstrip()
-        http_resp = StatusAndHeaders(
+        http_resp = _WireHead(
             status_line, response_headers_for_record(ex.response_headers), protocol=f"HTTP/{ex.http_version}"
         )
         if ex.status == 304:
@@ -187,7 +202,7 @@ class _RecordEncoder:
             )
         req_headers = dict(common)
         req_headers["WARC-Concurrent-To"] = response.rec_headers.get_header("WARC-Record-ID")
-        http_req = StatusAndHeaders(
+        http_req = _WireHead(
             f"{ex.request_method} {_request_target(ex.url)} HTTP/{ex.http_version}",
             request_headers_for_record(ex.request_headers),
         )
@@ -256,6 +271,7 @@ class WarcWriter:
         self.fsync = fsync  # a flush reaches the kernel (survives SIGKILL); fsync also survives power loss
         self.records = 0  # records written by this writer, over all its files
         self.encoded_here = 0  # exchanges it had to encode itself (not encoded by a parse process)
+        self.failed = 0  # exchanges whose records could not be built: left out, so that the rest of the batch lands
         self.files: list[Path] = []  # every file this writer created, oldest first
         self._encoder = _RecordEncoder()
         self._fd: int | None = None  # the open file, or None between a rotation (or an abandoned file) and a write
@@ -274,24 +290,34 @@ class WarcWriter:
 
     def stats(self) -> dict[str, int]:
         """For the worker's summary line: files, records, and exchanges the writer encoded itself."""
-        return {"files": len(self.files), "records": self.records, "encoded_by_writer": self.encoded_here}
+        return {
+            "files": len(self.files),
+            "records": self.records,
+            "encoded_by_writer": self.encoded_here,
+            "failed": self.failed,
+        }
 
     def write(self, batch: Sequence[WarcItem]) -> None:
         """Write a batch (2 records per exchange; encoded records as they are) in one write and flush it, or raise
-        WarcWriteError with nothing of it kept."""
+        WarcWriteError with nothing of it kept. An exchange whose records cannot be built is left out and counted
+        (`failed`): one odd response must not stop the commits of every page after it."""
         if not batch:
             return
-        records = here = 0
+        records = here = failed = 0
         try:
             blobs = []
             for item in batch:
                 if isinstance(item, EncodedRecords):
                     blobs.append(item.data)
                     records += item.records
-                else:
+                    continue
+                try:
                     blobs.append(self._encoder.exchange(item))
-                    records += 2
-                    here += 1
+                except Exception:
+                    failed += 1
+                    continue
+                records += 2
+                here += 1
             if self._fd is None:
                 self._open_next()
             assert self._fd is not None
@@ -300,12 +326,13 @@ class WarcWriter:
         except OSError as exc:
             self._roll_back()
             raise WarcWriteError(exc.errno, f"WARC write failed, batch rolled back: {exc}") from exc
-        except BaseException:  # a record that cannot be built, or a cancellation: still nothing of the batch kept
+        except BaseException:  # a cancellation: still nothing of the batch kept
             self._roll_back()
             raise
         self._size = os.lseek(self._fd, 0, os.SEEK_CUR)
         self.records += records
         self.encoded_here += here
+        self.failed += failed
         if self._size >= self.rotate_bytes:
             self._close_fd()
 

@@ -70,7 +70,7 @@ def test_a_crawl_writes_valid_warc_with_every_page_byte_for_byte(
             r.headers.get("WARC-Concurrent-To") == got.record_id for r in requests
         )
     # every exchange was encoded in a parse process (redirect hops travel with their page): none by the writer
-    assert run.summary()["warc"] == {"files": len(files), "records": len(read), "encoded_by_writer": 0}
+    assert run.summary()["warc"] == {"files": len(files), "records": len(read), "encoded_by_writer": 0, "failed": 0}
     redirected = [r for r in read_records(out) if r["redirects"]]
     for rec in redirected:  # the hop before the final response has its own response record
         assert rec["url"] in responses and responses[rec["url"]].http_headers
@@ -205,3 +205,48 @@ def test_every_attempt_is_archived_retried_deferred_and_dead_ones_too(
     }
     assert dict(FlakySite.hits) == {"/twice": 3, "/later": 2, "/never": 3}
     assert len([r for r in read if r.type.endswith("request")]) == 8
+
+
+# a reason phrase and header values outside ASCII, as servers send them: UTF-8 bytes, and one latin-1 byte
+ODD_BODY = b"<title>odd head</title>"
+ODD_HEAD = (
+    b"HTTP/1.1 200 Tr\xc3\xa8s bien\r\nContent-Type: text/html\r\nX-Name: caf\xc3\xa9\r\nX-Latin: \xe9t\xe9\r\n"
+    b"Content-Length: " + str(len(ODD_BODY)).encode() + b"\r\nConnection: close\r\n\r\n"
+)
+
+
+class OddHeadSite(SiteHandler):
+    def do_GET(self) -> None:
+        self.wfile.write(ODD_HEAD + ODD_BODY)  # written raw: http.server would re-encode the reason
+        self.close_connection = True
+
+
+def whole_blocks(path: Path) -> dict[str, bytes]:
+    """Each response record's block (HTTP head and payload, unparsed), by target URI, read by fastwarc."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    with path.open("rb") as f:
+        return {
+            r.headers.get("WARC-Target-URI"): r.reader.read()
+            for r in ArchiveIterator(f, parse_http=False, record_types=WarcRecordType.response)
+        }
+
+
+@pytest.mark.parametrize("fetcher", FETCHERS)
+def test_a_head_outside_ascii_is_archived_byte_for_byte_and_the_worker_goes_on(
+    redis_server: Any, crawl_name: str, tmp_path: Path, fetcher: str
+) -> None:
+    """warcio percent-encodes non-ASCII header values (and raised on a non-ASCII reason, which stopped the commit
+    loop, and with it every worker the URL went to): the head must be the server's bytes."""
+    with serve_in_thread(OddHeadSite) as base:
+        enqueue(redis_server, crawl_name, tmp_path, [f"{base}/odd"])
+        out, warc_dir = tmp_path / "out", tmp_path / "warc"
+        args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--warc", str(warc_dir))
+        run = crawl([*args, *fetcher_flags(fetcher)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [(r["status"], r["title"]) for r in read_records(out)] == [(200, "odd head")]
+    (f,) = sorted(warc_dir.glob("*.warc.gz"))
+    assert subprocess.run([*WARCIO, "check", str(f)], capture_output=True).returncode == 0
+    assert all(r.digests_ok for r in fast_read(f))
+    assert whole_blocks(f) == {f"{base}/odd": ODD_HEAD + ODD_BODY}
+    assert run.summary()["warc"]["failed"] == 0
