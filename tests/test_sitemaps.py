@@ -142,6 +142,18 @@ def test_urls_on_another_host_are_refused_unless_allowed() -> None:
     assert (children.sitemaps, children.refused) == ((f"{SITE}/s1.xml",), 1)
 
 
+def test_the_host_rule_reads_a_loc_as_the_fetcher_will() -> None:
+    """WHATWG reads a backslash as a slash: `http://evil.test\\@shop.test/a` is fetched from evil.test (urlsplit
+    saw shop.test and let it through). What WHATWG reads as credentials (a tab is stripped first) is invalid."""
+    tricks = ["http://evil.test\\@shop.test/a", "http://evil.test\\.shop.test/d", "http://evil.test?@shop.test/e"]
+    for kind in (urlset, index):  # pages and child sitemaps alike
+        result = parse_sitemap(kind(tricks), None, f"{SITE}/sitemap.xml")
+        assert (result.urls, result.sitemaps, result.refused) == ((), (), 3)
+    creds = ["http://evil.test\t@shop.test/c", "http://user@shop.test/f", "http://shop.test%5C@x/g"]
+    result = parse_sitemap(urlset(creds), None, f"{SITE}/sitemap.xml")
+    assert (result.urls, result.invalid) == ((), 3)
+
+
 def test_more_than_max_urls_keeps_the_first_ones_and_records_the_error() -> None:
     result = parse_sitemap(gzip.compress(urlset(product_urls(0, 50_001))), None, f"{SITE}/sitemap.xml.gz")
     assert result.error is not None and result.error.startswith(ERROR_TOO_MANY)
