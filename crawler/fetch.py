@@ -42,6 +42,7 @@ from crawler.fetch_base import (
     FetchResult,
     Hop,
     RawHeaders,
+    body_cap,
     crawl_headers,
     cut,
     decode_prefix,
@@ -276,13 +277,15 @@ class Fetcher:
         declared = resp.content_length
         body: bytes | None = None
         over = False
+        cap = body_cap(s.fetch.max_body_bytes, keep_body)
         peer = _peer_ip(resp)  # before the body: the connection is released at its end
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
-            if declared is not None and declared > s.fetch.max_body_bytes and not self.keep_truncated:
-                raise BodyTooLarge(f"Content-Length {declared} > {s.fetch.max_body_bytes}")
-            body, got, over = await self._read_capped(resp.content)
+            keep_cut = self.keep_truncated or keep_body
+            if declared is not None and declared > cap and not keep_cut:
+                raise BodyTooLarge(f"Content-Length {declared} > {cap}")
+            body, got, over = await self._read_capped(resp.content, cap, keep_cut)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads
         else:
@@ -306,7 +309,7 @@ class Fetcher:
             request_headers=tuple(resp.request_info.headers.items()),
             hops=hops,
         )
-        return within_cap(result, over, s.fetch.max_body_bytes)
+        return within_cap(result, over, cap, keep_body)
 
     async def fetch_small(self, url: str, proxy: ProxyChoice | None, cap: int = MAX_ROBOTS_BYTES) -> tuple[int, bytes]:
         """(status, body decoded up to `cap` bytes) for robots.txt; a body past the cap is cut, never dropped.
@@ -326,15 +329,14 @@ class Fetcher:
             body = await asyncio.to_thread(decode_prefix, bytes(buf), encoding, cap) if encoding else bytes(buf[:cap])
             return resp.status, body
 
-    async def _read_capped(self, content: aiohttp.StreamReader) -> tuple[bytes, int, bool]:
-        """(body, bytes received, passed the cap). Past the cap: BodyTooLarge, or with `keep_truncated` the body
-        cut at it (for `within_cap`); the rest is not read (the connection is closed rather than drained)."""
-        cap = self.settings.fetch.max_body_bytes
+    async def _read_capped(self, content: aiohttp.StreamReader, cap: int, keep_cut: bool) -> tuple[bytes, int, bool]:
+        """(body, bytes received, passed the cap). Past the cap: BodyTooLarge, or with `keep_cut` the body cut at
+        it (for `within_cap`); the rest is not read (the connection is closed rather than drained)."""
         buf = bytearray()
         async for chunk in content.iter_chunked(CHUNK):
             buf += chunk
             if len(buf) > cap:
-                if not self.keep_truncated:
+                if not keep_cut:
                     raise BodyTooLarge(f"body passed {cap} bytes")  # nothing to keep: no copy of it
                 break
         body, over = cut(buf, cap)

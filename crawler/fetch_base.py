@@ -23,6 +23,7 @@ CHUNK = 64 * 1024
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+SITEMAP_MAX_BYTES = 50 * 1024 * 1024  # sitemaps.org: a sitemap file is at most 50 MiB uncompressed
 HOP_BODY_MAX = 64 * 1024  # a redirect's body is kept (for a WARC record) only up to this; past it, counted
 MAX_HEADERS = 128  # aiohttp's limit; the curl fetcher applies the same so both refuse the same floods
 MAX_FIELD_BYTES = 16 * 1024  # one header line, name and value
@@ -65,7 +66,7 @@ class FetchResult:
     raw_headers: RawHeaders = ()  # final response headers in order, as received
     request_headers: RawHeaders = ()  # final request's headers (raw: the WARC writer redacts; never log them)
     hops: tuple[Hop, ...] = ()  # the redirects before the final response, in order
-    truncated: bool = False  # the body is cut at the cap (only inside BodyTooLarge.partial, for the archive)
+    truncated: bool = False  # the body is cut at the cap (a sitemap's, or inside BodyTooLarge.partial for the archive)
 
     @property
     def is_html(self) -> bool:
@@ -78,12 +79,22 @@ class FetchResult:
         )
 
 
-def within_cap(result: FetchResult, over: bool, cap: int) -> FetchResult:
-    """The result, or, when its body passed `cap` (`over`: a fetcher that keeps truncated bodies, `--warc`, read
-    to the cap and kept the body cut there), BodyTooLarge carrying that response, which the archive writes with
-    `WARC-Truncated`. A fetcher that does not keep them raises BodyTooLarge itself, as the body passes the cap."""
+def body_cap(max_body_bytes: int, sitemap: bool) -> int:
+    """The bytes a response body may have. A sitemap's file may be 50 MiB uncompressed (the protocol's limit), more
+    than a page's default cap: it gets at least that, so a protocol-sized sitemap is never refused as too large."""
+    return max(max_body_bytes, SITEMAP_MAX_BYTES) if sitemap else max_body_bytes
+
+
+def within_cap(result: FetchResult, over: bool, cap: int, sitemap: bool = False) -> FetchResult:
+    """The result, or, when its body passed `cap` (`over`: the fetcher read to the cap and kept the body cut
+    there, as it does with `--warc` and for a sitemap), that response marked truncated: a sitemap's is returned
+    (its entries before the cut are expanded, and the overflow recorded), a page's is raised inside
+    BodyTooLarge, which the archive writes with `WARC-Truncated`. A fetcher that does not keep cut bodies
+    raises BodyTooLarge itself, as the body passes the cap."""
     if not over:
         return result
+    if sitemap:
+        return replace(result, truncated=True)
     raise BodyTooLarge(f"body passed {cap} bytes", replace(result, truncated=True))
 
 
@@ -100,9 +111,9 @@ class FetcherLike(Protocol):
 
     `fetch` makes one attempt (redirects followed hop by hop, each target through the SSRF guard) and returns
     a FetchResult for any HTTP status, or raises a `crawler.errors.FetchError` (never a client library's
-    exception). A 304 to a conditional request is a normal result (status 304, body None). `keep_body` keeps
-    this response's body whatever its type (a sitemap), under the cap. `headers` are
-    added to (and override) the crawl-wide and profile headers for this request only.
+    exception). A 304 to a conditional request is a normal result (status 304, body None). `keep_body` (a sitemap)
+    keeps this response's body whatever its type, under `body_cap`, and returns one past it cut (`truncated`).
+    `headers` are added to (and override) the crawl-wide and profile headers for this request only.
     `fetch_small` is for robots.txt: (status, body decoded up to `cap`, cut there, never dropped); it raises
     FetchError when there is no answer (the robots cache keeps it as the cause) and ProxyAuthError on a 407.
     `aclose` releases the connections; the fetcher is unusable afterwards.

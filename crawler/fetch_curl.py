@@ -61,6 +61,7 @@ from crawler.fetch_base import (
     FetchResult,
     Hop,
     RawHeaders,
+    body_cap,
     check_header_limits,
     crawl_headers,
     cut,
@@ -317,7 +318,7 @@ class CurlFetcher:
         hops: tuple[Hop, ...],
         keep_body: bool = False,
     ) -> FetchResult:
-        cap = self.settings.fetch.max_body_bytes
+        cap = body_cap(self.settings.fetch.max_body_bytes, keep_body)
         if proxy is not None and resp.status == 407:
             raise ProxyAuthError("gateway refused the credentials (407)")
         ctype, charset = parse_content_type(resp.get("content-type"))
@@ -327,9 +328,10 @@ class CurlFetcher:
         if resp.status in (204, 304):
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
-            if declared is not None and declared > cap and not self.keep_truncated:
+            keep_cut = self.keep_truncated or keep_body
+            if declared is not None and declared > cap and not keep_cut:
                 raise BodyTooLarge(f"Content-Length {declared} > {cap}")
-            body, got, over = await self._read(resp, cap, keep=True)
+            body, got, over = await self._read(resp, cap, keep=True, keep_cut=keep_cut)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads (abort ends it)
         else:
@@ -353,11 +355,11 @@ class CurlFetcher:
             request_headers=resp.request_headers,
             hops=hops,
         )
-        return within_cap(result, over, cap)
+        return within_cap(result, over, cap, keep_body)
 
-    async def _read(self, resp: _Head, cap: int, keep: bool) -> tuple[bytes, int, bool]:
+    async def _read(self, resp: _Head, cap: int, keep: bool, keep_cut: bool = False) -> tuple[bytes, int, bool]:
         """(body if `keep` else b"", bytes received, passed the cap). Past `cap`: BodyTooLarge, unless the body is
-        kept and `keep_truncated`: then the body cut at the cap, for `within_cap` (the transfer stops there)."""
+        kept and `keep_cut`: then the body cut at the cap, for `within_cap` (the transfer stops there)."""
         buf = bytearray()
         n = 0
         async for chunk in resp.transfer.chunks():
@@ -365,7 +367,7 @@ class CurlFetcher:
             if keep:
                 buf += chunk
             if n > cap:
-                if not (keep and self.keep_truncated):
+                if not (keep and keep_cut):
                     raise BodyTooLarge(f"body passed {cap} bytes")  # nothing to keep: no copy of it
                 break
         body, over = cut(buf, cap)

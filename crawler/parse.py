@@ -28,7 +28,7 @@ from crawler.linkrules import LinkFilter, LinkRules
 from crawler.schedule import body_digest
 from crawler.scrape import Headers, Page, ParserOutputError, describe, encode_data, get_parser, run_parser
 from crawler.settings import ExtractRule
-from crawler.sitemaps import parse_sitemap
+from crawler.sitemaps import ERROR_MALFORMED, ERROR_TOO_LARGE, parse_sitemap
 from crawler.urls import InvalidURL, LinkResolver, crawl_url, in_domain, resolve
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class ParseTask:
     label: str | None = None
     extras_json: str = ""  # the lease's extras as stored (crawler.entries): decoded here, never on the event loop
     kind: str | None = None  # "sitemap": the body is a sitemap (crawler.sitemaps), not an HTML page
+    truncated: bool = False  # the body was cut at its cap (a sitemap past 50 MiB): the rest was never read
     want_digest: bool = False  # a recurring URL: digest the body (or the parser's items) to say `changed`
     parser_spec: str | None = None  # "module:function": loaded once per parse process
     link_rules: LinkRules = NO_RULES
@@ -354,8 +355,11 @@ def sitemap_page(task: ParseTask) -> ParsedPage:
     """A sitemap as a page: its URLs (lastmod and priority as their user data) and child sitemaps become follow
     requests; its counts go in `data`. Streaming and bounded (crawler.sitemaps); never raises."""
     res = parse_sitemap(task.body, task.content_encoding, task.final_url, allowed_domains=task.allow_domains)
-    page = ParsedPage(size=len(task.body), error="sitemap_error" if res.error else None)
-    page.parser_error_detail = res.error
+    error = res.error
+    if task.truncated and (error is None or error.startswith(ERROR_MALFORMED)):  # the cut, not the file's fault
+        error = f"{ERROR_TOO_LARGE}: the file passed {len(task.body)} bytes; the entries before the cut are kept"
+    page = ParsedPage(size=len(task.body), error="sitemap_error" if error else None)
+    page.parser_error_detail = error
     for e in res.urls:
         data = {k: v for k, v in (("lastmod", e.lastmod), ("priority", e.priority)) if v is not None}
         _sitemap_request(page, e.loc, Extras(data=data or None))

@@ -49,6 +49,7 @@ def task_for(result: FetchResult, url: str, options: dict[str, Any], **page: Any
         header_charset=result.charset,
         status=result.status,
         headers=result.raw_headers,
+        truncated=result.truncated,
         **options,
         **page,
     )

@@ -25,7 +25,7 @@ from crawler.errors import (
     TooManyRedirects,
 )
 from crawler.fetch import Fetcher, make_fetcher, make_session
-from crawler.fetch_base import FetcherLike
+from crawler.fetch_base import SITEMAP_MAX_BYTES, FetcherLike
 from crawler.fetch_curl import CurlFetcher
 from crawler.gateway_slots import GatewaySlots
 from crawler.parse import _TooLarge, decompress
@@ -118,6 +118,24 @@ def test_with_keep_truncated_a_body_past_the_cap_comes_back_cut_at_it(
         assert full.body is not None and not full.truncated and len(full.body) == full.bytes > 8000
 
     run(kind, body, keep_truncated=True)
+
+
+@pytest.mark.parametrize("path", ["/big/51", "/infinite"])
+def test_a_sitemap_may_be_50_mib_and_one_past_that_comes_back_cut_never_refused(
+    kind: str, hostile: RunningServer, path: str
+) -> None:
+    """A sitemap file may be 50 MiB uncompressed (sitemaps.org), more than a page's cap (1 MiB here): it is read
+    whole up to that, and past it returned cut (its entries before the cut are expanded) instead of refused."""
+
+    async def body(f: FetcherLike) -> None:
+        whole = await f.fetch(hostile.url + "/big/5", None, keep_body=True)
+        assert whole.body is not None and len(whole.body) == whole.bytes == 5 * 1024 * 1024 and not whole.truncated
+        cut = await f.fetch(hostile.url + path, None, keep_body=True)
+        assert cut.truncated and cut.body is not None and len(cut.body) == SITEMAP_MAX_BYTES < cut.bytes
+        with pytest.raises(BodyTooLarge):  # the same body as a page: past the page cap
+            await f.fetch(hostile.url + "/big/5", None)
+
+    run(kind, body)
 
 
 def test_a_drip_fed_body_stops_at_the_total_deadline(kind: str, hostile: RunningServer) -> None:

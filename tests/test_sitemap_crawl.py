@@ -40,6 +40,10 @@ class SitemapSite(SiteHandler):
             i = int(self.path.split("/")[-1].split(".")[0])
             # the sitemaps overlap by 100 URLs: dedup must count them once
             body, ctype = gzip.compress(urlset(base, i * (PER_SITEMAP - 100), PER_SITEMAP)), "application/gzip"
+        elif self.path == "/big.xml":  # the protocol's 50,000 URLs, 12.7 MB uncompressed: past the 10 MiB page cap
+            pad = "x" * 200
+            rows = "".join(f"<url><loc>{base}/long/{i}/{pad}</loc></url>" for i in range(50_000))
+            body = f"<urlset>{rows}</urlset>".encode()
         elif self.path == "/small.xml":  # one URL of this host, one of another: that one is refused
             body = (
                 f"<urlset><url><loc>{base}/from-robots</loc></url>"
@@ -99,3 +103,20 @@ def test_robots_sitemap_lines_are_followed_and_cross_host_entries_refused(
     assert (listed["error"], listed["status"]) == (("robots_disallowed", None) if robots else (None, 200))
     small = next(r for r in read_records(out) if r["url"].endswith("/small.xml"))
     assert small["data"]["sitemap"]["refused"] == 1
+
+
+def test_a_sitemap_past_the_page_cap_but_within_the_protocol_s_50_mib_is_expanded_whole(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    url = f"{site}/big.xml"
+    run = crawl(["enqueue", "--sitemap", url, "--redis", redis_server.url, "--crawl", crawl_name])
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "out"
+    args = worker_args(redis_server.url, crawl_name, out, "--max-pages", "1", "--no-follow", "--no-robots")
+    run = crawl(args, timeout_s=120)  # the default --max-body-bytes: 10 MiB
+    assert run.returncode == 0, run.stderr[-3000:]
+    (record,) = read_records(out)
+    assert (record["url"], record["error"]) == (url, None)
+    assert record["bytes"] > 10 * 1024 * 1024
+    assert record["data"]["sitemap"]["urls"] == 50_000
+    assert stats(redis_server.url, crawl_name)["enqueued"] == 1 + 50_000

@@ -11,9 +11,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import brotli
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crawler.parse import ParseTask, parse_page
 from crawler.sitemaps import (
     ERROR_ENTITY,
     ERROR_MALFORMED,
@@ -281,3 +283,20 @@ def test_any_cut_of_a_valid_sitemap_keeps_a_prefix(ids: list[int], cut: int) -> 
     got = [e.loc for e in result.urls]
     assert got == locs[: len(got)]
     assert result.error is None or result.error.startswith(ERROR_MALFORMED)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_a_sitemap_cut_at_its_cap_expands_the_entries_before_the_cut_and_says_it_was_too_large(compress: bool) -> None:
+    """The fetcher returns a sitemap past 50 MiB cut (`truncated`); the parse keeps every whole entry before the
+    cut and records the overflow as `too large`, not as the malformed XML the cut leaves."""
+    locs = [f"{SITE}/p/{i}" for i in range(2000)]
+    full = gzip.compress(urlset(locs)) if compress else urlset(locs)
+    body = full[: len(full) // 2]
+    task = ParseTask(body=body, url=f"{SITE}/s.xml", final_url=f"{SITE}/s.xml", kind="sitemap", truncated=True)
+    page = parse_page(task)
+    got = [r.url for r in page.requests]
+    assert 500 < len(got) < 2000 and got == locs[: len(got)]
+    assert page.error == "sitemap_error" and page.parser_error_detail is not None
+    assert page.parser_error_detail.startswith(f"{ERROR_TOO_LARGE}: the file passed {len(body)} bytes")
+    whole = parse_page(ParseTask(body=full, url=task.url, final_url=task.url, kind="sitemap"))
+    assert (len(whole.requests), whole.error) == (2000, None)
