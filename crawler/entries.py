@@ -39,6 +39,7 @@ class Extras:
     label: str | None = None  # which of the user's parser functions handles the page
     headers: dict[str, str] | None = None  # extra request headers (a parser's follow request)
     kind: str | None = None  # "sitemap", ...: what the worker should do with the body
+    nesting: int | None = None  # a child sitemap: how many indexes above it (a seed sitemap is 0, and not stored)
 
     def __post_init__(self) -> None:
         if self.data is not None and not isinstance(self.data, dict):
@@ -47,6 +48,8 @@ class Extras:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS):
                 raise InvalidExtras(f"{name} must be a string of 1-{MAX_LABEL_CHARS} characters")
+        if self.nesting is not None and (type(self.nesting) is not int or not 0 <= self.nesting <= 100):
+            raise InvalidExtras("nesting must be an integer from 0 to 100")
         for k, v in (self.headers or {}).items():
             if not isinstance(k, str) or not _HEADER_NAME.match(k):
                 raise InvalidExtras(f"bad header name {k!r}")
@@ -56,11 +59,12 @@ class Extras:
     def __repr__(self) -> str:
         # header values may be secrets (Authorization, Cookie): only their names are ever printed
         shown = None if self.headers is None else sorted(self.headers)
-        return f"Extras(data={self.data!r}, label={self.label!r}, headers={shown!r}, kind={self.kind!r})"
+        tail = f", nesting={self.nesting}" if self.nesting is not None else ""
+        return f"Extras(data={self.data!r}, label={self.label!r}, headers={shown!r}, kind={self.kind!r}{tail})"
 
     def encode(self) -> str:
         """Compact JSON of the fields that are set; "" when none is. InvalidExtras for data too big or not JSON."""
-        fields = {k: v for k in ("data", "label", "headers", "kind") if (v := getattr(self, k)) is not None}
+        fields = {k: v for k in ("data", "label", "headers", "kind", "nesting") if (v := getattr(self, k)) is not None}
         if not fields:
             return ""
         if self.data is not None:
@@ -75,7 +79,7 @@ class Extras:
         if not text:
             return None
         f = json.loads(text)
-        return cls(f.get("data"), f.get("label"), f.get("headers"), f.get("kind"))
+        return cls(f.get("data"), f.get("label"), f.get("headers"), f.get("kind"), f.get("nesting"))
 
 
 def _dumps(obj: Any) -> str:

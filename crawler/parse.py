@@ -348,7 +348,7 @@ def extract(tree: LexborHTMLParser, rules: tuple[ExtractRule, ...]) -> dict[str,
     return out
 
 
-SITEMAP_MAX_DEPTH = 3  # sitemap indexes nested at most this deep
+SITEMAP_MAX_DEPTH = 3  # sitemap indexes nested at most this deep (an index's child's child's child is expanded)
 
 
 def sitemap_page(task: ParseTask) -> ParsedPage:
@@ -363,13 +363,27 @@ def sitemap_page(task: ParseTask) -> ParsedPage:
     for e in res.urls:
         data = {k: v for k, v in (("lastmod", e.lastmod), ("priority", e.priority)) if v is not None}
         _sitemap_request(page, e.loc, Extras(data=data or None))
-    if task.depth < SITEMAP_MAX_DEPTH:
+    nesting = _nesting(task.extras_json)
+    if nesting < SITEMAP_MAX_DEPTH:
         for child in res.sitemaps:
-            _sitemap_request(page, child, Extras(kind="sitemap"))
+            _sitemap_request(page, child, Extras(kind="sitemap", nesting=nesting + 1))
+    elif res.sitemaps and error is None:  # the limit is the crawl's: said in the record, not silently dropped
+        error = f"nested too deep: {len(res.sitemaps)} child sitemaps at nesting {nesting + 1} not followed"
+        page.error, page.parser_error_detail = "sitemap_error", error
     page.links_total = len(res.urls) + len(res.sitemaps)
     counts = {"urls": len(res.urls), "sitemaps": len(res.sitemaps), "refused": res.refused, "invalid": res.invalid}
     page.data = {"sitemap": counts}
     return page
+
+
+def _nesting(extras_json: str) -> int:
+    """How many sitemap indexes are above this sitemap (0 for a seed). Carried in its extras, not its depth: a
+    sitemap's URLs are seeds and keep the sitemap's depth, so a seed's `--depth` never limits the nesting."""
+    try:
+        extras = Extras.decode(extras_json) if extras_json else None
+    except (InvalidExtras, ValueError):
+        return 0
+    return extras.nesting or 0 if extras is not None else 0
 
 
 def _sitemap_request(page: ParsedPage, loc: str, extras: Extras) -> None:

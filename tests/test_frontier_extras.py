@@ -26,6 +26,7 @@ RICH = Extras(
     label="listing",
     headers={"X-Token": "t0k", "Accept-Language": "fr"},
     kind="sitemap",
+    nesting=2,
 )
 ONLY_DATA = Extras(data={"k": "v"})
 
@@ -189,6 +190,9 @@ def test_links_carry_extras_and_priority(redis_server: Any, crawl_name: str) -> 
         (lambda: Extras(label=""), "label"),
         (lambda: Extras(headers={"Bad Name": "v"}), "header name"),
         (lambda: Extras(headers={"X-A": "v\r\nInjected: 1"}), "header X-A"),
+        (lambda: Extras(kind="sitemap", nesting=-1), "nesting"),
+        (lambda: Extras(kind="sitemap", nesting=True), "nesting"),
+        (lambda: Extras(kind="sitemap", nesting="2"), "nesting"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_extras_are_refused(extras: Any, reason: str) -> None:

@@ -44,6 +44,18 @@ class SitemapSite(SiteHandler):
             pad = "x" * 200
             rows = "".join(f"<url><loc>{base}/long/{i}/{pad}</loc></url>" for i in range(50_000))
             body = f"<urlset>{rows}</urlset>".encode()
+        elif self.path.startswith("/nest/"):  # indexes nested 0 -> 1 -> 2 -> 3 -> 4; 1 also lists a urlset
+            name = self.path.split("/")[-1].split(".")[0]
+            if name == "pages":
+                body = f"<urlset><url><loc>{base}/leaf/a</loc></url></urlset>".encode()
+            elif name == "4":
+                body = f"<urlset><url><loc>{base}/leaf/deep</loc></url></urlset>".encode()
+            else:
+                children = [f"{base}/nest/{int(name) + 1}.xml"] + ([f"{base}/nest/pages.xml"] if name == "1" else [])
+                body = ("<sitemapindex>" + "".join(f"<sitemap><loc>{c}</loc></sitemap>" for c in children)).encode()
+                body += b"</sitemapindex>"
+        elif self.path == "/leaf/a":
+            body, ctype = f'<title>a</title><a href="{base}/leaf/a-child">next</a>'.encode(), "text/html"
         elif self.path == "/small.xml":  # one URL of this host, one of another: that one is refused
             body = (
                 f"<urlset><url><loc>{base}/from-robots</loc></url>"
@@ -120,3 +132,22 @@ def test_a_sitemap_past_the_page_cap_but_within_the_protocol_s_50_mib_is_expande
     assert record["bytes"] > 10 * 1024 * 1024
     assert record["data"]["sitemap"]["urls"] == 50_000
     assert stats(redis_server.url, crawl_name)["enqueued"] == 1 + 50_000
+
+
+def test_sitemap_urls_are_seeds_at_the_sitemap_s_depth_and_indexes_nest_three_deep(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    """A page listed two indexes down is a seed (depth 0: --max-depth 1 follows its links); an index's child's
+    child's child is expanded, the next level is not, and its record says so."""
+    run = crawl(["enqueue", "--sitemap", f"{site}/nest/0.xml", "--redis", redis_server.url, "--crawl", crawl_name])
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "out"
+    run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--max-depth", "1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = {r["url"].removeprefix(site): r for r in read_records(out)}
+    nest = ["/nest/0.xml", "/nest/1.xml", "/nest/2.xml", "/nest/3.xml", "/nest/pages.xml"]
+    assert set(records) == {*nest, "/leaf/a", "/leaf/a-child"}
+    assert {u: r["depth"] for u, r in records.items()} == {**dict.fromkeys(nest, 0), "/leaf/a": 0, "/leaf/a-child": 1}
+    assert [u for u, r in records.items() if r["error"]] == ["/nest/3.xml"]
+    deepest = records["/nest/3.xml"]
+    assert deepest["error"] == "sitemap_error" and deepest["parser_error_detail"].startswith("nested too deep: 1 ")

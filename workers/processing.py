@@ -257,8 +257,8 @@ class Processor:
         max_depth = self.s.scope.max_depth
         if page is None:
             return []
-        if _is_sitemap(lease):  # a sitemap's URLs are seeds, not links: no --max-depth, --no-follow expands them
-            return [NewLink(r.fingerprint, r.host, r.url, lease.depth + 1, r.extras_json) for r in page.requests]
+        if _is_sitemap(lease):  # a sitemap's URLs are seeds, not links: at its depth, --no-follow expands them
+            return [NewLink(r.fingerprint, r.host, r.url, lease.depth, r.extras_json) for r in page.requests]
         if max_depth is not None and lease.depth >= max_depth:
             return []
         depth = lease.depth + 1
