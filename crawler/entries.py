@@ -40,11 +40,12 @@ class Extras:
     headers: dict[str, str] | None = None  # extra request headers (a parser's follow request)
     kind: str | None = None  # "sitemap", ...: what the worker should do with the body
     nesting: int | None = None  # a child sitemap: how many indexes above it (a seed sitemap is 0, and not stored)
+    for_host: str | None = None  # a sitemap named by another host's robots.txt: the host its URLs must be on
 
     def __post_init__(self) -> None:
         if self.data is not None and not isinstance(self.data, dict):
             raise InvalidExtras(f"data must be a JSON object, not {type(self.data).__name__}")
-        for name in ("label", "kind"):
+        for name in ("label", "kind", "for_host"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS):
                 raise InvalidExtras(f"{name} must be a string of 1-{MAX_LABEL_CHARS} characters")
@@ -60,11 +61,16 @@ class Extras:
         # header values may be secrets (Authorization, Cookie): only their names are ever printed
         shown = None if self.headers is None else sorted(self.headers)
         tail = f", nesting={self.nesting}" if self.nesting is not None else ""
+        tail += f", for_host={self.for_host!r}" if self.for_host is not None else ""
         return f"Extras(data={self.data!r}, label={self.label!r}, headers={shown!r}, kind={self.kind!r}{tail})"
 
     def encode(self) -> str:
         """Compact JSON of the fields that are set; "" when none is. InvalidExtras for data too big or not JSON."""
-        fields = {k: v for k in ("data", "label", "headers", "kind", "nesting") if (v := getattr(self, k)) is not None}
+        fields = {
+            k: v
+            for k in ("data", "label", "headers", "kind", "nesting", "for_host")
+            if (v := getattr(self, k)) is not None
+        }
         if not fields:
             return ""
         if self.data is not None:
@@ -79,7 +85,7 @@ class Extras:
         if not text:
             return None
         f = json.loads(text)
-        return cls(f.get("data"), f.get("label"), f.get("headers"), f.get("kind"), f.get("nesting"))
+        return cls(f.get("data"), f.get("label"), f.get("headers"), f.get("kind"), f.get("nesting"), f.get("for_host"))
 
 
 def _dumps(obj: Any) -> str:

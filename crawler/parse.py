@@ -354,7 +354,10 @@ SITEMAP_MAX_DEPTH = 3  # sitemap indexes nested at most this deep (an index's ch
 def sitemap_page(task: ParseTask) -> ParsedPage:
     """A sitemap as a page: its URLs (lastmod and priority as their user data) and child sitemaps become follow
     requests; its counts go in `data`. Streaming and bounded (crawler.sitemaps); never raises."""
-    res = parse_sitemap(task.body, task.content_encoding, task.final_url, allowed_domains=task.allow_domains)
+    extras = _sitemap_extras(task.extras_json)
+    res = parse_sitemap(
+        task.body, task.content_encoding, task.final_url, allowed_domains=task.allow_domains, for_host=extras.for_host
+    )
     error = res.error
     if task.truncated and (error is None or error.startswith(ERROR_MALFORMED)):  # the cut, not the file's fault
         error = f"{ERROR_TOO_LARGE}: the file passed {len(task.body)} bytes; the entries before the cut are kept"
@@ -363,10 +366,10 @@ def sitemap_page(task: ParseTask) -> ParsedPage:
     for e in res.urls:
         data = {k: v for k, v in (("lastmod", e.lastmod), ("priority", e.priority)) if v is not None}
         _sitemap_request(page, e.loc, Extras(data=data or None))
-    nesting = _nesting(task.extras_json)
+    nesting = extras.nesting or 0
     if nesting < SITEMAP_MAX_DEPTH:
         for child in res.sitemaps:
-            _sitemap_request(page, child, Extras(kind="sitemap", nesting=nesting + 1))
+            _sitemap_request(page, child, Extras(kind="sitemap", nesting=nesting + 1, for_host=extras.for_host))
     elif res.sitemaps and error is None:  # the limit is the crawl's: said in the record, not silently dropped
         error = f"nested too deep: {len(res.sitemaps)} child sitemaps at nesting {nesting + 1} not followed"
         page.error, page.parser_error_detail = "sitemap_error", error
@@ -376,14 +379,14 @@ def sitemap_page(task: ParseTask) -> ParsedPage:
     return page
 
 
-def _nesting(extras_json: str) -> int:
-    """How many sitemap indexes are above this sitemap (0 for a seed). Carried in its extras, not its depth: a
-    sitemap's URLs are seeds and keep the sitemap's depth, so a seed's `--depth` never limits the nesting."""
+def _sitemap_extras(extras_json: str) -> Extras:
+    """A sitemap's extras: how many indexes are above it (`nesting`, carried apart from its depth: its URLs are
+    seeds at the sitemap's depth, so a seed's `--depth` never limits the nesting) and, for one that another
+    host's robots.txt named, that host (`for_host`)."""
     try:
-        extras = Extras.decode(extras_json) if extras_json else None
+        return Extras.decode(extras_json) or Extras() if extras_json else Extras()
     except (InvalidExtras, ValueError):
-        return 0
-    return extras.nesting or 0 if extras is not None else 0
+        return Extras()
 
 
 def _sitemap_request(page: ParsedPage, loc: str, extras: Extras) -> None:

@@ -16,7 +16,9 @@ plain-text list of URLs, raw or gzip'd) into a `SitemapResult`. Memory stays bou
   error: each of them was a whole, well-formed `<url>` element, and the frontier deduplicates a later retry.
 - Cross-submission rule: a `<loc>` whose host is not the sitemap's own is refused (counted in `refused`) unless it
   is in `allowed_domains` (a domain or a subdomain of one, as `crawler.urls.in_domain`). The same rule applies to
-  the child sitemaps of an index.
+  the child sitemaps of an index. A sitemap that another host's robots.txt names (`for_host`) speaks for that
+  host: its `<loc>`s must be there, and its child sitemaps on its own host (sitemaps.org, "Sitemaps & Cross
+  Submits").
 - Entries are returned as written (whitespace stripped), not normalised or deduplicated: the worker enqueues them
   like links, and the frontier canonicalises and deduplicates crawl-wide.
 """
@@ -84,8 +86,11 @@ class _Stop(Exception):
 class _Entries:
     """Accepts or refuses each entry against the host rule and counts it against the limit."""
 
-    def __init__(self, sitemap_url: str, max_urls: int, allowed_domains: tuple[str, ...]) -> None:
-        self.host = _http_host(sitemap_url) or ""
+    def __init__(
+        self, sitemap_url: str, max_urls: int, allowed_domains: tuple[str, ...], for_host: str | None = None
+    ) -> None:
+        self.host = _http_host(sitemap_url) or ""  # child sitemaps: on the index's own host
+        self.url_host = _bare(for_host) if for_host else self.host  # URLs: on the host the sitemap speaks for
         self.max_urls = max_urls
         self.allowed_domains = tuple(d.lower().lstrip(".") for d in allowed_domains)
         self.seen = 0  # entries counted against max_urls: accepted, refused and invalid alike
@@ -101,7 +106,7 @@ class _Entries:
         host = _http_host(loc)
         if host is None:
             self.invalid += 1
-        elif host != self.host and not in_domain(host, self.allowed_domains):
+        elif host != (self.host if child_sitemap else self.url_host) and not in_domain(host, self.allowed_domains):
             self.refused += 1
         elif child_sitemap:
             self.sitemaps.append(loc)
@@ -122,6 +127,11 @@ def _http_host(loc: str) -> str | None:
         _, host = fetch_form(loc)
     except InvalidURL:
         return None
+    return _bare(host)
+
+
+def _bare(host: str) -> str:
+    """`host[:port]` without the port (a bracketed IPv6 address keeps its brackets)."""
     return host if host.endswith("]") else host.rsplit(":", 1)[0]
 
 
@@ -316,10 +326,14 @@ def parse_sitemap(
     max_urls: int = MAX_URLS,
     max_bytes: int = MAX_BYTES,
     allowed_domains: tuple[str, ...] = (),
+    for_host: str | None = None,
 ) -> SitemapResult:
     """Parse one sitemap file fetched from `url` (body as transferred). Never raises for bad input: see the
-    module docstring for what each outcome means. Pure and picklable: runs in the parse pool."""
-    entries = _Entries(url, max_urls, allowed_domains)
+    module docstring for what each outcome means. Pure and picklable: runs in the parse pool.
+
+    `for_host`: the host whose robots.txt named this sitemap, when it is on another host (cross-submission: the
+    robots.txt vouches for it); its URLs must then be on `for_host`, its child sitemaps on its own host."""
+    entries = _Entries(url, max_urls, allowed_domains, for_host)
     pieces = _decoded(body, content_encoding, max_bytes)
     try:
         first = _first_nonempty(pieces)

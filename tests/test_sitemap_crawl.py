@@ -30,9 +30,12 @@ class SitemapSite(SiteHandler):
     def do_GET(self) -> None:
         base = f"http://127.0.0.1:{self.server.server_address[1]}"
         ctype = "application/xml"
-        if self.path == "/robots.txt":
-            body = f"User-agent: *\nDisallow: /from-robots\nSitemap: {base}/small.xml\n".encode()
-            ctype = "text/plain"
+        other = base.replace("127.0.0.1", "localhost")  # the same server under another host name
+        if self.path == "/robots.txt" and self.headers["Host"].startswith("127.0.0.1"):
+            sitemaps = f"Sitemap: {base}/small.xml\nSitemap: {other}/vouched.xml\n"
+            body, ctype = f"User-agent: *\nDisallow: /from-robots\n{sitemaps}".encode(), "text/plain"
+        elif self.path == "/vouched.xml":  # on localhost, named by 127.0.0.1's robots.txt: speaks for 127.0.0.1
+            body = f"<urlset><url><loc>{base}/vouched-page</loc></url><url><loc>{other}/x</loc></url></urlset>".encode()
         elif self.path == "/sitemap_index.xml":
             items = "".join(f"<sitemap><loc>{base}/sitemaps/{i}.xml.gz</loc></sitemap>" for i in range(SITEMAPS))
             body = f"<sitemapindex>{items}</sitemapindex>".encode()
@@ -107,10 +110,12 @@ def test_robots_sitemap_lines_are_followed_and_cross_host_entries_refused(
     assert run.returncode == 0, run.stderr
     out = tmp_path / "out"
     args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--sitemaps-from-robots", "--no-follow")
-    run = crawl([*args, *([] if robots else ["--no-robots"])])
+    run = crawl([*args, "--allow-private-networks", *([] if robots else ["--no-robots"])])
     assert run.returncode == 0, run.stderr[-3000:]
     urls = {r["url"]: r for r in read_records(out)}
-    assert set(urls) == {f"{site}/", f"{site}/small.xml", f"{site}/from-robots"}
+    vouched = site.replace("127.0.0.1", "localhost") + "/vouched.xml"
+    assert set(urls) == {f"{site}/", f"{site}/small.xml", f"{site}/from-robots", vouched, f"{site}/vouched-page"}
+    assert urls[vouched]["data"]["sitemap"] == {"urls": 1, "sitemaps": 0, "refused": 1, "invalid": 0}
     listed = urls[f"{site}/from-robots"]
     assert (listed["error"], listed["status"]) == (("robots_disallowed", None) if robots else (None, 200))
     small = next(r for r in read_records(out) if r["url"].endswith("/small.xml"))

@@ -144,6 +144,17 @@ def test_urls_on_another_host_are_refused_unless_allowed() -> None:
     assert (children.sitemaps, children.refused) == ((f"{SITE}/s1.xml",), 1)
 
 
+def test_a_sitemap_another_host_s_robots_txt_names_speaks_for_that_host() -> None:
+    """Cross-submission: robots.txt of shop.test names cdn.test/s.xml; its URLs must be on shop.test, its child
+    sitemaps (an index's) on cdn.test, where the index is."""
+    locs = [f"{SITE}/own", "https://cdn.test/on-the-cdn", "https://other.test/x"]
+    result = parse_sitemap(urlset(locs), None, "https://cdn.test/s.xml", for_host="shop.test:443")
+    assert ([e.loc for e in result.urls], result.refused) == ([f"{SITE}/own"], 2)
+    children = ["https://cdn.test/s1.xml", f"{SITE}/s2.xml"]
+    result = parse_sitemap(index(children), None, "https://cdn.test/i.xml", for_host="shop.test")
+    assert (result.sitemaps, result.refused) == (("https://cdn.test/s1.xml",), 1)
+
+
 def test_the_host_rule_reads_a_loc_as_the_fetcher_will() -> None:
     """WHATWG reads a backslash as a slash: `http://evil.test\\@shop.test/a` is fetched from evil.test (urlsplit
     saw shop.test and let it through). What WHATWG reads as credentials (a tab is stripped first) is invalid."""

@@ -234,13 +234,14 @@ class Processor:
             return []
         if rules.state is RobotsState.UNREACHABLE:  # a 5xx or no answer: its Sitemap: lines are not known yet
             self._sitemaps_told.discard(host)
-        kind = Extras(kind="sitemap").encode()
+        own = Extras(kind="sitemap").encode()
+        vouched = Extras(kind="sitemap", for_host=host).encode()  # on another host: its URLs must be on this one
         out = []
         for loc in rules.sitemaps:
             with contextlib.suppress(InvalidURL):
                 n = crawl_url(loc)
-                if n.host == host or in_domain(n.host, self.s.scope.allow_domains):  # no cross-host submission
-                    out.append(NewLink(n.fingerprint, n.host, n.url, 0, kind))
+                mine = n.host == host or in_domain(n.host, self.s.scope.allow_domains)
+                out.append(NewLink(n.fingerprint, n.host, n.url, 0, own if mine else vouched))
         return out
 
     def _error(self, decision: Decision, result: FetchResult | None, cause: FetchError | None) -> dict[str, Any]:
