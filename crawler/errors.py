@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # errors.py is imported by everything; fetch_base imports it
-    from crawler.fetch_base import FetchResult
+    from crawler.fetch_base import FetchResult, Hop
 
 
 class CrawlError(Exception):
@@ -50,6 +50,7 @@ class RedisUnavailable(CrawlError):
 
 class FetchError(CrawlError):
     kind = "fetch"
+    hops: tuple[Hop, ...] = ()  # the redirects answered before the failure (crawler.fetch_base.hops_on_error)
 
 
 class ConnectError(FetchError):

@@ -46,6 +46,7 @@ from crawler.fetch_base import (
     crawl_headers,
     cut,
     decode_prefix,
+    hops_on_error,
     merged,
     next_hop,
     within_cap,
@@ -238,7 +239,7 @@ class Fetcher:
         async for chunk in resp.content.iter_chunked(CHUNK):
             buf += chunk
             if len(buf) > HOP_BODY_MAX:
-                break  # not kept: the connection is closed rather than drained
+                break  # kept up to HOP_BODY_MAX: the connection is closed rather than drained
         return Hop(
             url=str(resp.url),
             status=resp.status,
@@ -246,7 +247,7 @@ class Fetcher:
             http_version=_version(resp),
             raw_headers=_decoded(resp.raw_headers),
             request_headers=tuple(resp.request_info.headers.items()),
-            body=bytes(buf) if len(buf) <= HOP_BODY_MAX else None,
+            body=bytes(memoryview(buf)[:HOP_BODY_MAX]),
             bytes=len(buf),
         )
 
@@ -256,8 +257,9 @@ class Fetcher:
         """One attempt, redirects included."""
         started = time.monotonic()
         hops: list[Hop] = []
-        async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
-            return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
+        with hops_on_error(hops):
+            async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
+                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(

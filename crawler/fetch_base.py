@@ -8,14 +8,15 @@ Two fetchers implement the interface: `crawler.fetch.Fetcher` (aiohttp) and `cra
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from yarl import URL
 
-from crawler.errors import BlockedAddress, BodyTooLarge, InvalidResponse, InvalidTarget
+from crawler.errors import BlockedAddress, BodyTooLarge, FetchError, InvalidResponse, InvalidTarget
 from crawler.proxies import ProxyChoice
 from crawler.ssrf import TrustCache
 
@@ -24,7 +25,7 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024  # sitemaps.org: a sitemap file is at most 50 MiB uncompressed
-HOP_BODY_MAX = 64 * 1024  # a redirect's body is kept (for a WARC record) only up to this; past it, counted
+HOP_BODY_MAX = 64 * 1024  # a redirect's body is kept (for a WARC record) up to this; past it, cut and counted
 MAX_HEADERS = 128  # aiohttp's limit; the curl fetcher applies the same so both refuse the same floods
 MAX_FIELD_BYTES = 16 * 1024  # one header line, name and value
 # Content codings the parse pool can undo (crawler.parse.decompress); nothing else is asked for.
@@ -43,7 +44,7 @@ class Hop:
     http_version: str  # "1.0", "1.1", "2"
     raw_headers: RawHeaders  # in order, as received (repeated names kept)
     request_headers: RawHeaders  # sent on this hop (raw: the WARC writer redacts; never log them)
-    body: bytes | None  # raw bytes when at most HOP_BODY_MAX, else None
+    body: bytes  # the raw bytes, cut at HOP_BODY_MAX (`bytes` says whether it was)
     bytes: int  # body bytes received
 
 
@@ -77,6 +78,17 @@ class FetchResult:
             f"FetchResult({self.final_url!r}, status={self.status}, http_version={self.http_version!r}, "
             f"bytes={self.bytes}, redirects={self.redirects})"
         )
+
+
+@contextlib.contextmanager
+def hops_on_error(hops: list[Hop]) -> Iterator[None]:
+    """A fetch that fails after redirects answered (too many of them, a target refused, a timeout on the next
+    hop) hands those answers on in `FetchError.hops`: the archive keeps them, as it keeps a completed chain's."""
+    try:
+        yield
+    except FetchError as exc:
+        exc.hops = tuple(hops)
+        raise
 
 
 def body_cap(max_body_bytes: int, sitemap: bool) -> int:

@@ -66,6 +66,7 @@ from crawler.fetch_base import (
     crawl_headers,
     cut,
     decode_prefix,
+    hops_on_error,
     merged,
     next_hop,
     within_cap,
@@ -286,7 +287,7 @@ class CurlFetcher:
         async for chunk in resp.transfer.chunks():
             buf += chunk
             if len(buf) > HOP_BODY_MAX:
-                break  # not kept; the transfer is ended by the caller
+                break  # kept up to HOP_BODY_MAX; the transfer is ended by the caller
         return Hop(
             url=resp.url,
             status=resp.status,
@@ -294,7 +295,7 @@ class CurlFetcher:
             http_version=resp.http_version,
             raw_headers=resp.raw,
             request_headers=resp.request_headers,
-            body=bytes(buf) if len(buf) <= HOP_BODY_MAX else None,
+            body=bytes(memoryview(buf)[:HOP_BODY_MAX]),
             bytes=len(buf),
         )
 
@@ -304,8 +305,9 @@ class CurlFetcher:
         """One attempt, redirects included (see FetcherLike)."""
         started = time.monotonic()
         hops: list[Hop] = []
-        async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
-            return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
+        with hops_on_error(hops):
+            async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
+                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(

@@ -18,7 +18,7 @@ import pytest
 from crawler.testing.services import RunningServer, SiteHandler, serve_in_thread
 from tests.fetch_params import FETCHERS, fetcher_flags
 from tests.helpers import crawl, enqueue, read_records, worker_args
-from tests.warc_readers import WARCIO, fast_read, replay
+from tests.warc_readers import WARCIO, Read, fast_read, replay
 
 PAGES = 40
 
@@ -29,6 +29,18 @@ def site() -> Any:
 
     with start_server("crawler.testing.site_server", "--port", 0, "--pages", PAGES, "--seed", 11) as s:
         yield s
+
+
+def checked_records(warc_dir: Path) -> list[Read]:
+    """Every record of a crawl's WARC files, in order: each file passes `warcio check`, each record its digests
+    as fastwarc verifies them."""
+    files = sorted(warc_dir.glob("*.warc.gz"))
+    assert files
+    for f in files:
+        assert subprocess.run([*WARCIO, "check", str(f)], capture_output=True).returncode == 0
+    read = [r for f in files for r in fast_read(f)]
+    assert all(r.digests_ok for r in read)
+    return read
 
 
 def raw_body(url: str) -> bytes:
@@ -122,11 +134,7 @@ def test_bodies_past_the_cap_are_archived_cut_at_it_and_a_timed_out_parse_still_
     assert run.returncode == 0, run.stderr[-3000:]
     errors = {r["url"].rsplit("/", 1)[1]: r["error"] for r in read_records(out)}
     assert errors == {"big": "body_too_large", "stream": "body_too_large", "hang": "parse_timeout", "ok": None}
-    files = sorted(warc_dir.glob("*.warc.gz"))
-    for f in files:
-        assert subprocess.run([*WARCIO, "check", str(f)], capture_output=True).returncode == 0
-    read = [r for f in files for r in fast_read(f)]
-    assert all(r.digests_ok for r in read)
+    read = checked_records(warc_dir)
     responses = {r.uri.rsplit("/", 1)[1]: r for r in read if r.type.endswith("response")}
     assert len([r for r in read if r.type.endswith("response")]) == 4  # one each, none twice
     assert set(responses) == {"big", "stream", "hang", "ok"}
@@ -188,11 +196,7 @@ def test_every_attempt_is_archived_retried_deferred_and_dead_ones_too(
         run = crawl(args)
     assert run.returncode == 0, run.stderr[-3000:]
     assert {r["url"].rsplit("/", 1)[1]: r["status"] for r in read_records(out)} == {"twice": 200, "later": 200}
-    files = sorted(warc_dir.glob("*.warc.gz"))
-    for f in files:
-        assert subprocess.run([*WARCIO, "check", str(f)], capture_output=True).returncode == 0
-    read = [r for f in files for r in fast_read(f)]
-    assert all(r.digests_ok for r in read)
+    read = checked_records(warc_dir)
     by_path: dict[str, list[tuple[int | None, bytes]]] = {}
     for r in read:
         if r.type.endswith("response"):
@@ -250,3 +254,42 @@ def test_a_head_outside_ascii_is_archived_byte_for_byte_and_the_worker_goes_on(
     assert all(r.digests_ok for r in fast_read(f))
     assert whole_blocks(f) == {f"{base}/odd": ODD_HEAD + ODD_BODY}
     assert run.summary()["warc"]["failed"] == 0
+
+
+BIG_REDIRECT_BODY = b"<p>moved</p>" * 10_000  # 120,000 bytes: past the 64 KiB a redirect's body is kept to
+
+
+class RedirectSite(SiteHandler):
+    """/loop/<n> redirects to /loop/<n+1> for ever; /big-redirect answers 302 with a 120 KB body, to /ok."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/loop/"):
+            n = int(self.path.rsplit("/", 1)[1])
+            self.reply(302, f"<a href=/loop/{n + 1}>next</a>".encode(), "text/html", [("Location", f"/loop/{n + 1}")])
+        elif self.path == "/big-redirect":
+            self.reply(302, BIG_REDIRECT_BODY, "text/html", [("Location", "/ok")])
+        else:
+            self.reply(200, b"<title>ok</title>", "text/html")
+
+
+@pytest.mark.parametrize("fetcher", FETCHERS)
+def test_redirects_are_archived_when_the_chain_fails_and_a_big_redirect_body_is_cut_not_dropped(
+    redis_server: Any, crawl_name: str, tmp_path: Path, fetcher: str
+) -> None:
+    with serve_in_thread(RedirectSite) as base:
+        enqueue(redis_server, crawl_name, tmp_path, [f"{base}/loop/0", f"{base}/big-redirect"])
+        out, warc_dir = tmp_path / "out", tmp_path / "warc"
+        args = worker_args(
+            redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--warc", str(warc_dir),
+            "--max-redirects", "2", "--retries", "0",
+        )  # fmt: skip
+        run = crawl([*args, *fetcher_flags(fetcher)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    read = checked_records(warc_dir)
+    responses = [(r.uri.removeprefix(base), r) for r in read if r.type.endswith("response")]
+    # the chain that passed --max-redirects: each of its three answers, in order, as the site sent it
+    loop = [(u, r.status, r.payload) for u, r in responses if u.startswith("/loop/")]
+    assert loop == [(f"/loop/{n}", 302, f"<a href=/loop/{n + 1}>next</a>".encode()) for n in range(3)]
+    big = dict(responses)["/big-redirect"]
+    assert big.payload == BIG_REDIRECT_BODY[: 64 * 1024] and big.headers.get("WARC-Truncated") == "length"
+    assert dict(responses)["/ok"].payload == b"<title>ok</title>"

@@ -16,8 +16,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from crawler.errors import BodyTooLarge, FetchError
 from crawler.fetch_base import FetchResult, Hop
 from crawler.warc import WarcExchange
+
+
+def of_attempt(
+    result: FetchResult | None, error: FetchError | None, started: datetime, keep_all: bool
+) -> list[WarcExchange]:
+    """What the archive keeps of one attempt: its responses (`exchanges`), a body cut at the cap included (it
+    travels inside BodyTooLarge), or, when the fetch failed after redirects answered, those redirects."""
+    if result is None and isinstance(error, BodyTooLarge):
+        result = error.partial
+    if result is not None:
+        return exchanges(result, started, keep_all)
+    return [_hop(h, started) for h in error.hops] if error is not None else []
+
+
+def _hop(hop: Hop, started: datetime) -> WarcExchange:
+    return _exchange(hop, hop.url, started, hop.bytes > len(hop.body))
 
 
 def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[WarcExchange]:
@@ -27,7 +44,7 @@ def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[Wa
     not_modified = result.status == 304
     if not not_modified and (result.body is None or not (keep_all or result.is_html)):
         return []
-    out = [_exchange(hop, hop.url, started, hop.body is None and hop.bytes > 0) for hop in result.hops]
+    out = [_hop(hop, started) for hop in result.hops]
     out.append(_exchange(result, result.final_url, started, result.truncated, result.peer_ip))
     return out
 

@@ -292,7 +292,7 @@ class Processor:
         except FetchError as exc:
             error = exc.with_traceback(None)  # its frames would keep the fetch's buffers alive until a GC
         archived = result or (error.partial if isinstance(error, BodyTooLarge) else None)  # a body cut at the cap
-        kept = archive.exchanges(archived, started, self._warc_all) if archived is not None and started else []
+        kept = archive.of_attempt(result, error, started, self._warc_all) if started else []
         if result is not None and self._parses(lease, result):
             page = await self._parse(lease, result, kept)
         decision = retry.decide(
