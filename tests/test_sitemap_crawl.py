@@ -13,6 +13,7 @@ import pytest
 
 from crawler.testing.services import SiteHandler, serve_in_thread
 from tests.helpers import crawl, read_records, stats, worker_args
+from tests.test_sitemaps import BILLION_LAUGHS
 
 PER_SITEMAP = 40_000
 SITEMAPS = 3
@@ -27,6 +28,8 @@ def urlset(base: str, start: int, n: int) -> bytes:
 
 
 class SitemapSite(SiteHandler):
+    external_reads = 0  # requests for /evil.dtd and /evil-entity: an XML parser resolving external references
+
     def do_GET(self) -> None:
         base = f"http://127.0.0.1:{self.server.server_address[1]}"
         ctype = "application/xml"
@@ -59,6 +62,14 @@ class SitemapSite(SiteHandler):
                 body += b"</sitemapindex>"
         elif self.path == "/leaf/a":
             body, ctype = f'<title>a</title><a href="{base}/leaf/a-child">next</a>'.encode(), "text/html"
+        elif self.path == "/laughs.xml":
+            body = BILLION_LAUGHS.replace(b"https://shop.test", base.encode())
+        elif self.path == "/xxe.xml":  # an external entity and an external DTD, both on this server
+            dtd = f'<!DOCTYPE urlset SYSTEM "{base}/evil.dtd" [<!ENTITY x SYSTEM "{base}/evil-entity">]>'
+            body = f"{dtd}<urlset><url><loc>{base}/&x;</loc></url></urlset>".encode()
+        elif self.path in ("/evil.dtd", "/evil-entity"):  # fetched by nobody, or the parse read them
+            self.__class__.external_reads += 1
+            body = b"<!ENTITY y 'z'>"
         elif self.path == "/small.xml":  # one URL of this host, one of another: that one is refused
             body = (
                 f"<urlset><url><loc>{base}/from-robots</loc></url>"
@@ -156,3 +167,22 @@ def test_sitemap_urls_are_seeds_at_the_sitemap_s_depth_and_indexes_nest_three_de
     assert [u for u, r in records.items() if r["error"]] == ["/nest/3.xml"]
     deepest = records["/nest/3.xml"]
     assert deepest["error"] == "sitemap_error" and deepest["parser_error_detail"].startswith("nested too deep: 1 ")
+
+
+def test_billion_laughs_and_xxe_sitemaps_are_refused_in_a_crawl_and_nothing_external_is_read(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    SitemapSite.external_reads = 0
+    urls = [f"{site}/laughs.xml", f"{site}/xxe.xml"]
+    args = ["enqueue", "--sitemap", urls[0], "--sitemap", urls[1], "--redis", redis_server.url, "--crawl", crawl_name]
+    assert crawl(args).returncode == 0
+    out = tmp_path / "out"
+    run = crawl(worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = {r["url"]: r for r in read_records(out)}
+    assert set(records) == set(urls)  # nothing else was enqueued: no entity was expanded
+    for url in urls:
+        assert records[url]["error"] == "sitemap_error"
+        assert records[url]["parser_error_detail"].startswith("entity refused"), records[url]
+    assert SitemapSite.external_reads == 0
+    assert stats(redis_server.url, crawl_name)["enqueued"] == 2
