@@ -121,6 +121,12 @@ class Processor:
             return Outcome(lease, Action.DEAD, lease.attempts + 1, error=err)
 
     async def _process(self, lease: Lease) -> Outcome:
+        outcome = await self._outcome(lease)
+        if outcome.action is Action.DONE and self.s.scope.sitemaps_from_robots and lease.depth == 0:
+            outcome.links += await self._robots_sitemaps(lease)  # a seed's, even when robots.txt disallows it
+        return outcome
+
+    async def _outcome(self, lease: Lease) -> Outcome:
         if self.trust is not None and await self.trust.refuses(bare_host(host_of(lease.url))):
             return self._unfetched(lease, "blocked_address")
         if self.robots is not None and self.s.politeness.robots:
@@ -213,8 +219,6 @@ class Processor:
         )
         validators = _recur_pass(record, result, page, lease) if lease.recur_text and result is not None else None
         links = self._new_links(lease, page)
-        if self.s.scope.sitemaps_from_robots and lease.depth == 0 and self.robots is not None:
-            links += await self._robots_sitemaps(lease)
         items = page.items if page else b""
         return Outcome(
             lease, Action.DONE, attempts, record=record, links=links, items=items, warc=last.warc, validators=validators
