@@ -45,7 +45,9 @@ class Extras:
     def __post_init__(self) -> None:
         if self.data is not None and not isinstance(self.data, dict):
             raise InvalidExtras(f"data must be a JSON object, not {type(self.data).__name__}")
-        for name in ("label", "kind", "for_host"):
+        if self.for_host is not None and (not isinstance(self.for_host, str) or not 0 < len(self.for_host) <= 300):
+            raise InvalidExtras("for_host must be a host[:port] of 1-300 characters")  # a DNS name is at most 253
+        for name in ("label", "kind"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS):
                 raise InvalidExtras(f"{name} must be a string of 1-{MAX_LABEL_CHARS} characters")

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import socket
@@ -51,6 +52,8 @@ from isal import isal_zlib
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.timeutils import datetime_to_iso_date
 from warcio.warcwriter import WARCWriter as _WarcioWriter
+
+log = logging.getLogger("crawl.warc")
 
 REDACTED = "REDACTED"
 SECRET_REQUEST_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
@@ -79,7 +82,7 @@ class WarcExchange:
     `response_headers` are raw, as received, in order, duplicates kept (decode bytes as latin-1). `body` is the
     message body as transferred: content coding intact, transfer coding removed, cut at the cap when `truncated`.
     `started_at` is when the request was sent, timezone-aware. `peer_ip` is the address connected to, when known
-    (through a proxy it is the proxy's, so callers may pass None).
+    (through a proxy it is the gateway's: the worker passes None then, see workers/archive.py).
     """
 
     url: str
@@ -132,16 +135,16 @@ def sha1_label(data: bytes, *more: bytes) -> str:
 
 class _WireHead(StatusAndHeaders):  # type: ignore[misc]
     """An HTTP head written as it went over the wire. The fetchers keep each received byte as one latin-1
-    character; warcio's own buffer is ASCII, percent-encoding any other value (RFC 8187), which would change what
-    the server sent (`café` -> `caf%C3%83%C2%A9`) and, for a reason phrase, raise. A request header the user gave
-    outside latin-1 is written as UTF-8, the way the HTTP client sent it."""
+    character (`wire="latin-1"`, a response); warcio's own buffer is ASCII, percent-encoding any other value
+    (RFC 8187), which would change what the server sent (`café` -> `caf%C3%83%C2%A9`) and, for a reason phrase,
+    raise. A request's head is written as the HTTP client sends it: UTF-8 (`wire="utf-8"`)."""
+
+    def __init__(self, statusline: str, headers: list[tuple[str, str]], protocol: str = "", *, wire: str) -> None:
+        super().__init__(statusline, headers, protocol=protocol)
+        self.wire = wire
 
     def compute_headers_buffer(self, header_filter: Any = None) -> None:
-        text = self.to_str(header_filter)
-        try:
-            self.headers_buff = text.encode("latin-1") + b"\r\n"
-        except UnicodeEncodeError:
-            self.headers_buff = text.encode("utf-8", "replace") + b"\r\n"
+        self.headers_buff = self.to_str(header_filter).encode(self.wire, "replace") + b"\r\n"
 
 
 def _request_target(url: str) -> str:
@@ -186,7 +189,10 @@ class _RecordEncoder:
             resp_headers["WARC-Truncated"] = "length"
         status_line = f"{ex.status} {_clean(ex.reason)}".rstrip()
         http_resp = _WireHead(
-            status_line, response_headers_for_record(ex.response_headers), protocol=f"HTTP/{ex.http_version}"
+            status_line,
+            response_headers_for_record(ex.response_headers),
+            protocol=f"HTTP/{ex.http_version}",
+            wire="latin-1",
         )
         if ex.status == 304:
             response = self._revisit(ex, resp_headers, http_resp)
@@ -205,6 +211,7 @@ class _RecordEncoder:
         http_req = _WireHead(
             f"{ex.request_method} {_request_target(ex.url)} HTTP/{ex.http_version}",
             request_headers_for_record(ex.request_headers),
+            wire="utf-8",
         )
         _digests(req_headers, http_req, b"")
         request = self._warcio.create_warc_record(
@@ -289,7 +296,8 @@ class WarcWriter:
         return self.files[-1] if self._fd is not None else None
 
     def stats(self) -> dict[str, int]:
-        """For the worker's summary line: files, records, and exchanges the writer encoded itself."""
+        """For the worker's summary line: files, records, exchanges the writer encoded itself, and exchanges left
+        out because their records could not be built (`failed`, each also logged)."""
         return {
             "files": len(self.files),
             "records": self.records,
@@ -314,6 +322,7 @@ class WarcWriter:
                 try:
                     blobs.append(self._encoder.exchange(item))
                 except Exception:
+                    log.warning("WARC records of %s could not be built; left out", item.url, exc_info=True)
                     failed += 1
                     continue
                 records += 2

@@ -27,6 +27,7 @@ RICH = Extras(
     headers={"X-Token": "t0k", "Accept-Language": "fr"},
     kind="sitemap",
     nesting=2,
+    for_host="shop.test:443",
 )
 ONLY_DATA = Extras(data={"k": "v"})
 
@@ -193,6 +194,8 @@ def test_links_carry_extras_and_priority(redis_server: Any, crawl_name: str) -> 
         (lambda: Extras(kind="sitemap", nesting=-1), "nesting"),
         (lambda: Extras(kind="sitemap", nesting=True), "nesting"),
         (lambda: Extras(kind="sitemap", nesting="2"), "nesting"),  # type: ignore[arg-type]
+        (lambda: Extras(kind="sitemap", for_host="h" * 301), "for_host"),
+        (lambda: Extras(kind="sitemap", for_host=""), "for_host"),
     ],
 )
 def test_bad_extras_are_refused(extras: Any, reason: str) -> None:

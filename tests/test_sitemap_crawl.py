@@ -37,6 +37,8 @@ class SitemapSite(SiteHandler):
         if self.path == "/robots.txt" and self.headers["Host"].startswith("127.0.0.1"):
             sitemaps = f"Sitemap: {base}/small.xml\nSitemap: {other}/vouched.xml\n"
             body, ctype = f"User-agent: *\nDisallow: /from-robots\n{sitemaps}".encode(), "text/plain"
+        elif self.path == "/robots.txt":  # localhost's: read in turn, it would spread the crawl to its sitemap
+            body, ctype = f"User-agent: *\nSitemap: {other}/spread.xml\n".encode(), "text/plain"
         elif self.path == "/vouched.xml":  # on localhost, named by 127.0.0.1's robots.txt: speaks for 127.0.0.1
             body = f"<urlset><url><loc>{base}/vouched-page</loc></url><url><loc>{other}/x</loc></url></urlset>".encode()
         elif self.path == "/sitemap_index.xml":

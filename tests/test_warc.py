@@ -451,3 +451,22 @@ def test_our_digest_label_is_warcio_s(head: bytes, payload: bytes) -> None:
     digester = Digester("sha1")
     digester.update(head + payload)
     assert ours == str(digester)
+
+
+def test_heads_are_written_as_they_travel_a_response_s_bytes_as_received_a_request_s_as_utf_8(tmp_path: Path) -> None:
+    """The fetchers keep a response's bytes as latin-1 characters; the HTTP client sends a request's as UTF-8."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    received = "caf\xc3\xa9 \xe9t\xe9"  # the bytes c3 a9 and e9, one character each
+    ex = WarcExchange(
+        url="http://site.test/p", started_at=datetime.now(UTC), request_method="GET",
+        request_headers=(("Host", "site.test"), ("X-Label", "café")), http_version="1.1", status=200,
+        reason="Tr\xc3\xa8s bien", response_headers=(("X-Name", received),), body=b"x",
+    )  # fmt: skip
+    with WarcWriter(tmp_path, "w", 10**9, "crawl/test") as writer:
+        writer.write([ex])
+    with writer.files[0].open("rb") as f:
+        blocks = {str(r.record_type): r.reader.read() for r in ArchiveIterator(f, parse_http=False)}
+    response = blocks[str(WarcRecordType.response)]
+    assert response.startswith(b"HTTP/1.1 200 Tr\xc3\xa8s bien\r\nX-Name: caf\xc3\xa9 \xe9t\xe9\r\n\r\nx")
+    assert b"\r\nX-Label: caf\xc3\xa9\r\n" in blocks[str(WarcRecordType.request)]

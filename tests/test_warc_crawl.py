@@ -6,6 +6,7 @@ here, raw, content coding intact), redirects have their own response records, an
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import subprocess
 import urllib.request
@@ -17,7 +18,7 @@ import pytest
 
 from crawler.testing.services import RunningServer, SiteHandler, serve_in_thread
 from tests.fetch_params import FETCHERS, fetcher_flags
-from tests.helpers import crawl, enqueue, read_records, worker_args
+from tests.helpers import PROXY_PASSWORD, PROXY_USER, crawl, enqueue, read_records, worker_args
 from tests.warc_readers import WARCIO, Read, fast_read, replay
 
 PAGES = 40
@@ -293,3 +294,33 @@ def test_redirects_are_archived_when_the_chain_fails_and_a_big_redirect_body_is_
     big = dict(responses)["/big-redirect"]
     assert big.payload == BIG_REDIRECT_BODY[: 64 * 1024] and big.headers.get("WARC-Truncated") == "length"
     assert dict(responses)["/ok"].payload == b"<title>ok</title>"
+
+
+@pytest.mark.parametrize("fetcher", FETCHERS)
+@pytest.mark.parametrize("via", ["direct", "proxy"])
+def test_warc_ip_address_is_the_site_s_and_left_out_through_a_proxy(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: RunningServer, fetcher: str, via: str
+) -> None:
+    """Direct, the address connected to is the site's; through a gateway it is the gateway's, which would tell
+    a reader the site lived there: then the header is left out. No proxy secret reaches the files either way."""
+    enqueue(redis_server, crawl_name, tmp_path, [site.url + "/p/0"])
+    out, warc_dir = tmp_path / "out", tmp_path / "warc"
+    args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--warc", str(warc_dir), "--no-robots")
+    with contextlib.ExitStack() as stack:
+        if via == "proxy":
+            from crawler.testing.services import start_server
+
+            p = stack.enter_context(
+                start_server(
+                    "crawler.testing.proxy_server", "--port", 0, "--user", PROXY_USER, "--password", PROXY_PASSWORD
+                )
+            )
+            args += ["--proxy", p.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")]
+        run = crawl([*args, *fetcher_flags(fetcher), "--max-pages", "10"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    responses = [r for r in checked_records(warc_dir) if r.type.endswith("response")]
+    assert len(responses) >= 10
+    addresses = {r.headers.get("WARC-IP-Address") for r in responses}
+    assert addresses == ({"127.0.0.1"} if via == "direct" else {None})
+    blob = b"".join(gzip.decompress(f.read_bytes()) for f in warc_dir.glob("*.warc.gz"))
+    assert PROXY_PASSWORD.encode() not in blob

@@ -22,14 +22,17 @@ from crawler.warc import WarcExchange
 
 
 def of_attempt(
-    result: FetchResult | None, error: FetchError | None, started: datetime, keep_all: bool
+    result: FetchResult | None, error: FetchError | None, started: datetime, keep_all: bool, via_proxy: bool
 ) -> list[WarcExchange]:
     """What the archive keeps of one attempt: its responses (`exchanges`), a body cut at the cap included (it
-    travels inside BodyTooLarge), or, when the fetch failed after redirects answered, those redirects."""
+    travels inside BodyTooLarge), or, when the fetch failed after redirects answered, those redirects.
+
+    `WARC-IP-Address` is the site's address, so it is left out through a proxy: the address connected to is the
+    gateway's, and the site's is known only to the gateway."""
     if result is None and isinstance(error, BodyTooLarge):
         result = error.partial
     if result is not None:
-        return exchanges(result, started, keep_all)
+        return exchanges(result, started, keep_all, None if via_proxy else result.peer_ip)
     return [_hop(h, started) for h in error.hops] if error is not None else []
 
 
@@ -37,7 +40,7 @@ def _hop(hop: Hop, started: datetime) -> WarcExchange:
     return _exchange(hop, hop.url, started, hop.bytes > len(hop.body))
 
 
-def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[WarcExchange]:
+def exchanges(result: FetchResult, started: datetime, keep_all: bool, peer_ip: str | None) -> list[WarcExchange]:
     """The exchanges of one fetch, in order; [] when its final response is not kept. A 304 (the answer to a
     recurring URL's conditional request) is always kept: it becomes a `revisit` record, the archive's proof that
     the page was seen again unchanged."""
@@ -45,7 +48,7 @@ def exchanges(result: FetchResult, started: datetime, keep_all: bool) -> list[Wa
     if not not_modified and (result.body is None or not (keep_all or result.is_html)):
         return []
     out = [_hop(hop, started) for hop in result.hops]
-    out.append(_exchange(result, result.final_url, started, result.truncated, result.peer_ip))
+    out.append(_exchange(result, result.final_url, started, result.truncated, peer_ip))
     return out
 
 

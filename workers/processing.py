@@ -122,7 +122,7 @@ class Processor:
 
     async def _process(self, lease: Lease) -> Outcome:
         outcome = await self._outcome(lease)
-        if outcome.action is Action.DONE and self.s.scope.sitemaps_from_robots and lease.depth == 0:
+        if self.s.scope.sitemaps_from_robots and _names_robots_sitemaps(lease, outcome):
             outcome.links += await self._robots_sitemaps(lease)  # a seed's, even when robots.txt disallows it
         return outcome
 
@@ -236,6 +236,9 @@ class Processor:
         except (ProxyAuthError, BlockedAddress, GatewayUnreachable):  # not read: the host's next seed tries again
             self._sitemaps_told.discard(host)
             return []
+        except BaseException:  # cancelled (shutdown), or a Redis error: the lease goes back, and so does the host
+            self._sitemaps_told.discard(host)
+            raise
         if rules.state is RobotsState.UNREACHABLE:  # a 5xx or no answer: its Sitemap: lines are not known yet
             self._sitemaps_told.discard(host)
         own = Extras(kind="sitemap").encode()
@@ -296,7 +299,7 @@ class Processor:
         except FetchError as exc:
             error = exc.with_traceback(None)  # its frames would keep the fetch's buffers alive until a GC
         archived = result or (error.partial if isinstance(error, BodyTooLarge) else None)  # a body cut at the cap
-        kept = archive.of_attempt(result, error, started, self._warc_all) if started else []
+        kept = archive.of_attempt(result, error, started, self._warc_all, choice is not None) if started else []
         if result is not None and self._parses(lease, result):
             page = await self._parse(lease, result, kept)
         decision = retry.decide(
@@ -410,6 +413,18 @@ def _first_time(told: set[str], host: str) -> bool:
         told.clear()
     told.add(host)
     return True
+
+
+def _names_robots_sitemaps(lease: Lease, outcome: Outcome) -> bool:
+    """Whether a finished lease asks for its host's robots.txt sitemaps (--sitemaps-from-robots): a seed (depth 0)
+    with a record, not refused by the SSRF guard (robots.txt would be refused too), and not a sitemap that
+    another host's robots.txt vouched for: reading its own host's robots.txt in turn would spread the crawl from
+    host to host."""
+    if outcome.action is not Action.DONE or lease.depth != 0:
+        return False
+    if outcome.record is not None and outcome.record.error == "blocked_address":
+        return False
+    return not (_is_sitemap(lease) and '"for_host"' in lease.extras_json)
 
 
 def _is_sitemap(lease: Lease) -> bool:
