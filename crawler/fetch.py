@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -208,7 +209,7 @@ class Fetcher:
         max_redirects: int,
         headers: Mapping[str, str] | None = None,
         hops: list[Hop] | None = None,
-    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int]]:
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int, datetime]]:
         """GET `url` under the fleet slot, the total deadline and the error translation, following redirects here,
         hop by hop, so every target passes the SSRF guard. Yields (final response, redirects followed); each
         redirect response is appended to `hops` when given."""
@@ -219,22 +220,23 @@ class Fetcher:
             async with asyncio.timeout(self.settings.fetch.timeout_s + 1.0):
                 target = URL(url, encoded=True)
                 for hop in range(max_redirects + 1):
+                    sent_at = datetime.now(UTC)
                     async with self.session.get(
                         target, proxy=proxy.url if proxy else None, allow_redirects=False, headers=sent
                     ) as resp:
                         location = resp.headers.get("Location") if resp.status in REDIRECTS else None
                         if location is None or max_redirects == 0:
-                            yield resp, hop
+                            yield resp, hop, sent_at
                             return
                         here = resp.url
                         if hops is not None:
-                            hops.append(await self._hop(resp))
+                            hops.append(await self._hop(resp, sent_at))
                     if hop == max_redirects:
                         break
                     target = await next_hop(self.trust, here, location)
                 raise TooManyRedirects(f"more than {max_redirects} redirects")
 
-    async def _hop(self, resp: aiohttp.ClientResponse) -> Hop:
+    async def _hop(self, resp: aiohttp.ClientResponse, sent_at: datetime) -> Hop:
         buf = bytearray()
         async for chunk in resp.content.iter_chunked(CHUNK):
             buf += chunk
@@ -249,6 +251,7 @@ class Fetcher:
             request_headers=tuple(resp.request_info.headers.items()),
             body=bytes(memoryview(buf)[:HOP_BODY_MAX]),
             bytes=len(buf),
+            sent_at=sent_at,
         )
 
     async def fetch(
@@ -258,8 +261,9 @@ class Fetcher:
         started = time.monotonic()
         hops: list[Hop] = []
         with hops_on_error(hops):
-            async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
-                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
+            max_redirects = self.settings.fetch.max_redirects
+            async with self._open(url, proxy, max_redirects, headers, hops) as (resp, redirects, sent_at):
+                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body, sent_at)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
@@ -271,6 +275,7 @@ class Fetcher:
         redirects: int,
         hops: tuple[Hop, ...],
         keep_body: bool = False,
+        sent_at: datetime | None = None,
     ) -> FetchResult:
         s = self.settings
         ctype = (resp.content_type or "").lower() if "Content-Type" in resp.headers else ""
@@ -310,6 +315,7 @@ class Fetcher:
             raw_headers=_decoded(resp.raw_headers),
             request_headers=tuple(resp.request_info.headers.items()),
             hops=hops,
+            sent_at=sent_at,
         )
         return within_cap(result, over, cap, keep_body)
 
@@ -319,7 +325,7 @@ class Fetcher:
         Raises FetchError (its cause kept) when there is no answer, ProxyAuthError on a gateway 407: the robots
         cache tells "unreachable, and why" from "the credentials are wrong" from a real answer.
         """
-        async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
+        async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _, _):
             if proxy is not None and resp.status == 407:
                 raise ProxyAuthError("the gateway refused the credentials (407)")
             buf = bytearray()

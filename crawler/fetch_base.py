@@ -12,6 +12,7 @@ import contextlib
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from yarl import URL
@@ -46,6 +47,7 @@ class Hop:
     request_headers: RawHeaders  # sent on this hop (raw: the WARC writer redacts; never log them)
     body: bytes  # the raw bytes, cut at HOP_BODY_MAX (`bytes` says whether it was)
     bytes: int  # body bytes received
+    sent_at: datetime | None = None  # when this hop's request was sent (its WARC-Date)
 
 
 @dataclass(slots=True)
@@ -68,6 +70,7 @@ class FetchResult:
     request_headers: RawHeaders = ()  # final request's headers (raw: the WARC writer redacts; never log them)
     hops: tuple[Hop, ...] = ()  # the redirects before the final response, in order
     truncated: bool = False  # the body is cut at the cap (a sitemap's, or inside BodyTooLarge.partial for the archive)
+    sent_at: datetime | None = None  # when the final request was sent (after the hops): its WARC-Date
 
     @property
     def is_html(self) -> bool:

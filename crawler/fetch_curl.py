@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -256,7 +257,7 @@ class CurlFetcher:
         max_redirects: int,
         headers: Mapping[str, str] | None = None,
         hops: list[Hop] | None = None,
-    ) -> AsyncIterator[tuple[_Head, int]]:
+    ) -> AsyncIterator[tuple[_Head, int, datetime]]:
         """GET `url` under the fleet slot, the deadlines and the error translation, following redirects hop by
         hop through the SSRF guard. Yields (final response head, redirects followed)."""
         sent = merged(self.base_headers, headers)
@@ -265,16 +266,17 @@ class CurlFetcher:
             async with asyncio.timeout(self.settings.fetch.timeout_s + 1.0):
                 target = URL(url, encoded=True)
                 for hop in range(max_redirects + 1):
+                    sent_at = datetime.now(UTC)
                     resp = await self._get(str(target), proxy, sent)
                     try:
                         check_header_limits(resp.raw)
                         location = resp.get("location") if resp.status in REDIRECTS else None
                         if location is None or max_redirects == 0:
-                            yield resp, hop
+                            yield resp, hop, sent_at
                             return
                         here = target
                         if hops is not None:
-                            hops.append(await self._hop(resp))
+                            hops.append(await self._hop(resp, sent_at))
                     finally:
                         await self.pool.finish(resp.transfer)
                     if hop == max_redirects:
@@ -282,7 +284,7 @@ class CurlFetcher:
                     target = await next_hop(self.trust, here, location)
                 raise TooManyRedirects(f"more than {max_redirects} redirects")
 
-    async def _hop(self, resp: _Head) -> Hop:
+    async def _hop(self, resp: _Head, sent_at: datetime) -> Hop:
         buf = bytearray()
         async for chunk in resp.transfer.chunks():
             buf += chunk
@@ -297,6 +299,7 @@ class CurlFetcher:
             request_headers=resp.request_headers,
             body=bytes(memoryview(buf)[:HOP_BODY_MAX]),
             bytes=len(buf),
+            sent_at=sent_at,
         )
 
     async def fetch(
@@ -306,8 +309,9 @@ class CurlFetcher:
         started = time.monotonic()
         hops: list[Hop] = []
         with hops_on_error(hops):
-            async with self._open(url, proxy, self.settings.fetch.max_redirects, headers, hops) as (resp, redirects):
-                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body)
+            max_redirects = self.settings.fetch.max_redirects
+            async with self._open(url, proxy, max_redirects, headers, hops) as (resp, redirects, sent_at):
+                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body, sent_at)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
@@ -319,6 +323,7 @@ class CurlFetcher:
         redirects: int,
         hops: tuple[Hop, ...],
         keep_body: bool = False,
+        sent_at: datetime | None = None,
     ) -> FetchResult:
         cap = body_cap(self.settings.fetch.max_body_bytes, keep_body)
         if proxy is not None and resp.status == 407:
@@ -356,6 +361,7 @@ class CurlFetcher:
             raw_headers=resp.raw,
             request_headers=resp.request_headers,
             hops=hops,
+            sent_at=sent_at,
         )
         return within_cap(result, over, cap, keep_body)
 
@@ -380,7 +386,7 @@ class CurlFetcher:
 
         Raises FetchError (its cause kept) when there is no answer, ProxyAuthError on a gateway 407 (the same
         contract as the aiohttp fetcher's)."""
-        async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _):
+        async with self._open(url, proxy, ROBOTS_MAX_REDIRECTS) as (resp, _, _):
             if proxy is not None and resp.status == 407:
                 raise ProxyAuthError("the gateway refused the credentials (407)")
             buf = bytearray()

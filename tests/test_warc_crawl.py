@@ -294,6 +294,10 @@ def test_redirects_are_archived_when_the_chain_fails_and_a_big_redirect_body_is_
     big = dict(responses)["/big-redirect"]
     assert big.payload == BIG_REDIRECT_BODY[: 64 * 1024] and big.headers.get("WARC-Truncated") == "length"
     assert dict(responses)["/ok"].payload == b"<title>ok</title>"
+    # each exchange is dated when its own request was sent (WARC 1.1, microseconds): a chain's dates increase
+    dates = {u: r.headers["WARC-Date"] for u, r in responses}
+    assert [dates[f"/loop/{n}"] for n in range(3)] == sorted({dates[f"/loop/{n}"] for n in range(3)})
+    assert dates["/big-redirect"] < dates["/ok"]
 
 
 @pytest.mark.parametrize("fetcher", FETCHERS)

@@ -58,7 +58,7 @@ def _exchange(
     """One response as the WARC sink keeps it: a redirect hop or the final response (their fields are the same)."""
     return WarcExchange(
         url=url,
-        started_at=started,
+        started_at=r.sent_at or started,
         request_method="GET",
         request_headers=r.request_headers,
         http_version=r.http_version,
