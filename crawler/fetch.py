@@ -43,11 +43,11 @@ from crawler.fetch_base import (
     FetchResult,
     Hop,
     RawHeaders,
+    RedirectingFetcher,
     body_cap,
     crawl_headers,
     cut,
     decode_prefix,
-    hops_on_error,
     merged,
     next_hop,
     within_cap,
@@ -161,7 +161,7 @@ def _peer_ip(resp: aiohttp.ClientResponse) -> str | None:
     return str(peer[0]) if peer else None
 
 
-class Fetcher:
+class Fetcher(RedirectingFetcher[aiohttp.ClientResponse]):
     """Fetches one URL per call with aiohttp. Holds no per-URL state, so memory does not grow with the crawl.
 
     `keep_body` keeps every body under the cap (WARC `--warc-content all`), not only HTML. `keep_truncated`
@@ -253,18 +253,6 @@ class Fetcher:
             bytes=len(buf),
             sent_at=sent_at,
         )
-
-    async def fetch(
-        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None, keep_body: bool = False
-    ) -> FetchResult:
-        """One attempt, redirects included."""
-        started = time.monotonic()
-        hops: list[Hop] = []
-        with hops_on_error(hops):
-            max_redirects = self.settings.fetch.max_redirects
-            async with self._open(url, proxy, max_redirects, headers, hops) as (resp, redirects, sent_at):
-                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body, sent_at)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
         self,

@@ -1,5 +1,6 @@
 """What every fetcher promises: the `FetchResult` it returns, the `FetcherLike` interface, and the pieces both
-HTTP clients share (redirect targets through the SSRF guard, crawl-wide headers, header limits).
+HTTP clients share (the attempt itself, `RedirectingFetcher.fetch`; redirect targets through the SSRF guard;
+crawl-wide headers; header limits; the body caps).
 
 Two fetchers implement the interface: `crawler.fetch.Fetcher` (aiohttp) and `crawler.fetch_curl.CurlFetcher`
 (curl_cffi: a browser's TLS fingerprint and HTTP/2). The pipeline sees only this module's types, so the choice
@@ -9,17 +10,21 @@ Two fetchers implement the interface: `crawler.fetch.Fetcher` (aiohttp) and `cra
 from __future__ import annotations
 
 import contextlib
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 from yarl import URL
 
 from crawler.errors import BlockedAddress, BodyTooLarge, FetchError, InvalidResponse, InvalidTarget
 from crawler.proxies import ProxyChoice
 from crawler.ssrf import TrustCache
+
+if TYPE_CHECKING:
+    from crawler.settings import Settings
 
 CHUNK = 64 * 1024
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -118,6 +123,54 @@ def cut(buf: bytearray, cap: int) -> tuple[bytes, bool]:
     if len(buf) > cap:
         return bytes(memoryview(buf)[:cap]), True
     return bytes(buf), False
+
+
+Resp = TypeVar("Resp")  # a client's response (head) type
+
+
+class RedirectingFetcher(Generic[Resp]):
+    """One attempt, the same way for every client: redirects followed hop by hop by the client's `_open` (each
+    hop kept for the archive, and handed on in `FetchError.hops` when the attempt fails), then the final
+    response turned into a FetchResult by its `_result`. A fetcher subclasses this and brings the client."""
+
+    settings: Settings
+
+    def _open(
+        self,
+        url: str,
+        proxy: ProxyChoice | None,
+        max_redirects: int,
+        headers: Mapping[str, str] | None = None,
+        hops: list[Hop] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[tuple[Resp, int, datetime]]:
+        """Yields (final response, redirects followed, when its request was sent); appends each redirect to
+        `hops`."""
+        raise NotImplementedError
+
+    async def _result(
+        self,
+        url: str,
+        resp: Resp,
+        proxy: ProxyChoice | None,
+        started: float,
+        redirects: int,
+        hops: tuple[Hop, ...],
+        keep_body: bool = False,
+        sent_at: datetime | None = None,
+    ) -> FetchResult:
+        raise NotImplementedError
+
+    async def fetch(
+        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None, keep_body: bool = False
+    ) -> FetchResult:
+        """One attempt, redirects included (see FetcherLike)."""
+        started = time.monotonic()
+        hops: list[Hop] = []
+        with hops_on_error(hops):
+            max_redirects = self.settings.fetch.max_redirects
+            async with self._open(url, proxy, max_redirects, headers, hops) as (resp, redirects, sent_at):
+                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body, sent_at)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 @runtime_checkable

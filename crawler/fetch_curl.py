@@ -62,12 +62,12 @@ from crawler.fetch_base import (
     FetchResult,
     Hop,
     RawHeaders,
+    RedirectingFetcher,
     body_cap,
     check_header_limits,
     crawl_headers,
     cut,
     decode_prefix,
-    hops_on_error,
     merged,
     next_hop,
     within_cap,
@@ -105,7 +105,7 @@ _DNS_TTL_S = 300.0  # as the aiohttp session's DNS cache
 _DNS_SIZE = 10_000
 
 
-class CurlFetcher:
+class CurlFetcher(RedirectingFetcher[_Head]):
     """Fetches one URL per call with curl_cffi. Same contract as `crawler.fetch.Fetcher` (see FetcherLike).
 
     `impersonate`: a curl_cffi profile ("chrome", "firefox136", ...) or None for curl's own identity; default
@@ -301,18 +301,6 @@ class CurlFetcher:
             bytes=len(buf),
             sent_at=sent_at,
         )
-
-    async def fetch(
-        self, url: str, proxy: ProxyChoice | None, headers: Mapping[str, str] | None = None, keep_body: bool = False
-    ) -> FetchResult:
-        """One attempt, redirects included (see FetcherLike)."""
-        started = time.monotonic()
-        hops: list[Hop] = []
-        with hops_on_error(hops):
-            max_redirects = self.settings.fetch.max_redirects
-            async with self._open(url, proxy, max_redirects, headers, hops) as (resp, redirects, sent_at):
-                return await self._result(url, resp, proxy, started, redirects, tuple(hops), keep_body, sent_at)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _result(
         self,
