@@ -1,7 +1,8 @@
 """Sitemap parsing (sitemaps.org protocol): a pure function for the parse pool, no asyncio, no I/O.
 
-`parse_sitemap(body, content_encoding, url)` turns one fetched sitemap (an `<urlset>`, a `<sitemapindex>` or a
-plain-text list of URLs, raw or gzip'd) into a `SitemapResult`. Memory stays bounded whatever the input:
+`parse_sitemap(body, content_encoding, url)` turns one fetched sitemap (an `<urlset>`, a `<sitemapindex>`, an RSS
+2.0 or Atom feed, or a plain-text list of URLs, raw or gzip'd) into a `SitemapResult`. Memory stays bounded
+whatever the input:
 
 - Streaming. The body is decompressed in 64 KiB pieces (Content-Encoding gzip/deflate/br, then a gzip layer found
   by its magic bytes, as a `.xml.gz` file is) and fed to expat piece by piece; handlers keep only the entry being
@@ -26,6 +27,7 @@ plain-text list of URLs, raw or gzip'd) into a `SitemapResult`. Memory stays bou
 from __future__ import annotations
 
 import codecs
+import email.utils
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -147,32 +149,50 @@ def _priority(value: str | None) -> float | None:
     return p if p is not None and 0.0 <= p <= 1.0 else None
 
 
-class _XmlHandler:
-    """expat callbacks for `<urlset>`/`<sitemapindex>`: holds only the entry being read. Any namespace is accepted
-    (sitemaps in the wild get it wrong); elements are matched by local name at their protocol depth."""
+# root element -> (the depth of an entry, its local name); sitemaps.org also accepts RSS 2.0 and Atom feeds
+_SHAPES = {"urlset": (2, "url"), "sitemapindex": (2, "sitemap"), "rss": (3, "item"), "feed": (2, "entry")}
+# per root: an entry's child element -> the field it fills (an Atom <link> fills `loc` from its href, in `start`)
+_FIELDS = {
+    "urlset": {"loc": "loc", "lastmod": "lastmod", "priority": "priority"},
+    "sitemapindex": {"loc": "loc", "lastmod": "lastmod"},
+    "rss": {"link": "loc", "pubDate": "lastmod"},
+    "feed": {"updated": "lastmod"},
+}
 
-    FIELDS = frozenset({"loc", "lastmod", "priority"})
+
+class _XmlHandler:
+    """expat callbacks for `<urlset>`/`<sitemapindex>` and the feeds the protocol accepts (RSS 2.0 `<item><link>`,
+    Atom `<entry><link href>`): holds only the entry being read. Any namespace is accepted (sitemaps in the wild
+    get it wrong); elements are matched by local name at their depth."""
 
     def __init__(self, entries: _Entries) -> None:
         self.entries = entries
         self.depth = 0
         self.root: str | None = None
-        self.entry: dict[str, str] | None = None  # fields of the <url>/<sitemap> being read
+        self.entry_depth = 0
+        self.entry_name = ""
+        self.fields: dict[str, str] = {}
+        self.entry: dict[str, str] | None = None  # fields of the entry being read
         self.field: str | None = None  # the field whose text is being read
         self.text: list[str] = []
         self.text_len = 0
 
-    def start(self, name: str, _attrs: Any) -> None:
+    def start(self, name: str, attrs: dict[str, str]) -> None:
         local = name.rpartition(" ")[2]
         self.depth += 1
         if self.depth == 1:
-            if local not in ("urlset", "sitemapindex"):
-                raise _Stop(f"{ERROR_MALFORMED}: root element <{local}> is neither urlset nor sitemapindex")
+            if local not in _SHAPES:
+                raise _Stop(f"{ERROR_MALFORMED}: root element <{local}> is not urlset, sitemapindex, rss or feed")
             self.root = local
-        elif self.depth == 2 and local == ("sitemap" if self.root == "sitemapindex" else "url"):
+            self.entry_depth, self.entry_name = _SHAPES[local]
+            self.fields = _FIELDS[local]
+        elif self.depth == self.entry_depth and local == self.entry_name:
             self.entry = {}
-        elif self.depth == 3 and self.entry is not None and local in self.FIELDS:
-            self.field, self.text, self.text_len = local, [], 0
+        elif self.depth == self.entry_depth + 1 and self.entry is not None:
+            if local in self.fields:
+                self.field, self.text, self.text_len = self.fields[local], [], 0
+            elif self.root == "feed" and local == "link" and "loc" not in self.entry and _alternate(attrs):
+                self.entry["loc"] = attrs.get("href", "").strip()[: MAX_FIELD_CHARS + 1]
 
     def chars(self, data: str) -> None:
         if self.field is not None and self.text_len <= MAX_FIELD_CHARS:
@@ -180,15 +200,31 @@ class _XmlHandler:
             self.text_len += len(data)
 
     def end(self, _name: str) -> None:
-        if self.depth == 3 and self.field is not None and self.entry is not None:
+        if self.depth == self.entry_depth + 1 and self.field is not None and self.entry is not None:
             if self.text_len <= MAX_FIELD_CHARS:
                 self.entry[self.field] = "".join(self.text).strip()
             self.field, self.text = None, []
-        elif self.depth == 2 and self.entry is not None:
+        elif self.depth == self.entry_depth and self.entry is not None:
             entry, self.entry = self.entry, None
+            lastmod = entry.get("lastmod")
+            if self.root == "rss" and lastmod:
+                lastmod = _rfc822_to_w3c(lastmod)
             is_index = self.root == "sitemapindex"
-            self.entries.add(entry.get("loc", ""), entry.get("lastmod"), entry.get("priority"), child_sitemap=is_index)
+            self.entries.add(entry.get("loc", ""), lastmod, entry.get("priority"), child_sitemap=is_index)
         self.depth -= 1
+
+
+def _alternate(attrs: dict[str, str]) -> bool:
+    """An Atom `<link>` to the entry's page itself (no `rel`, or `alternate`), not its comments or enclosure."""
+    return attrs.get("rel", "alternate") == "alternate"
+
+
+def _rfc822_to_w3c(value: str) -> str | None:
+    """An RSS `pubDate` (RFC 822: `Tue, 01 Dec 2026 10:00:00 GMT`) as a W3C datetime, the form `<lastmod>` has."""
+    try:
+        return email.utils.parsedate_to_datetime(value).isoformat()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _refuse(*_args: Any) -> NoReturn:

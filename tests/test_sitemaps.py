@@ -311,3 +311,34 @@ def test_a_sitemap_cut_at_its_cap_expands_the_entries_before_the_cut_and_says_it
     assert page.parser_error_detail.startswith(f"{ERROR_TOO_LARGE}: the file passed {len(body)} bytes")
     whole = parse_page(ParseTask(body=full, url=task.url, final_url=task.url, kind="sitemap"))
     assert (len(whole.requests), whole.error) == (2000, None)
+
+
+def test_rss_and_atom_feeds_are_sitemaps_too() -> None:
+    """sitemaps.org accepts RSS 2.0 and Atom 1.0 feeds: each item's or entry's link is a URL, its publication or
+    update time its lastmod (RSS's RFC 822 date as a W3C datetime); the channel's own link is not an entry."""
+    rss = f"""<?xml version="1.0"?><rss version="2.0"><channel><title>News</title><link>{SITE}/</link>
+      <item><title>One</title><link> {SITE}/news/1 </link><pubDate>Tue, 01 Dec 2026 10:00:00 GMT</pubDate></item>
+      <item><link>{SITE}/news/2</link><pubDate>not a date</pubDate></item>
+      <item><link>https://other.test/news/3</link></item>
+    </channel></rss>""".encode()
+    result = parse_sitemap(rss, None, f"{SITE}/feed.rss")
+    assert result.error is None and not result.is_index
+    assert result.urls == (
+        SitemapEntry(f"{SITE}/news/1", "2026-12-01T10:00:00+00:00"),
+        SitemapEntry(f"{SITE}/news/2"),
+    )
+    assert result.refused == 1
+    atom = f"""<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">
+      <title>Blog</title><link href="{SITE}/"/><updated>2026-12-01T09:00:00Z</updated>
+      <entry><title>A</title><link rel="replies" href="{SITE}/a#comments"/><link href="{SITE}/a"/>
+        <updated>2026-11-30T08:00:00Z</updated></entry>
+      <entry><link rel="alternate" type="text/html" href="{SITE}/b"/></entry>
+      <entry><link rel="enclosure" href="{SITE}/b.mp3"/></entry>
+    </feed>""".encode()
+    result = parse_sitemap(gzip.compress(atom), None, f"{SITE}/atom.xml.gz")
+    assert result.error is None
+    assert result.urls == (SitemapEntry(f"{SITE}/a", "2026-11-30T08:00:00Z"), SitemapEntry(f"{SITE}/b"))
+    assert result.invalid == 1  # the entry with only an enclosure has no page
+    assert parse_sitemap(b"<html><body>no</body></html>", None, f"{SITE}/x").error == (
+        f"{ERROR_MALFORMED}: root element <html> is not urlset, sitemapindex, rss or feed"
+    )
