@@ -67,6 +67,11 @@ class SitemapSite(SiteHandler):
                 body += b"</sitemapindex>"
         elif self.path == "/leaf/a":
             body, ctype = f'<title>a</title><a href="{base}/leaf/a-child">next</a>'.encode(), "text/html"
+        elif self.path == "/feed.rss":
+            items = "".join(f"<item><link>{base}/news/{i}</link></item>" for i in range(3))
+            pub = "<pubDate>Tue, 01 Dec 2026 10:00:00 GMT</pubDate>"
+            body = f"<rss><channel><link>{base}/</link>{items}<item><link>{base}/news/3</link>{pub}</item>"
+            body, ctype = (body + "</channel></rss>").encode(), "application/rss+xml"
         elif self.path == "/laughs.xml":
             body = BILLION_LAUGHS.replace(b"https://shop.test", base.encode())
         elif self.path == "/xxe.xml":  # an external entity and an external DTD, both on this server
@@ -223,3 +228,21 @@ def test_billion_laughs_and_xxe_sitemaps_are_refused_in_a_crawl_and_nothing_exte
         assert records[url]["parser_error_detail"].startswith("entity refused"), records[url]
     assert SitemapSite.external_reads == 0
     assert stats(redis_server.url, crawl_name)["enqueued"] == 2
+
+
+def test_an_rss_feed_given_as_a_sitemap_is_expanded_with_its_dates(
+    redis_server: Any, crawl_name: str, tmp_path: Path, site: str
+) -> None:
+    url = f"{site}/feed.rss"
+    assert crawl(["enqueue", "--sitemap", url, "--redis", redis_server.url, "--crawl", crawl_name]).returncode == 0
+    out, parser = tmp_path / "out", tmp_path / "dates.py"
+    parser.write_text("def parse(page):\n    return {'url': page.url, 'data': page.data}\n")  # what the page got
+    args = worker_args(redis_server.url, crawl_name, out, "--until-idle", "--no-robots", "--no-follow")
+    run = crawl([*args, "--parser", f"{parser}:parse"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = {r["url"].removeprefix(site): r for r in read_records(out)}
+    assert set(records) == {"/feed.rss", "/news/0", "/news/1", "/news/2", "/news/3"}
+    assert records["/feed.rss"]["data"]["sitemap"]["urls"] == 4
+    items = [json.loads(line) for f in (out / "items").glob("*.jsonl") for line in f.read_text().splitlines()]
+    by_url = {i["url"].removeprefix(site): i["data"] for i in items}
+    assert by_url == {"/news/0": {}, "/news/1": {}, "/news/2": {}, "/news/3": {"lastmod": "2026-12-01T10:00:00+00:00"}}
