@@ -172,6 +172,11 @@ class Lease:
     def kind(self) -> str | None:
         return self.extras.kind if self.extras else None
 
+    @property
+    def is_sitemap(self) -> bool:
+        """A sitemap's lease (its extras decoded only when they hold a kind: no JSON work for the rest)."""
+        return '"kind"' in self.extras_json and self.kind == "sitemap"
+
 
 @dataclass(frozen=True, slots=True)
 class NewLink:

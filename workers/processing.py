@@ -9,7 +9,6 @@ mid-lease hands the URL back without an attempt, a bug dead-letters it with the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crawler import retry
-from crawler.entries import Extras
 from crawler.errors import (
     BlockedAddress,
     BodyTooLarge,
@@ -36,16 +34,16 @@ from crawler.proxies import ProxyChoice, ProxyPool
 from crawler.records import Record
 from crawler.redact import scrub
 from crawler.retry import Action, Decision
-from crawler.robots import RobotsState
 from crawler.robots_cache import RobotsCache
 from crawler.schedule import Validators
 from crawler.settings import Settings
 from crawler.ssrf import TrustCache, bare_host
-from crawler.urls import InvalidURL, crawl_url, host_of, in_domain
+from crawler.urls import host_of
 from crawler.warc import WarcExchange, WarcItem
 from workers import archive
 from workers.outcomes import Outcome, build_record, describe
 from workers.parse_pool import ParsePool
+from workers.robots_sitemaps import RobotsSitemaps, first_time
 from workers.seen_cache import SeenCache
 
 log = logging.getLogger("crawl.worker")
@@ -92,9 +90,12 @@ class Processor:
         self.seen = SeenCache()  # links recently sent to Redis; cleared when Redis may have lost them
         self._on_fatal = on_fatal
         self._set_host_delay = set_host_delay  # Frontier.set_host_delay: a robots.txt Crawl-delay, crawl-wide
-        # hosts whose Crawl-delay the frontier was told, and whose robots.txt sitemaps were enqueued (bounded)
-        self._delays_told: set[str] = set()
-        self._sitemaps_told: set[str] = set()
+        self._delays_told: set[str] = set()  # hosts whose Crawl-delay the frontier was told (bounded)
+        self._sitemaps = (
+            RobotsSitemaps(self.robots, settings.scope.allow_domains)
+            if self.robots is not None and settings.scope.sitemaps_from_robots
+            else None
+        )
         self._say = say
         self._rng = random.Random()
         self._auth_streak = retry.ProxyAuthStreak()
@@ -122,8 +123,8 @@ class Processor:
 
     async def _process(self, lease: Lease) -> Outcome:
         outcome = await self._outcome(lease)
-        if self.s.scope.sitemaps_from_robots and _names_robots_sitemaps(lease, outcome):
-            outcome.links += await self._robots_sitemaps(lease)  # a seed's, even when robots.txt disallows it
+        if self._sitemaps is not None:  # a seed's, even when robots.txt disallows it
+            outcome.links += await self._sitemaps.links(lease, outcome)
         return outcome
 
     async def _outcome(self, lease: Lease) -> Outcome:
@@ -159,7 +160,7 @@ class Processor:
 
     async def _honour_crawl_delay(self, host: str, delay_s: float) -> None:
         """Tell the frontier a host's Crawl-delay (capped by --max-crawl-delay) once: every worker then waits it."""
-        if not _first_time(self._delays_told, host):
+        if not first_time(self._delays_told, host):
             return
         try:
             await self._set_host_delay(host, min(delay_s, self.s.politeness.max_crawl_delay_s))
@@ -224,33 +225,6 @@ class Processor:
             lease, Action.DONE, attempts, record=record, links=links, items=items, warc=last.warc, validators=validators
         )
 
-    async def _robots_sitemaps(self, lease: Lease) -> list[NewLink]:
-        """--sitemaps-from-robots: a seed host's robots.txt `Sitemap:` lines, once per host, as sitemap seeds."""
-        assert self.robots is not None
-        host = host_of(lease.url)
-        if not _first_time(self._sitemaps_told, host):
-            return []
-        scheme = lease.url.split("://", 1)[0]
-        try:  # cached when robots.txt was read for this lease; with --no-robots it is read here
-            rules = await self.robots.rules(f"{scheme}://{host}")
-        except (ProxyAuthError, BlockedAddress, GatewayUnreachable):  # not read: the host's next seed tries again
-            self._sitemaps_told.discard(host)
-            return []
-        except BaseException:  # cancelled (shutdown), or a Redis error: the lease goes back, and so does the host
-            self._sitemaps_told.discard(host)
-            raise
-        if rules.state is RobotsState.UNREACHABLE:  # a 5xx or no answer: its Sitemap: lines are not known yet
-            self._sitemaps_told.discard(host)
-        own = Extras(kind="sitemap").encode()
-        vouched = Extras(kind="sitemap", for_host=host).encode()  # on another host: its URLs must be on this one
-        out = []
-        for loc in rules.sitemaps:
-            with contextlib.suppress(InvalidURL):
-                n = crawl_url(loc)
-                mine = n.host == host or in_domain(n.host, self.s.scope.allow_domains)
-                out.append(NewLink(n.fingerprint, n.host, n.url, 0, own if mine else vouched))
-        return out
-
     def _error(self, decision: Decision, result: FetchResult | None, cause: FetchError | None) -> dict[str, Any]:
         """The dead letter's (or deferral's) error: the stable kind, the status, and what really happened."""
         err: dict[str, Any] = {"kind": decision.reason or "unknown"}
@@ -265,7 +239,7 @@ class Processor:
         max_depth = self.s.scope.max_depth
         if page is None:
             return []
-        if _is_sitemap(lease):  # a sitemap's URLs are seeds, not links: at its depth, --no-follow expands them
+        if lease.is_sitemap:  # a sitemap's URLs are seeds, not links: at its depth, --no-follow expands them
             return [NewLink(r.fingerprint, r.host, r.url, lease.depth, r.extras_json) for r in page.requests]
         if max_depth is not None and lease.depth >= max_depth:
             return []
@@ -291,7 +265,7 @@ class Processor:
         page: ParsedPage | None = None
         started = archive.now() if self._warc else None
         try:
-            result = await self.fetcher.fetch(lease.url, choice, _request_headers(lease), _is_sitemap(lease))
+            result = await self.fetcher.fetch(lease.url, choice, _request_headers(lease), lease.is_sitemap)
         except GatewayUnreachable as exc:
             assert choice is not None
             self._gateway_failed(choice, exc)
@@ -328,12 +302,12 @@ class Processor:
         """HTML answers go to the parse pool (any status: error pages have titles); a sitemap when it is 2xx."""
         if result.body is None or not 200 <= result.status < 600:
             return False
-        return result.is_html or (_is_sitemap(lease) and result.status < 300)
+        return result.is_html or (lease.is_sitemap and result.status < 300)
 
     async def _parse(self, lease: Lease, result: FetchResult, warc: list[WarcExchange]) -> ParsedPage:
         """Parse in the pool; with `warc`, the parse process also encodes those records (the body crosses once:
         the final exchange's body is the task's own bytes object, which pickle sends once)."""
-        kind = "sitemap" if _is_sitemap(lease) else None
+        kind = "sitemap" if lease.is_sitemap else None
         digest = bool(lease.recur_text)
         page_of = {
             "depth": lease.depth,
@@ -398,38 +372,6 @@ def _recur_pass(record: Record, result: FetchResult, page: ParsedPage | None, le
         return None
     headers = {k.lower(): v for k, v in result.raw_headers}
     return Validators(headers.get("etag"), headers.get("last-modified"), digest)
-
-
-HOSTS_TOLD = (
-    100_000  # hosts remembered per "once per host" set; past it the set starts over (telling twice is harmless)
-)
-
-
-def _first_time(told: set[str], host: str) -> bool:
-    """True the first time `host` is seen by `told` (a bounded set: cleared when full), and remembers it."""
-    if host in told:
-        return False
-    if len(told) >= HOSTS_TOLD:
-        told.clear()
-    told.add(host)
-    return True
-
-
-def _names_robots_sitemaps(lease: Lease, outcome: Outcome) -> bool:
-    """Whether a finished lease asks for its host's robots.txt sitemaps (--sitemaps-from-robots): a seed (depth 0)
-    with a record, not refused by the SSRF guard (robots.txt would be refused too), and not a sitemap that
-    another host's robots.txt vouched for: reading its own host's robots.txt in turn would spread the crawl from
-    host to host."""
-    if outcome.action is not Action.DONE or lease.depth != 0:
-        return False
-    if outcome.record is not None and outcome.record.error == "blocked_address":
-        return False
-    return not (_is_sitemap(lease) and '"for_host"' in lease.extras_json)
-
-
-def _is_sitemap(lease: Lease) -> bool:
-    """A sitemap lease (decoded only when the lease has extras with a kind: no JSON work for the rest)."""
-    return '"kind"' in lease.extras_json and lease.kind == "sitemap"
 
 
 def _request_headers(lease: Lease) -> dict[str, str] | None:
