@@ -118,6 +118,14 @@ def within_cap(result: FetchResult, over: bool, cap: int, sitemap: bool = False)
     raise BodyTooLarge(f"body passed {cap} bytes", replace(result, truncated=True))
 
 
+def answered(result: FetchResult | None, error: FetchError | None) -> FetchResult | None:
+    """The response an attempt got: its result, or the one cut at the cap that BodyTooLarge carries (`--warc`);
+    None when nothing came back."""
+    if result is None and isinstance(error, BodyTooLarge):
+        return error.partial
+    return result
+
+
 def cut(buf: bytearray, cap: int) -> tuple[bytes, bool]:
     """(the body, True) cut at `cap` when it passed it, else (the body, False): one copy either way."""
     if len(buf) > cap:

@@ -16,23 +16,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from crawler.errors import BodyTooLarge, FetchError
+from crawler.errors import FetchError
 from crawler.fetch_base import FetchResult, Hop
 from crawler.warc import WarcExchange
 
 
 def of_attempt(
-    result: FetchResult | None, error: FetchError | None, started: datetime, keep_all: bool, via_proxy: bool
+    response: FetchResult | None, error: FetchError | None, started: datetime, keep_all: bool, via_proxy: bool
 ) -> list[WarcExchange]:
-    """What the archive keeps of one attempt: its responses (`exchanges`), a body cut at the cap included (it
-    travels inside BodyTooLarge), or, when the fetch failed after redirects answered, those redirects.
+    """What the archive keeps of one attempt: the responses of what it got (`crawler.fetch_base.answered`: a body
+    cut at the cap included), or, when the fetch failed after redirects answered, those redirects.
 
     `WARC-IP-Address` is the site's address, so it is left out through a proxy: the address connected to is the
     gateway's, and the site's is known only to the gateway."""
-    if result is None and isinstance(error, BodyTooLarge):
-        result = error.partial
-    if result is not None:
-        return exchanges(result, started, keep_all, None if via_proxy else result.peer_ip)
+    if response is not None:
+        return exchanges(response, started, keep_all, None if via_proxy else response.peer_ip)
     return [_hop(h, started) for h in error.hops] if error is not None else []
 
 

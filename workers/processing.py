@@ -19,13 +19,12 @@ from typing import Any
 from crawler import retry
 from crawler.errors import (
     BlockedAddress,
-    BodyTooLarge,
     FetchError,
     GatewayUnreachable,
     ProxyAuthError,
     RedisUnavailable,
 )
-from crawler.fetch_base import FetcherLike, FetchResult
+from crawler.fetch_base import FetcherLike, FetchResult, answered
 from crawler.frontier import Lease, NewLink
 from crawler.metrics import WorkerMetrics
 from crawler.parse import ParsedPage
@@ -272,8 +271,8 @@ class Processor:
             return Attempt(None, None, retry.GATEWAY_DOWN, choice.redacted, exc)
         except FetchError as exc:
             error = exc.with_traceback(None)  # its frames would keep the fetch's buffers alive until a GC
-        archived = result or (error.partial if isinstance(error, BodyTooLarge) else None)  # a body cut at the cap
-        kept = archive.of_attempt(result, error, started, self._warc_all, choice is not None) if started else []
+        archived = answered(result, error)  # the result, or a body cut at the cap (--warc)
+        kept = archive.of_attempt(archived, error, started, self._warc_all, choice is not None) if started else []
         if result is not None and self._parses(lease, result):
             page = await self._parse(lease, result, kept)
         decision = retry.decide(
