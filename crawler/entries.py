@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from crawler.schedule import RecurState, Validators
@@ -68,11 +68,7 @@ class Extras:
 
     def encode(self) -> str:
         """Compact JSON of the fields that are set; "" when none is. InvalidExtras for data too big or not JSON."""
-        fields = {
-            k: v
-            for k in ("data", "label", "headers", "kind", "nesting", "for_host")
-            if (v := getattr(self, k)) is not None
-        }
+        fields = {k: v for k in _EXTRAS_FIELDS if (v := getattr(self, k)) is not None}
         if not fields:
             return ""
         if self.data is not None:
@@ -87,7 +83,10 @@ class Extras:
         if not text:
             return None
         f = json.loads(text)
-        return cls(f.get("data"), f.get("label"), f.get("headers"), f.get("kind"), f.get("nesting"), f.get("for_host"))
+        return cls(**{k: f.get(k) for k in _EXTRAS_FIELDS})
+
+
+_EXTRAS_FIELDS = tuple(f.name for f in fields(Extras))  # what encode writes and decode reads, in order
 
 
 def _dumps(obj: Any) -> str:

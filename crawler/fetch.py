@@ -211,8 +211,8 @@ class Fetcher(RedirectingFetcher[aiohttp.ClientResponse]):
         hops: list[Hop] | None = None,
     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int, datetime]]:
         """GET `url` under the fleet slot, the total deadline and the error translation, following redirects here,
-        hop by hop, so every target passes the SSRF guard. Yields (final response, redirects followed); each
-        redirect response is appended to `hops` when given."""
+        hop by hop, so every target passes the SSRF guard. Yields (final response, redirects followed, when its
+        request was sent); each redirect response is appended to `hops` when given."""
         sent = merged(self.extra_headers, headers) or None
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_errors(proxy is not None))

@@ -259,7 +259,7 @@ class CurlFetcher(RedirectingFetcher[_Head]):
         hops: list[Hop] | None = None,
     ) -> AsyncIterator[tuple[_Head, int, datetime]]:
         """GET `url` under the fleet slot, the deadlines and the error translation, following redirects hop by
-        hop through the SSRF guard. Yields (final response head, redirects followed)."""
+        hop through the SSRF guard. Yields (final response head, redirects followed, when its request was sent)."""
         sent = merged(self.base_headers, headers)
         async with self._slot(proxy), contextlib.AsyncExitStack() as stack:
             stack.enter_context(translate_curl_errors(proxy is not None))

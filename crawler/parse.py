@@ -384,7 +384,7 @@ def _sitemap_extras(extras_json: str) -> Extras:
     seeds at the sitemap's depth, so a seed's `--depth` never limits the nesting) and, for one that another
     host's robots.txt named, that host (`for_host`)."""
     try:
-        return Extras.decode(extras_json) or Extras() if extras_json else Extras()
+        return Extras.decode(extras_json) or Extras()
     except (InvalidExtras, ValueError):
         return Extras()
 
