@@ -277,9 +277,7 @@ class Fetcher(RedirectingFetcher[aiohttp.ClientResponse]):
         if resp.status in (204, 304) or resp.method == "HEAD":
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
-            keep_cut = self.keep_truncated or keep_body
-            if declared is not None and declared > cap and not keep_cut:
-                raise BodyTooLarge(f"Content-Length {declared} > {cap}")
+            keep_cut = self._keeps_cut(declared, cap, keep_body)
             body, got, over = await self._read_capped(resp.content, cap, keep_cut)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads

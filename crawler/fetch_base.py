@@ -142,6 +142,15 @@ class RedirectingFetcher(Generic[Resp]):
     response turned into a FetchResult by its `_result`. A fetcher subclasses this and brings the client."""
 
     settings: Settings
+    keep_truncated: bool  # --warc: a page's body past the cap is read to it and handed on cut (BodyTooLarge.partial)
+
+    def _keeps_cut(self, declared: int | None, cap: int, keep_body: bool) -> bool:
+        """Whether a body past `cap` is read up to it and kept cut (`--warc`, or a sitemap); when it is not, a
+        Content-Length past the cap is refused before a byte of the body is paid for."""
+        keep_cut = self.keep_truncated or keep_body
+        if declared is not None and declared > cap and not keep_cut:
+            raise BodyTooLarge(f"Content-Length {declared} > {cap}")
+        return keep_cut
 
     def _open(
         self,

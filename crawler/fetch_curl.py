@@ -323,9 +323,7 @@ class CurlFetcher(RedirectingFetcher[_Head]):
         if resp.status in (204, 304):
             got = 0
         elif ctype in HTML_TYPES or ctype == "" or self.keep_body or keep_body:
-            keep_cut = self.keep_truncated or keep_body
-            if declared is not None and declared > cap and not keep_cut:
-                raise BodyTooLarge(f"Content-Length {declared} > {cap}")
+            keep_cut = self._keeps_cut(declared, cap, keep_body)
             body, got, over = await self._read(resp, cap, keep=True, keep_cut=keep_cut)
         elif declared is not None:
             got = declared  # not kept: do not pay the gateway for bytes nobody reads (abort ends it)
