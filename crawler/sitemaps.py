@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from xml.parsers import expat
 
-from crawler.urls import InvalidURL, fetch_form, in_domain
+from crawler.urls import InvalidURL, fetch_form, in_domain, without_port
 
 MAX_URLS = 50_000  # sitemaps.org: per file, for a urlset and for an index alike
 MAX_BYTES = 50 * 1024 * 1024  # sitemaps.org: 50 MiB uncompressed
@@ -92,7 +92,7 @@ class _Entries:
         self, sitemap_url: str, max_urls: int, allowed_domains: tuple[str, ...], for_host: str | None = None
     ) -> None:
         self.host = _http_host(sitemap_url) or ""  # child sitemaps: on the index's own host
-        self.url_host = _bare(for_host) if for_host else self.host  # URLs: on the host the sitemap speaks for
+        self.url_host = without_port(for_host) if for_host else self.host  # URLs: on the host the sitemap speaks for
         self.max_urls = max_urls
         self.allowed_domains = tuple(d.lower().lstrip(".") for d in allowed_domains)
         self.seen = 0  # entries counted against max_urls: accepted, refused and invalid alike
@@ -129,12 +129,7 @@ def _http_host(loc: str) -> str | None:
         _, host = fetch_form(loc)
     except InvalidURL:
         return None
-    return _bare(host)
-
-
-def _bare(host: str) -> str:
-    """`host[:port]` without the port (a bracketed IPv6 address keeps its brackets)."""
-    return host if host.endswith("]") else host.rsplit(":", 1)[0]
+    return without_port(host)
 
 
 def _lastmod(value: str | None) -> str | None:

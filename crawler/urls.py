@@ -319,7 +319,12 @@ def host_of(fetch_url: str) -> str:
     return rest.split("/", 1)[0]
 
 
+def without_port(host: str) -> str:
+    """`host[:port]` without the port (a bracketed IPv6 address keeps its brackets)."""
+    return host if host.endswith("]") else host.rsplit(":", 1)[0]
+
+
 def in_domain(host: str, domains: tuple[str, ...]) -> bool:
     """True when `host` (without port) is one of `domains` or a subdomain of one."""
-    bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    bare = without_port(host)
     return any(bare == d or bare.endswith("." + d) for d in domains)
